@@ -1,0 +1,163 @@
+"""Patient-level, class-stratified, stable train/val/test split.
+
+Three properties matter for small medical datasets and are guaranteed here:
+
+* patient level: every image of a patient lands in one split, so no anatomy leaks into the test set;
+* stratified: within each patient stratum (the patient's rarest label) split counts stay within one
+  patient of the configured ratios, so a 17 % minority class still reaches val and test;
+* stable: assignments are kept in a ledger of pseudonymous patient ids; patients already in it never
+  move when new patients arrive, and new patients fill each stratum's deficits in a keyed-hash order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bonescan.config import DatasetConfig, SplitConfig
+from bonescan.data.manifest import read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+LEDGER_COLUMNS = ["patient_id", "split", "stratum"]
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    manifest: pd.DataFrame
+    ledger: pd.DataFrame
+    metrics: dict[str, int]
+
+
+def patient_strata(manifest: pd.DataFrame) -> dict[str, str]:
+    """Stratum of each patient: the rarest (by image count) of the labels among their images.
+
+    Stratifying on the rarest label keeps minority-class patients spread over all splits even when
+    the same patient also has studies of a common class.
+    """
+    frequency = manifest["label"].value_counts()
+    rarest = manifest.assign(_freq=manifest["label"].map(frequency)).sort_values(["_freq", "label"])
+    return rarest.groupby("patient_id", sort=True)["label"].first().to_dict()
+
+
+def _hash_order(patient_id: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{patient_id}".encode()).hexdigest()
+
+
+def assign_splits(
+    strata: Mapping[str, str],
+    ratios: Mapping[str, float],
+    seed: int,
+    previous: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Assign every patient to a split.
+
+    Args:
+        strata: patient_id -> stratum label.
+        ratios: split name -> fraction (sums to 1).
+        seed: orders new patients (keyed hash), so the result is deterministic.
+        previous: patient_id -> split already decided; these patients keep their split.
+
+    Returns:
+        patient_id -> split for every patient in `strata` (and nothing else).
+    """
+    previous = dict(previous or {})
+    unknown = set(previous.values()) - set(ratios)
+    if unknown:
+        raise ValueError(f"split ledger names unknown splits {sorted(unknown)}; configured: {sorted(ratios)}")
+    # Ties go to the larger ratio, then to the fixed split order, so the result never depends on dict order.
+    preference = sorted(ratios, key=lambda s: (-ratios[s], SPLITS.index(s) if s in SPLITS else 99, s))
+    assignment: dict[str, str] = {}
+    by_stratum: dict[str, list[str]] = {}
+    for patient, stratum in strata.items():
+        by_stratum.setdefault(stratum, []).append(patient)
+
+    for stratum in sorted(by_stratum):
+        patients = by_stratum[stratum]
+        counts = Counter({s: 0 for s in ratios})
+        kept = [p for p in patients if p in previous]
+        for p in kept:
+            assignment[p] = previous[p]
+            counts[previous[p]] += 1
+        new = sorted((p for p in patients if p not in previous), key=lambda p: _hash_order(p, seed))
+        for p in new:
+            total = sum(counts.values()) + 1
+            # largest deficit between the ideal share of `total` patients and what the split already has
+            chosen = max(preference, key=lambda s: ratios[s] * total - counts[s])
+            assignment[p] = chosen
+            counts[chosen] += 1
+    return assignment
+
+
+def split_metrics(manifest: pd.DataFrame, classes: Iterable[str]) -> dict[str, int]:
+    """Flat DVC metrics: images and patients per split and class, and the leakage check."""
+    metrics: dict[str, int] = {}
+    for split in SPLITS:
+        part = manifest[manifest["split"] == split]
+        metrics[f"{split}_images"] = len(part)
+        metrics[f"{split}_patients"] = int(part["patient_id"].nunique())
+        for cls in classes:
+            metrics[f"{split}_{cls}_images"] = int((part["label"] == cls).sum())
+    splits_per_patient = manifest.groupby("patient_id")["split"].nunique()
+    metrics["patients_in_two_splits"] = int((splits_per_patient > 1).sum())
+    metrics["unassigned_images"] = int(manifest["split"].isna().sum() + (manifest["split"] == "").sum())
+    return metrics
+
+
+def split_manifest(
+    manifest: pd.DataFrame,
+    ratios: Mapping[str, float],
+    seed: int,
+    ledger: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pure core of the stage: (manifest with `split` filled, updated ledger).
+
+    Patients in the ledger but absent from the manifest stay in the ledger, so a patient who returns
+    later returns to the same split.
+    """
+    ledger = ledger if ledger is not None else pd.DataFrame(columns=LEDGER_COLUMNS)
+    previous = dict(zip(ledger["patient_id"].astype(str), ledger["split"].astype(str), strict=True))
+    strata = patient_strata(manifest)
+    assignment = assign_splits(strata, ratios, seed, previous)
+
+    out = manifest.copy()
+    out["split"] = out["patient_id"].map(assignment)
+
+    new_rows = pd.DataFrame(
+        [(p, assignment[p], strata[p]) for p in sorted(assignment) if p not in previous], columns=LEDGER_COLUMNS
+    )
+    parts = [df for df in (ledger[LEDGER_COLUMNS], new_rows) if len(df)]
+    updated = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=LEDGER_COLUMNS)
+    return out, updated.sort_values("patient_id", ignore_index=True)
+
+
+def run_split(name: str, dataset: DatasetConfig, cfg: SplitConfig) -> SplitResult:
+    """The `split` stage: ingested manifest + ledger -> split manifest, ledger, metrics."""
+    ingested = read_manifest(Path(dataset.interim_dir) / "manifest.csv")
+    ledger_path = Path(cfg.ledger_dir) / f"{name}.csv"
+    ledger = pd.read_csv(ledger_path, dtype=str) if ledger_path.is_file() else None
+    if ledger is not None and list(ledger.columns) != LEDGER_COLUMNS:
+        raise ValueError(f"{ledger_path}: expected columns {LEDGER_COLUMNS}, found {list(ledger.columns)}")
+
+    manifest, updated = split_manifest(ingested, cfg.ratios, cfg.seed, ledger)
+    metrics = split_metrics(manifest, dataset.classes)
+    metrics["ledger_patients_kept"] = 0 if ledger is None else int(ledger["patient_id"].isin(manifest["patient_id"]).sum())
+    if metrics["patients_in_two_splits"]:
+        raise RuntimeError(f"{metrics['patients_in_two_splits']} patients straddle splits: the split is broken")
+
+    write_manifest(manifest, Path(dataset.out_dir) / "manifest.csv")
+    ledger_path.parent.mkdir(parents=True, exist_ok=True)
+    updated.to_csv(ledger_path, index=False)
+    metrics_path = Path(dataset.metrics_dir) / "split.json"
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("split %s: %s", name, {s: metrics[f"{s}_patients"] for s in SPLITS})
+    return SplitResult(manifest, updated, metrics)

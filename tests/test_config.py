@@ -1,0 +1,87 @@
+"""Specification of params.yaml loading: every key typed, unknown keys rejected by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bonescan.config import ConfigError, load_params, parse_params
+
+PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def project_params() -> dict:
+    return yaml.safe_load(PROJECT_PARAMS.read_text())
+
+
+def test_project_params_file_is_valid():
+    params = load_params(PROJECT_PARAMS)
+    assert params.base.classes == ("healthy", "metastasis", "benign")
+    assert params.image_size("target") == tuple(params.base.image_size)
+
+
+def test_unknown_key_is_rejected_with_its_dotted_name_and_a_suggestion():
+    raw = project_params()
+    raw["ingest"]["wrokers"] = 4
+    with pytest.raises(ConfigError, match=r"ingest\.wrokers: unknown key \(did you mean 'workers'\?\)"):
+        parse_params(raw)
+
+
+def test_unknown_section_is_rejected():
+    raw = project_params() | {"trian": {"epochs": 3}}
+    with pytest.raises(ConfigError, match="trian: unknown key"):
+        parse_params(raw)
+
+
+def test_ill_typed_value_is_rejected_with_the_value():
+    raw = project_params()
+    raw["phantoms"]["patients"] = "many"
+    with pytest.raises(ConfigError, match=r"phantoms\.patients: .*'many'"):
+        parse_params(raw)
+
+
+def test_split_ratios_must_sum_to_one():
+    raw = project_params()
+    raw["split"]["ratios"] = {"train": 0.7, "val": 0.2, "test": 0.2}
+    with pytest.raises(ConfigError, match="sum to 1"):
+        parse_params(raw)
+
+
+def test_class_proportions_must_sum_to_one():
+    raw = project_params()
+    raw["phantoms"]["class_proportions"]["benign"] = 0.5
+    with pytest.raises(ConfigError, match="class_proportions"):
+        parse_params(raw)
+
+
+def test_a_target_dataset_is_required():
+    raw = project_params()
+    del raw["datasets"]["target"]
+    with pytest.raises(ConfigError, match="target"):
+        parse_params(raw)
+
+
+def test_unknown_dataset_name_lists_the_configured_ones():
+    params = load_params(PROJECT_PARAMS)
+    with pytest.raises(ConfigError, match=r"unknown dataset 'bone'.*\['source', 'target'\]"):
+        params.dataset("bone")
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: parameter file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_config_objects_are_immutable():
+    params = load_params(PROJECT_PARAMS)
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises its own ValidationError subclass
+        params.base.seed = 1
+
+
+def test_typo_inside_a_dataset_is_named_with_its_dataset():
+    raw = project_params()
+    raw["datasets"]["source"]["raw_dri"] = "x"
+    with pytest.raises(ConfigError, match=r"datasets\.source\.raw_dri: unknown key \(did you mean 'raw_dir'\?\)"):
+        parse_params(raw)
