@@ -1,0 +1,582 @@
+"""De-identification by DICOM PS3.15 Annex E: Basic Profile + Retain Longitudinal Temporal Information
+with Modified Dates Option.
+
+Every attribute of Table E.1-1 (``profile_e1_1.ROWS``) gets its action at every depth of the dataset:
+
+* ``X`` remove; ``Z`` zero-length; ``D`` a VR-conforming dummy ("ANONYMOUS", 0, 19000101, a remapped
+  UID, or for a sequence its items cleaned recursively); ``U`` keyed UID remapping.
+* Compound codes let the implementation choose; the choice here is the least information that still
+  keeps the IODs bonescan handles (NM, CR, DX, SC) valid: ``X/Z``, ``X/D``, ``X/Z/D`` -> ``X``;
+  ``Z/D`` -> ``Z``; ``X/Z/U*`` (Referenced/Source Image Sequence) -> kept with the instance UIDs
+  inside remapped, so references between anonymized instances stay intact.
+* ``C`` of the Modified Dates Option: every DA and the date part of every DT is moved by one
+  keyed, per-patient offset in [-max_date_shift_days, -1] days; times and time-zone offsets are kept,
+  so every interval within a patient is preserved. A temporal value that cannot be shifted (OB
+  timestamps, partial DT such as "2023") falls back to its Basic Profile action.
+* PatientID (``Z/D``) becomes the keyed pseudonym (a ``D`` dummy); PatientName (``Z``) the same
+  pseudonym (``Z`` allows a dummy), so patients stay linkable without identity.
+
+Rules the table states in words, and extensions that only remove more:
+
+* private attributes (odd groups) are removed (the table's "Private Attributes" row, action X);
+* whole curve (50xx) and overlay (60xx) groups are removed (the table lists their data and comments);
+* standard attributes not in the table are kept, except: PN attributes and free-text comment
+  attributes (removed), public tags no dictionary knows (removed), DA/DT attributes (shifted,
+  e.g. RadiopharmaceuticalStartDateTime) -- "dates everywhere move together" is what makes the
+  longitudinal option safe -- and free text (LT/ST/UT/UC, e.g. SR TextValue) inside a sequence
+  whose action is D, which is dummied with the rest of that sequence's content.
+
+UIDs map to ``<uid_root><int>`` where the integer is an HMAC-SHA256 of the UID under the secret:
+the same input UID gives the same output UID in every file and every run with the same secret, and
+nothing without it. Well-known UIDs (SOP classes, transfer syntaxes, coding schemes) and attributes
+outside the table's U rows (SOPClassUID, ReferencedSOPClassUID ...) are kept.
+
+Re-running on bonescan's own output changes nothing: such a dataset carries a keyed marker in
+DeidentificationMethod (an HMAC of its SOPInstanceUID), and then dates and UIDs are kept as they
+are. A marker made under another secret does not verify, so that data is de-identified again.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom import dcmread, dcmwrite
+from pydicom.datadict import dictionary_has_tag, repeater_has_tag
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+)
+
+from bonescan.config import AnonymizeConfig
+from bonescan.dicom import profile_e1_1
+from bonescan.dicom.phi_scan import Leak, PhiScanReport, identifying_values, scan_dataset
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "anonymization_report.json"
+MIN_SECRET_BYTES = 16  # shorter keys make the keyed hashes guessable by brute force
+
+# Compound Basic Profile codes -> the action taken (see module docstring for why).
+_RESOLVE = {"X": "X", "Z": "Z", "D": "D", "U": "U", "Z/D": "Z", "X/Z": "X", "X/D": "X", "X/Z/D": "X",
+            "X/Z/U*": "U*"}  # fmt: skip
+_TEXT_DUMMY = "ANONYMOUS"
+_DUMMY_BY_VR: dict[str, Any] = {
+    "AE": _TEXT_DUMMY, "AS": "000Y", "CS": _TEXT_DUMMY, "DA": "19000101", "DS": "0", "DT": "19000101000000",
+    "IS": "0", "LO": _TEXT_DUMMY, "LT": _TEXT_DUMMY, "PN": _TEXT_DUMMY, "SH": _TEXT_DUMMY, "ST": _TEXT_DUMMY,
+    "TM": "000000", "UC": _TEXT_DUMMY, "UR": _TEXT_DUMMY, "UT": _TEXT_DUMMY,
+    "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0, "UL": 0, "US": 0, "SV": 0, "UV": 0, "AT": 0,
+}  # fmt: skip
+_BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
+_TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR",
+             "UT"}  # fmt: skip
+_FREE_TEXT_VRS = {"LO", "LT", "SH", "ST", "UC", "UT"}
+_LONG_TEXT_VRS = {"LT", "ST", "UC", "UT"}
+_DA = re.compile(r"(\d{4})\.?(\d{2})\.?(\d{2})")  # YYYYMMDD, or ACR-NEMA YYYY.MM.DD
+_DT = re.compile(r"(\d{8})(\d{0,6}(?:\.\d{1,6})?)([+-]\d{4})?")  # date part must be complete
+
+_BASIC_CODE = (profile_e1_1.BASIC_CODE, "DCM", "Basic Application Confidentiality Profile")
+_OPTION_CODE = (
+    profile_e1_1.OPTION_CODE,
+    "DCM",
+    "Retain Longitudinal Temporal Information Modified Dates Option",
+)
+_MARKER_PREFIX = f"bonescan PS3.15 E.1-1 {profile_e1_1.EDITION} 113100+113107 mac="  # LO: 64 chars at most
+
+
+class AnonymizationError(Exception):
+    """A dataset that must not pass de-identification (the message never carries patient data)."""
+
+
+class BurnedInAnnotationError(AnonymizationError):
+    """BurnedInAnnotation=YES: identifying text is in the pixels, which header cleaning cannot remove."""
+
+
+class MissingSecretError(RuntimeError):
+    """No anonymization key was found in the environment or on disk."""
+
+
+# ----------------------------------------------------------------------------------------- secret
+def load_secret(cfg: AnonymizeConfig) -> bytes:
+    """The anonymization key: env var ``cfg.secret_env`` if set, else the file ``cfg.secret_file``.
+
+    Raises:
+        MissingSecretError: neither exists (the message says how to create one), or the key is too
+            short. The key itself is never logged.
+    """
+    env = os.environ.get(cfg.secret_env, "").strip()
+    if env:
+        key, origin = env.encode(), f"environment variable {cfg.secret_env}"
+    else:
+        path = Path(cfg.secret_file)
+        if not path.is_file():
+            raise MissingSecretError(
+                f"no anonymization key: set the environment variable {cfg.secret_env} or create the file "
+                f"{path}, e.g. `bonescan secret` or "
+                f'`mkdir -p {path.parent} && python -c "import secrets;print(secrets.token_hex(32))" > {path}` '
+                "(keep it out of git and back it up: the same key is needed to link future data)"
+            )
+        key, origin = path.read_bytes().strip(), f"file {path}"
+    if len(key) < MIN_SECRET_BYTES:
+        raise MissingSecretError(f"anonymization key from {origin} is shorter than {MIN_SECRET_BYTES} bytes")
+    logger.info("anonymization key loaded from %s", origin)
+    return key
+
+
+def create_secret(path: Path) -> bool:
+    """Write a random 256-bit key (hex) to ``path`` with mode 0600 unless the file exists.
+
+    Returns:
+        True if a key was created, False if one was already there (it is never overwritten).
+    """
+    path = Path(path)
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    logger.info("created anonymization key file %s", path)
+    return True
+
+
+def file_id(relpath: str, secret: bytes) -> str:
+    """Keyed, non-identifying id of an input path (hospital export paths often hold names)."""
+    return _mac(secret, "file", relpath)[:16]
+
+
+def _mac(secret: bytes, domain: str, value: str) -> str:
+    """HMAC-SHA256 hex digest, domain-separated so a UID hash never equals a patient hash."""
+    return hmac.new(secret, f"{domain}\0{value}".encode(), hashlib.sha256).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ dates
+def shift_date(value: str, days: int) -> str | None:
+    """Shift one DA value (or DA range "A-B") by ``days``; None if it is not a parseable date."""
+    value = value.strip()
+    if not value:
+        return value
+    if "-" in value:
+        parts = [shift_date(p, days) if p else "" for p in value.split("-")]
+        return None if any(p is None for p in parts) or len(parts) != 2 else "-".join(parts)  # type: ignore[arg-type]
+    m = _DA.fullmatch(value)
+    if not m:
+        return None
+    try:
+        shifted = date(int(m[1]), int(m[2]), int(m[3])) + timedelta(days=days)
+    except (ValueError, OverflowError):
+        return None
+    return shifted.strftime("%Y%m%d")
+
+
+def shift_datetime(value: str, days: int) -> str | None:
+    """Shift the date part of one DT value, keeping time and UTC offset; None if not shiftable."""
+    value = value.strip()
+    if not value:
+        return value
+    m = _DT.fullmatch(value)
+    if not m:
+        return None
+    day = shift_date(m[1], days)
+    return None if day is None else day + m[2] + (m[3] or "")
+
+
+# ------------------------------------------------------------------------------------- anonymizer
+@dataclass(frozen=True)
+class _Context:
+    """Per-dataset state of one anonymization (one patient)."""
+
+    shift_days: int  # 0 when the dataset is already ours
+    remap_uids: bool
+    pseudonym: str | None  # None: keep PatientID/PatientName (already pseudonymous)
+    inside_dummy: bool = False  # within a D-action sequence (e.g. SR ContentSequence): free text is dummied
+
+
+class Anonymizer:
+    """Pure, picklable PS3.15 de-identifier: ``anonymize(ds)`` returns a new dataset.
+
+    Args:
+        secret: key of every keyed hash (UIDs, pseudonyms, date shifts); see ``load_secret``.
+        cfg: the ``anonymize`` section of params.yaml.
+    """
+
+    def __init__(self, secret: bytes, cfg: AnonymizeConfig) -> None:
+        if len(secret) < MIN_SECRET_BYTES:
+            raise MissingSecretError(f"anonymization key is shorter than {MIN_SECRET_BYTES} bytes")
+        self._secret = secret
+        self.cfg = cfg
+        self._root = cfg.uid_root if cfg.uid_root.endswith(".") else cfg.uid_root + "."
+        if len(self._root) > 40 or not re.fullmatch(r"([1-9]\d*|0)(\.([1-9]\d*|0))*\.", self._root):
+            raise ValueError(
+                f"uid_root must be a short dotted numeric root such as '2.25.', got {cfg.uid_root!r}"
+            )
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Anonymizer(uid_root={self._root!r}, max_date_shift_days={self.cfg.max_date_shift_days})"
+
+    # keyed hashes ---------------------------------------------------------------------------------
+    def pseudonym(self, patient_id: str) -> str:
+        """Keyed pseudonym written as PatientID and PatientName (16 hex digits, upper case)."""
+        return _mac(self._secret, "patient", patient_id.strip())[:16].upper()
+
+    def date_shift_days(self, patient_id: str) -> int:
+        """The patient's date offset in days, in [-max_date_shift_days, -1]."""
+        h = int(_mac(self._secret, "date-shift", patient_id.strip())[:16], 16)
+        return -(1 + h % self.cfg.max_date_shift_days)
+
+    def remap_uid(self, uid: str) -> str:
+        """Keyed, consistent UID replacement; well-known UIDs (classes, syntaxes) are returned as is."""
+        uid = str(uid).strip().rstrip("\0")
+        if uid and UID(uid).name != uid:  # registered in PS3.6 Annex A
+            return uid
+        n = int(_mac(self._secret, "uid", uid)[:32], 16)  # 128 bits, like a UUID under 2.25
+        digits = str(n % 10 ** (64 - len(self._root)))
+        return self._root + digits
+
+    def _marker(self, sop_instance_uid: str) -> str:
+        return _MARKER_PREFIX + _mac(self._secret, "marker", sop_instance_uid)[:12]
+
+    def is_deidentified_by_us(self, ds: Dataset) -> bool:
+        """True if ``ds`` is bonescan output made under this secret (then dates and UIDs stay)."""
+        if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
+            return False
+        if str(ds.get("LongitudinalTemporalInformationModified", "")).upper() != "MODIFIED":
+            return False
+        codes = {str(item.get("CodeValue", "")) for item in ds.get("DeidentificationMethodCodeSequence", [])}
+        if not {profile_e1_1.BASIC_CODE, profile_e1_1.OPTION_CODE} <= codes:
+            return False
+        methods = ds.get("DeidentificationMethod", [])
+        methods = [methods] if isinstance(methods, str) else list(methods)
+        expected = self._marker(str(ds.get("SOPInstanceUID", "")))
+        return any(hmac.compare_digest(str(m), expected) for m in methods)
+
+    # public entry -----------------------------------------------------------------------------------
+    def anonymize(self, ds: Dataset) -> Dataset:
+        """Return a de-identified copy of ``ds`` (never modified) with file meta for writing.
+
+        Raises:
+            BurnedInAnnotationError: BurnedInAnnotation is YES and ``cfg.allow_burned_in`` is False.
+            AnonymizationError: no SOPInstanceUID, or a DICOMDIR (its records point at raw paths).
+        """
+        if not str(ds.get("SOPInstanceUID", "")).strip():
+            raise AnonymizationError("no SOPInstanceUID")
+        if ds.get("SOPClassUID") == MediaStorageDirectoryStorage:
+            raise AnonymizationError("media storage directory (DICOMDIR), not an instance")
+        if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES" and not self.cfg.allow_burned_in:
+            raise BurnedInAnnotationError("burned-in annotation (BurnedInAnnotation=YES)")
+        if self.is_deidentified_by_us(ds):
+            ctx = _Context(shift_days=0, remap_uids=False, pseudonym=None)
+        else:
+            key = _patient_key(ds)
+            ctx = _Context(self.date_shift_days(key), True, self.pseudonym(key))
+        out = self._clean_dataset(ds, ctx, top=True)
+        if ctx.pseudonym and "PatientID" not in out:  # Type 2; ingest and split group by it
+            out.PatientID = ctx.pseudonym
+        self._mark(out, ds)
+        out.file_meta = self._file_meta(ds, out)
+        return out
+
+    # recursion --------------------------------------------------------------------------------------
+    def _clean_dataset(self, ds: Dataset, ctx: _Context, top: bool = False) -> Dataset:
+        out = Dataset()
+        for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
+            try:
+                elem = ds[tag]  # converts the raw value; odd files fail here, never with PHI in the message
+            except Exception as exc:  # noqa: BLE001
+                raise AnonymizationError(f"unreadable element {tag} ({type(exc).__name__})") from exc
+            new = self._clean_element(elem, ctx, top)
+            if new is not None:
+                out.add(new)
+        return out
+
+    def _clean_element(self, elem: DataElement, ctx: _Context, top: bool) -> DataElement | None:
+        tag: BaseTag = elem.tag
+        if tag.is_private or tag.element == 0 or (tag.group & 0xFF00) in (0x5000, 0x6000):
+            return None  # private, group lengths (stale after removals), curves, overlays
+        row = profile_e1_1.BY_TAG.get(int(tag))
+        if row is None:
+            return self._unlisted(elem, ctx)
+        if row.keyword == "PatientID":
+            return self._patient_id(elem, ctx, top)
+        if row.keyword == "PatientName" and top:
+            return _element(elem, ctx.pseudonym) if ctx.pseudonym else _copy(elem)
+        if row.modified_dates == "C":
+            cleaned = self._temporal(elem, ctx)
+            if cleaned is not None:
+                return cleaned
+        action = _RESOLVE[row.basic]
+        if action == "X":
+            return None
+        if action == "Z":
+            return _empty(elem)
+        if action == "D":
+            return self._dummy(elem, ctx)
+        if action == "U":
+            return self._uid(elem, ctx)
+        # U*: keep the referencing structure, remap the instance UIDs inside it
+        if elem.VR == "SQ":
+            return self._sequence(elem, ctx)
+        return self._uid(elem, ctx) if elem.VR == "UI" else _empty(elem)
+
+    def _unlisted(self, elem: DataElement, ctx: _Context) -> DataElement | None:
+        vr = elem.VR
+        if vr == "SQ":
+            return self._sequence(elem, ctx)
+        if vr in ("DA", "DT"):
+            return self._temporal(elem, ctx)  # None (removed) if it cannot be shifted
+        if vr == "PN":
+            return None
+        if vr in _FREE_TEXT_VRS and "Comment" in (elem.keyword or ""):
+            return None
+        if ctx.inside_dummy and vr in _LONG_TEXT_VRS:  # e.g. SR TextValue: the D of its sequence covers it
+            return _element(elem, _TEXT_DUMMY)
+        if not dictionary_has_tag(elem.tag) and not repeater_has_tag(elem.tag):
+            return None
+        return _copy(elem)
+
+    def _sequence(self, elem: DataElement, ctx: _Context) -> DataElement:
+        items = [self._clean_dataset(item, ctx) for item in (elem.value or [])]
+        return DataElement(elem.tag, "SQ", Sequence(items))
+
+    def _patient_id(self, elem: DataElement, ctx: _Context, top: bool) -> DataElement:
+        if ctx.pseudonym is None:
+            return _copy(elem)
+        if top:
+            return _element(elem, ctx.pseudonym)
+        value = str(elem.value or "").strip()  # another patient's ID inside a sequence: its own pseudonym
+        return _element(elem, self.pseudonym(value) if value else "")
+
+    def _temporal(self, elem: DataElement, ctx: _Context) -> DataElement | None:
+        """Action C: shift DA/DT by the patient's offset; keep TM and the UTC offset; None if impossible."""
+        if elem.VR in ("TM", "SH"):  # times (whole-day shifts keep them) and TimezoneOffsetFromUTC
+            return _copy(elem)
+        if elem.VR not in ("DA", "DT"):
+            return None
+        shift = shift_date if elem.VR == "DA" else shift_datetime
+        values = _values(elem)
+        shifted = [shift(str(v), ctx.shift_days) for v in values]
+        if any(s is None for s in shifted):
+            return None
+        return _element(elem, shifted if len(shifted) != 1 else shifted[0]) if values else _copy(elem)
+
+    def _uid(self, elem: DataElement, ctx: _Context) -> DataElement:
+        if elem.VR != "UI":
+            return _empty(elem)
+        if not ctx.remap_uids:
+            return _copy(elem)
+        mapped = [self.remap_uid(str(v)) for v in _values(elem) if str(v).strip()]
+        return _element(elem, mapped if len(mapped) != 1 else mapped[0]) if mapped else _empty(elem)
+
+    def _dummy(self, elem: DataElement, ctx: _Context) -> DataElement:
+        vr = elem.VR.split(" or ")[0]
+        if vr == "SQ":
+            return self._sequence(elem, replace(ctx, inside_dummy=True))
+        if vr == "UI":
+            return self._uid(elem, ctx) if not elem.is_empty else _element(elem, self.remap_uid(""), vr)
+        if vr in _BINARY_VRS:
+            return _element(elem, b"\0\0", vr)
+        return _element(elem, _DUMMY_BY_VR.get(vr, _TEXT_DUMMY), vr)
+
+    # additions ------------------------------------------------------------------------------------
+    def _mark(self, out: Dataset, ds_in: Dataset) -> None:
+        """PS3.15 E.1.1 6: record that (and how) the identity was removed."""
+        out.PatientIdentityRemoved = "YES"
+        out.LongitudinalTemporalInformationModified = "MODIFIED"
+        marker = self._marker(str(out.SOPInstanceUID))
+        previous = ds_in.get("DeidentificationMethod", [])
+        previous = [previous] if isinstance(previous, str) else [str(m) for m in previous]
+        methods = [m for m in previous if m and not m.startswith("bonescan ")] + [marker]
+        out.DeidentificationMethod = methods if len(methods) > 1 else methods[0]
+        items = [copy.deepcopy(item) for item in ds_in.get("DeidentificationMethodCodeSequence", [])]
+        present = {str(item.get("CodeValue", "")) for item in items}
+        for value, scheme, meaning in (_BASIC_CODE, _OPTION_CODE):
+            if value not in present:
+                code = Dataset()
+                code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
+                items.append(code)
+        out.DeidentificationMethodCodeSequence = Sequence(items)
+
+    def _file_meta(self, ds_in: Dataset, out: Dataset) -> FileMetaDataset:
+        """Fresh file meta: class and transfer syntax kept, instance UID = new SOPInstanceUID, no AE titles."""
+        meta_in = getattr(ds_in, "file_meta", None) or FileMetaDataset()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = meta_in.get("MediaStorageSOPClassUID") or out.get("SOPClassUID", "")
+        meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+        meta.TransferSyntaxUID = meta_in.get("TransferSyntaxUID") or _encoding_syntax(ds_in)
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
+        return meta
+
+
+def _patient_key(ds: Dataset) -> str:
+    """What identifies the patient: PatientID, else name + birth date, else the study."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    if pid:
+        return pid
+    name = str(ds.get("PatientName", "") or "").strip()
+    if name:
+        return f"name:{name}|{str(ds.get('PatientBirthDate', '') or '').strip()}"
+    study = str(ds.get("StudyInstanceUID", "") or "").strip()
+    if study:
+        return f"study:{study}"
+    raise AnonymizationError("no PatientID, PatientName or StudyInstanceUID to key the patient pseudonym on")
+
+
+def _encoding_syntax(ds: Dataset) -> UID:
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRBigEndian if little is False else ExplicitVRLittleEndian
+
+
+def _values(elem: DataElement) -> list[Any]:
+    if elem.is_empty:
+        return []
+    return list(elem.value) if isinstance(elem.value, MultiValue | list) else [elem.value]
+
+
+def _copy(elem: DataElement) -> DataElement:
+    new = DataElement(elem.tag, elem.VR, copy.deepcopy(elem.value), already_converted=True)  # as read
+    new.is_undefined_length = elem.is_undefined_length  # encapsulated pixel data
+    return new
+
+
+def _element(elem: DataElement, value: Any, vr: str | None = None) -> DataElement:
+    return DataElement(elem.tag, vr or elem.VR, value)
+
+
+def _empty(elem: DataElement) -> DataElement:
+    vr = elem.VR
+    if vr == "SQ":
+        return DataElement(elem.tag, vr, Sequence())
+    if vr in _TEXT_VRS:
+        return DataElement(elem.tag, vr, "")
+    if vr in _BINARY_VRS:
+        return DataElement(elem.tag, vr, b"")
+    return DataElement(elem.tag, vr, None)
+
+
+# -------------------------------------------------------------------------------------------- tree
+@dataclass
+class AnonymizationReport:
+    """Outcome of ``anonymize_tree``; safe to print and store (no paths or values of the input)."""
+
+    files: int = 0  # input files seen
+    anonymized: int = 0  # instances written to dst
+    already_deidentified: int = 0  # inputs that were bonescan output under this key (kept as they were)
+    quarantined: list[dict[str, str]] = field(default_factory=list)  # {"file_id", "reason"}
+    leaks: int = 0  # residual-PHI hits in the written files (should be 0)
+    details: list[dict[str, str]] = field(default_factory=list)  # where the leaks are, never what
+    profile: str = f"PS3.15 E.1-1 ({profile_e1_1.EDITION}) basic profile + retain longitudinal modified dates"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def anonymize_tree(src: Path, dst: Path, cfg: AnonymizeConfig, secret: bytes) -> AnonymizationReport:
+    """De-identify every DICOM file under ``src`` into ``dst/<new SOPInstanceUID>.dcm``.
+
+    ``src`` is only ever opened read-only. Files that are not DICOM, cannot be read, carry burned-in
+    annotation or cannot be written are quarantined with a reason (listed by a keyed ``file_id``,
+    because export paths often hold patient names). Each written file is read back and scanned for
+    values of its input's identity (``phi_scan``). The report is also written to ``dst/REPORT_NAME``.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"source folder {src} does not exist")
+    if dst.resolve() == src.resolve():
+        raise ValueError("destination must differ from the source folder (raw files are never modified)")
+    anon = Anonymizer(secret, cfg)
+    dst.mkdir(parents=True, exist_ok=True)
+    report, phi = AnonymizationReport(), PhiScanReport()
+    written: set[str] = set()
+    for path in _walk(src, dst):
+        report.files += 1
+        rel = path.relative_to(src).as_posix()
+        reason = _anonymize_file(path, dst, anon, written, phi, report)
+        if reason:
+            report.quarantined.append({"file_id": file_id(rel, secret), "reason": reason})
+    report.leaks, report.details = phi.leaks, phi.details
+    (dst / REPORT_NAME).write_text(report.to_json())
+    logger.info("anonymized %d of %d files (%d quarantined, %d residual-PHI hits)",
+                report.anonymized, report.files, len(report.quarantined), report.leaks)  # fmt: skip
+    return report
+
+
+def _walk(src: Path, dst: Path) -> Iterable[Path]:
+    dst_resolved = dst.resolve()
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and not path.resolve().is_relative_to(dst_resolved) and path.name != REPORT_NAME:
+            yield path
+
+
+def _anonymize_file(
+    path: Path,
+    dst: Path,
+    anon: Anonymizer,
+    written: set[str],
+    phi: PhiScanReport,
+    report: AnonymizationReport,
+) -> str | None:
+    """Anonymize one file; return a quarantine reason (free of patient data) or None on success."""
+    try:
+        with path.open("rb") as fh:  # read-only; every value is loaded before the file closes
+            ds = dcmread(fh)
+    except InvalidDicomError:
+        return "not a DICOM file"
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a quarantine reason, never a crash
+        return f"unreadable DICOM ({type(exc).__name__})"
+    try:
+        already = anon.is_deidentified_by_us(ds)
+        values = identifying_values(ds)
+        if already:  # its PatientID/PatientName are our pseudonym, kept on purpose
+            values -= {str(ds.get("PatientID", "")), str(ds.get("PatientName", ""))}
+        out = anon.anonymize(ds)
+    except AnonymizationError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001
+        return f"cannot anonymize ({type(exc).__name__})"
+    name = f"{out.SOPInstanceUID}.dcm"
+    if name in written:
+        return "duplicate SOPInstanceUID (an earlier file was written under the same UID)"
+    target = dst / name
+    try:
+        dcmwrite(target, out, enforce_file_format=True)
+        back = dcmread(target, stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001
+        target.unlink(missing_ok=True)
+        return f"cannot write anonymized DICOM ({type(exc).__name__})"
+    written.add(name)
+    leaks: list[Leak] = scan_dataset(back, values, name)
+    phi.add(leaks)
+    report.anonymized += 1
+    report.already_deidentified += int(already)
+    return None

@@ -1,0 +1,266 @@
+"""Residual-PHI scan: does an anonymized dataset, or its file name, still carry its input's identity?
+
+The anonymizer follows a table; this module checks the outcome independently. From the INPUT it
+collects the values that identify the patient (``identifying_values``), then searches every element
+of the OUTPUT -- sequences, private tags, file meta -- and the output's relative path for them
+(``scan_dataset``). Reports say where a value was found (tag, keyword, location), never the value.
+
+Matching works on tokens (runs of letters/digits, case-insensitive): "DOE^JOHN", "Doe John",
+"DOE_JOHN_4711" and "john doe" all contain the tokens DOE, JOHN. A value matches when its tokens
+occur consecutively and whole (so "LEE" does not match "SLEEP", "4711" does not match "47110").
+
+What counts as identifying:
+
+* always searched: full person names (every PN element anywhere -- patient, physicians, operators --
+  as written, "Last First" and "First Last"), patient IDs, other IDs, accession and study/procedure
+  IDs, addresses and phone numbers, and the birth date in the formats YYYYMMDD, YYYY-MM-DD,
+  YYYY/MM/DD, DD.MM.YYYY, DD/MM/YYYY, MM/DD/YYYY;
+* searched unless the same tokens occur in a value the anonymizer keeps (which the standard judges
+  non-identifying, so a hit there is a coincidence, not a leak): single name components, institution,
+  department, station, device serial, issuer; every PN/LO/SH/LT/ST/UT/UC value that Table E.1-1
+  removes, empties or replaces; every text value of a private tag. Examples of coincidences this
+  avoids: InstitutionName "TOSHIBA" vs Manufacturer "TOSHIBA_MEC", a test patient "Perfusion^MCA
+  Stroke" vs ImageType PERFUSION, ProtocolName "WHOLE BODY" vs ImageType WHOLE BODY.
+
+The skip rule for values too generic to mean anything: fewer than 3 letters/digits in all, a pure
+number with fewer than 4 digits, or a stop word (ANON, ANONYMOUS, UNKNOWN, NONE, YES, NO, TEST,
+name titles such as DR/MR ...).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from typing import Any
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+from bonescan.dicom import profile_e1_1
+
+MIN_CHARS = 3  # letters/digits; shorter values ("Y", "M", "01") occur everywhere
+MIN_DIGITS = 4  # pure numbers: "1", "001", "512" are image sizes and counters, not identities
+MAX_BINARY_SCAN = 65536  # bytes of an OB/UN value decoded and searched; pixel data is never searched
+
+STOP_WORDS = frozenset({
+    "ANON", "ANONYMOUS", "ANONYMIZED", "ANONYMISED", "UNKNOWN", "NONE", "NULL", "NA", "N A", "YES", "NO",
+    "TEST", "PATIENT", "DOCTOR", "DR", "MD", "PHD", "MR", "MRS", "MS", "MISS", "JR", "SR", "REMOVED",
+    "NOT APPLICABLE", "BONESCAN", "19000101",
+})  # fmt: skip
+
+# Identify the patient whatever else the dataset holds: always searched.
+_PATIENT_KEYWORDS = frozenset({
+    "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
+    "MedicalRecordLocator", "AccessionNumber", "StudyID", "AdmissionID", "RequestedProcedureID",
+    "PerformedProcedureStepID", "ScheduledProcedureStepID", "PlacerOrderNumberImagingServiceRequest",
+    "FillerOrderNumberImagingServiceRequest", "PatientAddress", "PatientTelephoneNumbers",
+    "PatientTelecomInformation", "PersonAddress", "PersonTelephoneNumbers", "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers", "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID",
+})  # fmt: skip
+# Identify the site or device; they often share words with kept values (InstitutionName "TOSHIBA",
+# Manufacturer "TOSHIBA_MEC"), so they are searched only where they are not part of a kept value.
+_SITE_KEYWORDS = frozenset({
+    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
+    "DeviceSerialNumber", "IssuerOfPatientID", "MilitaryRank",
+})  # fmt: skip
+_DESCRIPTIVE_VRS = frozenset({"PN", "LO", "SH", "LT", "ST", "UT", "UC"})
+_KEPT_ACTIONS = frozenset({"U", "X/Z/U*"})  # UID rows: remapped references, not text to search for
+_TOKEN = re.compile(r"[^\W_]+")  # letters and digits of any script; "_" separates like a space
+_PIXEL_GROUP = 0x7FE0
+
+
+@dataclass(frozen=True)
+class Leak:
+    """One place where an identifying value of the input was found in the output.
+
+    Attributes:
+        file: the output's relative path (path parts that matched are masked with ***).
+        location: keyword path such as ``RadiopharmaceuticalInformationSequence[0].PatientName``,
+            ``file_meta.SourceApplicationEntityTitle`` or ``path``.
+        tag: "(gggg,eeee)" of the element ("" for the path).
+        keyword: the element's keyword ("" for private tags and the path).
+    """
+
+    file: str
+    location: str
+    tag: str
+    keyword: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class PhiScanReport:
+    """Accumulated scan result; serialises to ``{"files": N, "leaks": 0, "details": [...]}``."""
+
+    files: int = 0
+    leaks: int = 0
+    details: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, leaks: list[Leak]) -> None:
+        """Record the scan of one file."""
+        self.files += 1
+        self.leaks += len(leaks)
+        self.details.extend(leak.to_dict() for leak in leaks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# ------------------------------------------------------------------------------ identifying values
+def identifying_values(ds: Dataset) -> set[str]:
+    """Identifying values of an INPUT dataset (see module docstring for what and why)."""
+    strict: set[str] = set()  # always searched
+    soft: set[str] = set()  # searched unless part of a value the anonymizer keeps
+    kept: list[str] = []
+    for _, elem in _walk(ds, ""):
+        texts = _texts(elem)
+        if not texts:
+            continue
+        keyword = elem.keyword or ""
+        row = profile_e1_1.BY_TAG.get(int(elem.tag))
+        if elem.VR == "PN":
+            for value in _values(elem):
+                whole, parts = _name_forms(value)
+                strict.update(whole)
+                soft.update(parts)
+        elif keyword == "PatientBirthDate":
+            strict.update(v for text in texts for v in _date_forms(text))
+        elif keyword in _PATIENT_KEYWORDS:
+            strict.update(texts)
+        elif keyword in _SITE_KEYWORDS:
+            soft.update(texts)
+        elif elem.tag.is_private:
+            if elem.VR in _DESCRIPTIVE_VRS | {"UN"} and elem.tag.element >= 0x100:  # not the creator id
+                soft.update(texts)
+        elif row is not None:
+            if elem.VR in _DESCRIPTIVE_VRS and row.basic not in _KEPT_ACTIONS and row.modified_dates != "C":
+                soft.update(texts)
+        elif elem.tag.group & 0xFF00 not in (0x5000, 0x6000):
+            kept.append(" | ".join(_normalize(t) for t in texts))
+    kept_text = f" {' | '.join(kept)} "
+    soft = {v for v in soft if f" {_normalize(v)} " not in kept_text}
+    return {v for v in strict | soft if is_meaningful(v)}
+
+
+def is_meaningful(value: str) -> bool:
+    """False for values too short or too generic to identify anyone (the skip rule)."""
+    norm = _normalize(value)
+    compact = norm.replace(" ", "")
+    if len(compact) < MIN_CHARS or norm in STOP_WORDS:
+        return False
+    return not (compact.isdigit() and len(compact) < MIN_DIGITS)
+
+
+def _name_forms(value: Any) -> tuple[set[str], set[str]]:
+    """A person name as written and as people write it ("Last First", "First Last"), and its parts."""
+    pn = value if isinstance(value, PersonName) else PersonName(str(value))
+    whole, parts = {str(pn)}, set()
+    for group in pn.components:  # alphabetic, ideographic, phonetic
+        comps = [c.strip() for c in group.split("^") if c.strip()]
+        whole.add(" ".join(comps))
+        if len(comps) >= 2:
+            whole.update({f"{comps[0]} {comps[1]}", f"{comps[1]} {comps[0]}"})
+            parts.update(comps)
+    return whole, parts
+
+
+def _date_forms(value: str) -> set[str]:
+    """A DA value in the formats people type dates in."""
+    m = re.fullmatch(r"(\d{4})\.?(\d{2})\.?(\d{2})", value.strip())
+    if not m:
+        return {value}
+    y, mo, d = m.groups()
+    try:
+        date(int(y), int(mo), int(d))
+    except ValueError:
+        return {value}
+    return {
+        f"{y}{mo}{d}",
+        f"{y}-{mo}-{d}",
+        f"{y}/{mo}/{d}",
+        f"{d}.{mo}.{y}",
+        f"{d}/{mo}/{y}",
+        f"{mo}/{d}/{y}",
+    }
+
+
+# ------------------------------------------------------------------------------------------ scan
+def scan_dataset(ds_out: Dataset, values: set[str], relpath: str) -> list[Leak]:
+    """Every element of ``ds_out`` (sequences, private tags, file meta) and ``relpath`` that contains one
+    of ``values``; the values themselves appear nowhere in the result."""
+    pattern = _pattern(frozenset(values))
+    if pattern is None:
+        return []
+    masked, path_hits = pattern.subn("***", relpath)
+    hits = [(location, elem) for location, elem in _walk(ds_out, "") if _matches(pattern, elem)]
+    meta = getattr(ds_out, "file_meta", None)
+    if meta is not None:
+        hits += [(location, elem) for location, elem in _walk(meta, "file_meta.") if _matches(pattern, elem)]
+    leaks = [Leak(masked, location, _tag_str(elem), elem.keyword or "") for location, elem in hits]
+    if path_hits:
+        leaks.append(Leak(masked, "path", "", ""))
+    return leaks
+
+
+def _pattern(values: frozenset[str]) -> re.Pattern[str] | None:
+    pieces = set()
+    for value in values:
+        tokens = _TOKEN.findall(value)
+        if tokens and is_meaningful(value):
+            pieces.add(r"[\W_]+".join(re.escape(t) for t in tokens))
+    if not pieces:
+        return None
+    alternatives = "|".join(sorted(pieces, key=len, reverse=True))
+    return re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE)
+
+
+def _matches(pattern: re.Pattern[str], elem: DataElement) -> bool:
+    return any(pattern.search(text) for text in _texts(elem))
+
+
+def _walk(ds: Dataset, prefix: str) -> Iterator[tuple[str, DataElement]]:
+    """(location, element) for every element, depth first, sequences included."""
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
+        try:
+            elem = ds[tag]
+        except Exception:  # noqa: BLE001 - a value pydicom cannot convert; the anonymizer refuses such files
+            continue
+        name = elem.keyword or _tag_str(elem)
+        yield prefix + name, elem
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value or []):
+                yield from _walk(item, f"{prefix}{name}[{i}].")
+
+
+def _texts(elem: DataElement) -> list[str]:
+    """The element's values as strings (small binary values decoded as Latin-1; no pixel data)."""
+    if elem.VR == "SQ" or elem.is_empty or elem.tag.group == _PIXEL_GROUP:
+        return []
+    value = elem.value
+    if isinstance(value, bytes | bytearray):
+        return [bytes(value).decode("latin-1")] if len(value) <= MAX_BINARY_SCAN else []
+    return [str(v) for v in _values(elem)]
+
+
+def _values(elem: DataElement) -> list[Any]:
+    if elem.is_empty:
+        return []
+    return list(elem.value) if isinstance(elem.value, MultiValue | list | tuple) else [elem.value]
+
+
+def _normalize(text: str) -> str:
+    return " ".join(_TOKEN.findall(text)).upper()
+
+
+def _tag_str(elem: DataElement) -> str:
+    return f"({elem.tag.group:04X},{elem.tag.element:04X})"

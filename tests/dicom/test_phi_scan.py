@@ -1,0 +1,180 @@
+"""Specification of the residual-PHI scan."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+
+import pytest
+from pydicom import dcmread, dcmwrite
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, NuclearMedicineImageStorage, generate_uid
+
+from bonescan.dicom.anonymize import AnonymizationError
+from bonescan.dicom.phi_scan import Leak, PhiScanReport, identifying_values, is_meaningful, scan_dataset
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # odd values in pydicom's test files
+
+
+def patient(**attrs) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = NuclearMedicineImageStorage
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = NuclearMedicineImageStorage, generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "DOE^JOHN^Q", "4711", "19650302", "M"
+    ds.AccessionNumber, ds.InstitutionName = "ACC123456", "St. Elsewhere Hospital"
+    ds.OperatorsName = ["NURSE^JACKIE", "LI^NA"]
+    ds.StudyDescription = "Whole body bone scan (Dr. Watson protocol)"
+    ds.Manufacturer, ds.Modality, ds.ImageType = (
+        "GE MEDICAL SYSTEMS",
+        "NM",
+        ["ORIGINAL", "PRIMARY", "WHOLE BODY"],
+    )
+    ds.ProtocolName = "WHOLE BODY"
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def clean(**attrs) -> Dataset:
+    """An output that kept nothing identifying."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPInstanceUID = "2.25.1234567890"
+    ds.PatientID = ds.PatientName = "C6CAAB367A4327EE"
+    ds.Modality, ds.ImageType, ds.Manufacturer = (
+        "NM",
+        ["ORIGINAL", "PRIMARY", "WHOLE BODY"],
+        "GE MEDICAL SYSTEMS",
+    )
+    ds.StudyDate = "20221203"
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    return ds
+
+
+# --------------------------------------------------------------------------------- what identifies
+def test_identifying_values_cover_names_ids_accession_institution_and_birth_date_formats():
+    values = {v.upper() for v in identifying_values(patient())}
+    assert {"DOE^JOHN^Q", "DOE JOHN", "JOHN DOE", "DOE", "JOHN"} <= values
+    assert {"4711", "ACC123456", "ST. ELSEWHERE HOSPITAL", "NURSE JACKIE", "LI NA"} <= values
+    assert {"19650302", "1965-03-02", "1965/03/02", "02.03.1965", "02/03/1965", "03/02/1965"} <= values
+    assert "WHOLE BODY BONE SCAN (DR. WATSON PROTOCOL)" in values  # StudyDescription: X in Table E.1-1
+
+
+def test_values_too_short_or_too_generic_are_skipped():
+    values = {
+        v.upper() for v in identifying_values(patient(PatientSex="M", OtherPatientIDs=["ANON", "12", "Y"]))
+    }
+    assert not {"M", "Q", "LI", "NA", "ANON", "12", "Y"} & values
+    assert not is_meaningful("Dr") and not is_meaningful("001") and not is_meaningful("anonymous")
+    assert is_meaningful("4711") and is_meaningful("Lee")
+
+
+def test_removed_descriptions_that_equal_kept_values_are_not_identifying():
+    values = {v.upper() for v in identifying_values(patient())}
+    assert "WHOLE BODY" not in values  # ProtocolName (X/D) is also an ImageType value, which is kept
+    site = identifying_values(patient(InstitutionName="TOSHIBA", Manufacturer="TOSHIBA_MEC"))
+    assert "TOSHIBA" not in {v.upper() for v in site}
+
+
+# ------------------------------------------------------------------------------------- finding leaks
+def test_scan_finds_a_name_planted_in_a_nested_sequence():
+    out = clean()
+    item = Dataset()
+    item.CodeMeaning = "scan of Doe, John"
+    wrapper = Dataset()
+    wrapper.ViewCodeSequence = Sequence([item])
+    out.DetectorInformationSequence = Sequence([wrapper])
+    leaks = scan_dataset(out, identifying_values(patient()), "2.25.1234567890.dcm")
+    assert [leak.location for leak in leaks] == [
+        "DetectorInformationSequence[0].ViewCodeSequence[0].CodeMeaning"
+    ]
+    assert leaks[0].tag == "(0008,0104)" and leaks[0].keyword == "CodeMeaning"
+
+
+def test_scan_finds_an_id_in_a_private_tag_and_in_file_meta():
+    out = clean()
+    out.private_block(0x0009, "HOSPITAL", create=True).add_new(0x10, "LO", "MRN 4711")
+    out.file_meta.SourceApplicationEntityTitle = "ACC123456"
+    leaks = scan_dataset(out, identifying_values(patient()), "x.dcm")
+    assert {(leak.location, leak.keyword) for leak in leaks} == {
+        ("(0009,1010)", ""),
+        ("file_meta.SourceApplicationEntityTitle", "SourceApplicationEntityTitle"),
+    }
+
+
+def test_scan_finds_identity_in_file_and_folder_names_and_masks_it():
+    leaks = scan_dataset(clean(), identifying_values(patient()), "DOE_JOHN_4711/19650302/IMG00001.dcm")
+    assert [leak.location for leak in leaks] == ["path"]
+    assert leaks[0].file == "***_***/***/IMG00001.dcm"  # "DOE_JOHN" masked as one name
+
+
+def test_scan_finds_the_birth_date_in_another_format_in_free_text():
+    leaks = scan_dataset(clean(ImageComments="born 02.03.1965"), identifying_values(patient()), "x.dcm")
+    assert [leak.keyword for leak in leaks] == ["ImageComments"]
+
+
+def test_an_identity_in_a_kept_attribute_is_still_a_leak():
+    out = clean(BodyPartExamined="4711", SeriesDescription="JOHN DOE")
+    leaks = scan_dataset(out, identifying_values(patient()), "x.dcm")
+    assert {leak.keyword for leak in leaks} == {"BodyPartExamined", "SeriesDescription"}
+
+
+def test_matching_is_by_whole_tokens_not_substrings():
+    values = {"LEE", "4711"}
+    out = clean(ImageComments="SLEEP STUDY 47110", SeriesDescription="lee_4711")
+    leaks = scan_dataset(out, values, "x.dcm")
+    assert [leak.keyword for leak in leaks] == ["SeriesDescription"]
+
+
+def test_reports_carry_locations_never_values():
+    out = clean(ImageComments="John Doe 4711")
+    report = PhiScanReport()
+    report.add(scan_dataset(out, identifying_values(patient()), "DOE_JOHN/x.dcm"))
+    report.add([])
+    data = json.loads(report.to_json())
+    assert data["files"] == 2 and data["leaks"] == 2 and len(data["details"]) == 2
+    text = report.to_json().upper()
+    assert "DOE" not in text and "JOHN" not in text and "4711" not in text
+    assert set(data["details"][0]) == {"file", "location", "tag", "keyword"}
+    assert isinstance(Leak("f", "path", "", "").to_dict(), dict)
+
+
+# ---------------------------------------------------------------------------------- real output
+def test_no_residual_phi_in_anonymized_corpus_output(corpus, anonymizer):
+    scanned = 0
+    for path in corpus:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(path)
+        try:
+            out = anonymizer.anonymize(ds)
+        except AnonymizationError:
+            continue
+        buf = io.BytesIO()
+        dcmwrite(buf, out, enforce_file_format=True)
+        buf.seek(0)
+        leaks = scan_dataset(dcmread(buf), identifying_values(ds), f"{out.SOPInstanceUID}.dcm")
+        assert leaks == [], path.name
+        scanned += 1
+    assert scanned >= 200
+
+
+def test_scan_of_raw_corpus_input_finds_its_identity(corpus):
+    """The scan is not vacuous: un-anonymized files with a patient name are flagged."""
+    flagged = with_name = 0
+    for path in corpus:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(path, stop_before_pixels=True)
+        values = identifying_values(ds)
+        if any(v == str(ds.get("PatientName", "")) for v in values):
+            with_name += 1
+            flagged += bool(scan_dataset(ds, values, path.name))
+    assert with_name >= 100 and flagged == with_name

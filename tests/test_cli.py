@@ -1,0 +1,35 @@
+"""The command line: every contract command exists, has --help, and errors are one clear line."""
+
+from __future__ import annotations
+
+import pytest
+
+from bonescan.cli import build_parser, main
+
+COMMANDS = ["phantoms", "anonymize", "ingest", "split", "secret", "summary"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: bonescan" in capsys.readouterr().out
+
+
+def test_bad_params_file_is_a_one_line_error_not_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("ingest:\n  wrokers: 2\ndatasets: {}\n")
+    assert main(["split", "--params", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "ingest.wrokers: unknown key" in err
+    assert "Traceback" not in err
+
+
+def test_secret_is_created_once_and_kept(tmp_path, capsys):
+    key = tmp_path / ".secrets" / "anonymize.key"
+    assert main(["secret", "--path", str(key)]) == 0
+    first = key.read_bytes()
+    assert main(["secret", "--path", str(key)]) == 0
+    assert key.read_bytes() == first
+    assert key.stat().st_mode & 0o077 == 0
