@@ -1,0 +1,443 @@
+"""One reader for every input: DICOM (any transfer syntax pydicom decodes) or PNG/JPEG -> named views.
+
+`read_views` returns the views of one file as float32 arrays in the modality's physical units (counts
+for NM), after pydicom's Modality LUT and MONOCHROME1 inversion. A whole-body bone study reaches us in
+three shapes and all become an "anterior" and a "posterior" view:
+
+* one instance with two frames, named per frame by DetectorVector -> DetectorInformationSequence
+  ViewCodeSequence;
+* separate single-frame instances per view, named by their ViewCodeSequence or by ANT/POST words in
+  ImageComments / SeriesDescription / ImageType;
+* anterior and posterior side by side in one image, found by its width and the empty gap between them.
+
+`preprocess_view` turns a view into a model input: crop to the body (head to feet), mirror the posterior
+view so the patient's left lies on the same side as in the anterior view, scale by a high percentile
+to [0, 1] (a hot bladder or injection site saturates instead of darkening the skeleton) and resize
+keeping the aspect ratio with zero padding. `write_png16` stores the result losslessly in 16 bits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image, UnidentifiedImageError
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+from pydicom.pixels.utils import get_expected_length
+from scipy import ndimage
+from skimage.color import rgb2gray
+from skimage.transform import resize
+
+from bonescan.config import IngestConfig, Size
+
+log = logging.getLogger(__name__)
+
+ANTERIOR, POSTERIOR, SINGLE = "anterior", "posterior", "single"
+COUNT_MODALITIES = frozenset({"NM", "PT"})  # pixel values are photon counts: never negative
+_OTHER = {ANTERIOR: POSTERIOR, POSTERIOR: ANTERIOR}
+_VIEW_WORDS = {"ANT": ANTERIOR, "ANTERIOR": ANTERIOR, "POST": POSTERIOR, "POSTERIOR": POSTERIOR}
+_SIDE_BY_SIDE_ASPECT = 1.5 / 4  # width/height above which one image may hold two whole-body views
+_GAP_FRACTION = 0.25  # a column this empty (vs. both halves' peaks) separates two side-by-side views
+_TRUNCATED = "truncated / unreadable: pixel data shorter than its header states"
+_MIN_COMPONENT = 0.05  # body parts smaller than this fraction of the largest one are noise/specks
+
+
+class ImageReadError(ValueError):
+    """A file cannot become views.
+
+    Attributes:
+        code: short machine-readable cause (for per-reason counts).
+        reason: human-readable cause, safe to write to quarantine.csv (never contains patient data).
+    """
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class View:
+    """One projection of a study.
+
+    Attributes:
+        name: "anterior", "posterior" or "single".
+        pixels: (H, W) float32 in the modality's units (counts for NM), MONOCHROME2 sense (bright = more).
+        spacing: (row, column) pixel spacing in mm when known; keeps the physical aspect ratio on resize.
+    """
+
+    name: str
+    pixels: np.ndarray
+    spacing: tuple[float, float] | None = None
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def read_dicom(path: str | Path) -> Dataset:
+    """Read a DICOM file without modifying it (opened read-only)."""
+    with open(path, "rb") as fp:
+        return pydicom.dcmread(fp)
+
+
+def decode_frames(ds: Dataset) -> np.ndarray:
+    """Pixel data -> (F, H, W) float32 after the Modality LUT and MONOCHROME1 inversion.
+
+    Raises:
+        ImageReadError: no pixel data, pixel data shorter than its header promises, or a codec failure.
+    """
+    check_pixel_data(ds)
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # the codecs raise a variety of types; all mean "cannot decode"
+        raise _decode_error(ds, exc) from None
+    frames_n = int(ds.get("NumberOfFrames") or 1)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    values = apply_modality_lut(stored, ds).astype(np.float32, copy=False)
+    if samples > 1:  # colour secondary captures: luminance, which is what a grey-scale model sees
+        values = rgb2gray(values).astype(np.float32)
+    values = values.reshape((frames_n, *values.shape[-2:]))
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        low, high = _output_range(ds)
+        values = (low + high) - values  # MONOCHROME1: high values are dark; flip within the LUT's range
+    if str(ds.get("Modality", "")).upper() in COUNT_MODALITIES:
+        np.maximum(values, 0, out=values)  # lossy codecs undershoot around hot spots; counts are >= 0
+    return values
+
+
+def check_pixel_data(ds: Dataset) -> None:
+    """Cheap integrity check before any real work: pixel data present, and not cut short (native syntaxes).
+
+    Raises:
+        ImageReadError: no pixel data, no transfer syntax, or fewer pixel bytes than the header states.
+    """
+    if "PixelData" not in ds:
+        raise ImageReadError("no_pixel_data", "no pixel data")
+    syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
+    if syntax is None:
+        raise ImageReadError("unreadable", "truncated / unreadable: no Transfer Syntax UID in the file meta")
+    if syntax.is_compressed:
+        return  # encapsulated streams are checked by their codec
+    try:
+        short = len(ds.PixelData) < int(get_expected_length(ds))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return  # incomplete or ill-typed image attributes: decoding reports what is wrong
+    if short:
+        raise ImageReadError("truncated", _TRUNCATED)
+
+
+def _output_range(ds: Dataset) -> tuple[float, float]:
+    """Range of the Modality LUT's output over all storable values (data-independent inversion)."""
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+    if int(ds.get("PixelRepresentation") or 0):
+        stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1], dtype=np.int64)
+    else:
+        stored = np.array([0, 2**bits - 1], dtype=np.int64)
+    ends = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    return float(ends.min()), float(ends.max())
+
+
+def _decode_error(ds: Dataset, exc: Exception) -> ImageReadError:
+    syntax = ds.file_meta.TransferSyntaxUID
+    message = str(exc)
+    if "less than expected" in message or "shorter than" in message or isinstance(exc, EOFError):
+        return ImageReadError("truncated", _TRUNCATED)
+    # Codec messages name the plugin and the stream fault, and "Missing required element" names a tag:
+    # safe to keep, abridged. Other messages may quote element values (which could be identifying),
+    # so only their type is kept.
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if lines and lines[0].startswith("Unable to decode as exceptions were raised by all available plugins"):
+        detail = "; ".join(" ".join(line.split())[:160] for line in lines[1:4])
+    elif message.startswith("Missing required element"):
+        detail = " ".join(message.split())[:120]
+    else:
+        detail = type(exc).__name__
+    return ImageReadError("decode_error", f"cannot decode {syntax.name} pixel data ({detail})")
+
+
+# --------------------------------------------------------------------------- views
+
+
+def _view_from_meaning(meaning: str) -> str | None:
+    text = meaning.lower()
+    anterior, posterior = "anterior" in text, "posterior" in text
+    if anterior != posterior:  # "postero-anterior" (a chest PA code) names no whole-body view
+        return ANTERIOR if anterior else POSTERIOR
+    return None
+
+
+def _coded_view(item: Dataset) -> str | None:
+    codes = item.get("ViewCodeSequence") or []
+    return _view_from_meaning(str(codes[0].get("CodeMeaning", ""))) if len(codes) else None
+
+
+def _frame_view_codes(ds: Dataset, n_frames: int) -> list[str | None]:
+    """View of each frame from DetectorVector -> DetectorInformationSequence ViewCodeSequence."""
+    detectors = [_coded_view(item) for item in ds.get("DetectorInformationSequence") or []]
+    vector = ds.get("DetectorVector")
+    if vector is None:
+        indices = list(range(1, n_frames + 1)) if len(detectors) == n_frames else []
+    else:
+        indices = [int(v) for v in (vector if isinstance(vector, Sequence) else [vector])]
+    names: list[str | None] = [None] * n_frames
+    for frame, detector in enumerate(indices[:n_frames]):
+        if 1 <= detector <= len(detectors):
+            names[frame] = detectors[detector - 1]
+    if n_frames == 1 and names[0] is None:  # CR/DX and some NM put the view code at the top level
+        names[0] = _coded_view(ds)
+    return names
+
+
+def text_views(ds: Dataset) -> list[str]:
+    """ANT/POST words of the most specific free text that has any (instance before series), in order.
+
+    Anonymization removes ImageComments and SeriesDescription (PS3.15 action X), so callers that
+    decode the anonymized copy take these hints from the original dataset first.
+    """
+    for keyword in ("ImageComments", "SeriesDescription", "ImageType"):
+        value = ds.get(keyword)
+        if value is None:
+            continue
+        text = (
+            " ".join(map(str, value))
+            if isinstance(value, Sequence) and not isinstance(value, str)
+            else str(value)
+        )
+        found = [_VIEW_WORDS[w] for w in re.findall(r"[A-Za-z]+", text.upper()) if w in _VIEW_WORDS]
+        ordered = [v for i, v in enumerate(found) if v not in found[:i]]
+        if ordered:
+            return ordered
+    return []
+
+
+def side_by_side_split(pixels: np.ndarray) -> int | None:
+    """Column where two side-by-side views meet, or None when the image holds one body.
+
+    The image must be wider than one whole-body view and have a near-empty column in its middle
+    band with a body on each side (one centred body has its spine there, the opposite of a gap).
+    """
+    height, width = pixels.shape
+    if width < 8:
+        return None
+    profile = ndimage.gaussian_filter1d(
+        (pixels - pixels.min()).sum(axis=0, dtype=np.float64), sigma=max(1.0, width / 128)
+    )
+    lo, hi = int(0.3 * width), int(0.7 * width)
+    column = lo + int(np.argmin(profile[lo:hi]))
+    left, right = profile[:column].max(initial=0.0), profile[column:].max(initial=0.0)
+    if min(left, right) <= 0 or profile[column] >= _GAP_FRACTION * min(left, right):
+        return None
+    return column
+
+
+def split_views(
+    frames: np.ndarray, coded: Sequence[str | None], text: Sequence[str]
+) -> list[tuple[str, np.ndarray]]:
+    """Name the whole-body views in (F, H, W) frames: codes, then text, then geometry, then frame order.
+
+    Raises:
+        ImageReadError: more than two frames without view codes (which frame is which is unknowable).
+    """
+    n_frames, height, width = frames.shape
+    if n_frames > 1:
+        if all(coded):
+            return [(name, frame) for name, frame in zip(coded, frames, strict=True)]
+        if n_frames > 2:
+            raise ImageReadError(
+                "unknown_views", f"{n_frames} frames without view codes: views cannot be told apart"
+            )
+        first, second = coded
+        if first or second:  # one frame coded: the other is the other projection
+            first, second = first or _OTHER[second], second or _OTHER[first]
+        elif len(text) == 2:  # "POST ANT": frames in the order the text names them
+            first, second = text
+        else:  # frame order: anterior first
+            first, second = ANTERIOR, POSTERIOR
+        return [(first, frames[0]), (second, frames[1])]
+    image = frames[0]
+    if coded[0] is not None:
+        return [(coded[0], image)]
+    column = side_by_side_split(image) if (width >= _SIDE_BY_SIDE_ASPECT * height or len(text) == 2) else None
+    if column is not None:
+        left_name, right_name = (text[0], text[1]) if len(text) == 2 else (ANTERIOR, POSTERIOR)
+        return [(left_name, image[:, :column]), (right_name, image[:, column:])]
+    if len(text) == 1:
+        return [(text[0], image)]
+    log.debug("no view code, view word or second body: the lone whole-body frame is taken as anterior")
+    return [(ANTERIOR, image)]
+
+
+def _spacing(ds: Dataset) -> tuple[float, float] | None:
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    try:
+        row, col = (float(s) for s in spacing)
+    except (TypeError, ValueError):
+        return None
+    return (row, col) if row > 0 and col > 0 else None
+
+
+def dataset_views(ds: Dataset, split: bool, hints: Sequence[str] | None = None) -> list[View]:
+    """Views of a decoded dataset. `split=False` -> every frame is one "single" view.
+
+    Args:
+        hints: view names from free text (`text_views` of the original, pre-anonymization dataset);
+            None -> taken from `ds` itself.
+    """
+    frames = decode_frames(ds)
+    spacing = _spacing(ds)
+    if not split:
+        return [View(SINGLE, frame, spacing) for frame in frames]
+    text = text_views(ds) if hints is None else list(hints)
+    named = split_views(frames, _frame_view_codes(ds, frames.shape[0]), text)
+    return [View(name, np.ascontiguousarray(pixels), spacing) for name, pixels in named]
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """A PNG/JPEG -> (H, W) float32 grey values (16-bit PNGs keep their 16 bits)."""
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                return np.asarray(img, dtype=np.float32)
+            return np.asarray(img.convert("L"), dtype=np.float32)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError("unreadable", f"truncated / unreadable image: {type(exc).__name__}") from None
+
+
+def read_views(source: Dataset | str | Path, split: bool, hints: Sequence[str] | None = None) -> list[View]:
+    """Views of one input: a pydicom Dataset, a DICOM path, or a PNG/JPEG path.
+
+    Args:
+        source: dataset or file path (suffix .png/.jpg/.jpeg/.bmp/.tif(f) -> image, anything else -> DICOM).
+        split: True for whole-body studies (anterior/posterior), False for one view per frame ("single").
+        hints: DICOM only: ANT/POST view names from the original free text (see `text_views`).
+    """
+    if isinstance(source, Dataset):
+        return dataset_views(source, split, hints)
+    path = Path(source)
+    if path.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}:
+        pixels = read_image_file(path)
+        if not split:
+            return [View(SINGLE, pixels)]
+        return [View(name, np.ascontiguousarray(p)) for name, p in split_views(pixels[None], [None], [])]
+    return dataset_views(read_dicom(path), split, hints)
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def body_mask(pixels: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean (H, W) mask of the body: smoothed signal above `threshold` x robust maximum.
+
+    Light Gaussian smoothing turns Poisson-noisy soft tissue into a connected region; the robust
+    maximum (99.5th percentile of the smoothed image) ignores a single hot spot. Connected components
+    smaller than 5 % of the largest are dropped (specks of scatter), but separate large parts (legs or
+    arms detached at the threshold) are kept.
+    """
+    signal = pixels - pixels.min()
+    smooth = ndimage.gaussian_filter(signal, sigma=max(1.0, min(signal.shape) / 128))
+    robust_max = float(np.percentile(smooth, 99.5))
+    if robust_max <= 0:
+        return np.zeros(pixels.shape, dtype=bool)
+    labels, n = ndimage.label(smooth > threshold * robust_max)
+    if n == 0:
+        return np.zeros(pixels.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(sizes >= _MIN_COMPONENT * sizes.max()) + 1
+    return np.isin(labels, keep)
+
+
+def _block_sum(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """(H, W) -> (ceil(H/f), ceil(W/f)) sums of f x f blocks (edge blocks zero-padded)."""
+    height, width = pixels.shape
+    padded = np.pad(pixels, ((0, -height % factor), (0, -width % factor)))
+    rows, cols = padded.shape[0] // factor, padded.shape[1] // factor
+    return padded.reshape(rows, factor, cols, factor).sum(axis=(1, 3))
+
+
+def crop_box(pixels: np.ndarray, threshold: float, margin: float) -> tuple[slice, slice]:
+    """Bounding box of the body mask, widened by `margin` x the view's size on every side.
+
+    The mask is computed on f x f block sums (f = shorter side // 64, so ~64 blocks across): summing
+    blocks is itself a denoising filter, and the box stays within ~2 blocks of the body (the reach of
+    the smoothing at a 2 % threshold; 8 px of a 1024 x 256 view, inside the 20 px margin) at a
+    sixteenth of the cost of masking at full resolution.
+
+    Raises:
+        ImageReadError: the view is blank (no signal above background).
+    """
+    factor = max(1, min(pixels.shape) // 64)
+    signal = pixels - pixels.min()
+    mask = body_mask(_block_sum(signal, factor) if factor > 1 else signal, threshold)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise ImageReadError("blank", "blank image (no signal above background)")
+    height, width = pixels.shape
+    pad_r, pad_c = round(margin * height), round(margin * width)
+    return (
+        slice(max(0, rows[0] * factor - pad_r), min(height, (rows[-1] + 1) * factor + pad_r)),
+        slice(max(0, cols[0] * factor - pad_c), min(width, (cols[-1] + 1) * factor + pad_c)),
+    )
+
+
+def scale_intensity(pixels: np.ndarray, percentile: float) -> np.ndarray:
+    """Map [min, percentile] linearly to [0, 1], saturating above the percentile. Returns float32."""
+    floor = float(pixels.min())
+    top = float(np.percentile(pixels, percentile))
+    if top <= floor:
+        top = float(pixels.max())
+    if top <= floor:
+        return np.zeros(pixels.shape, dtype=np.float32)
+    return np.clip((pixels - floor) / (top - floor), 0.0, 1.0).astype(np.float32)
+
+
+def resize_pad(image: np.ndarray, size: Size, spacing: tuple[float, float] | None = None) -> np.ndarray:
+    """Resize (H, W) to fit `size` = (H_out, W_out) keeping the (physical) aspect ratio; zero-pad, centred.
+
+    Anti-aliased (Gaussian pre-filter) when shrinking, bilinear interpolation.
+    """
+    out_h, out_w = size
+    height, width = image.shape
+    row_mm, col_mm = spacing or (1.0, 1.0)
+    phys_h, phys_w = height * row_mm, width * col_mm
+    scale = min(out_h / phys_h, out_w / phys_w)
+    new_h = min(out_h, max(1, round(phys_h * scale)))
+    new_w = min(out_w, max(1, round(phys_w * scale)))
+    resized = resize(image, (new_h, new_w), order=1, anti_aliasing=True, preserve_range=True, mode="edge")
+    out = np.zeros((out_h, out_w), dtype=np.float32)
+    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = np.clip(resized, 0.0, None)
+    return out
+
+
+def preprocess_view(view: View, cfg: IngestConfig, size: Size) -> np.ndarray:
+    """View -> (H, W) float32 in [0, 1]: crop to body, mirror posterior, scale, resize with padding."""
+    rows, cols = crop_box(view.pixels, cfg.crop_threshold, cfg.crop_margin)
+    pixels = view.pixels[rows, cols]
+    if view.name == POSTERIOR and cfg.mirror_posterior:
+        pixels = pixels[:, ::-1]
+    scaled = scale_intensity(pixels, cfg.intensity_percentile)
+    return np.clip(resize_pad(scaled, size, view.spacing), 0.0, 1.0)
+
+
+def write_png16(image: np.ndarray, path: str | Path) -> Path:
+    """Write a [0, 1] image as a 16-bit grayscale PNG, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.round(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(data).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def read_png16(path: str | Path) -> np.ndarray:
+    """A PNG written by `write_png16` -> (H, W) float32 in [0, 1]."""
+    with Image.open(path) as img:
+        return np.asarray(img, dtype=np.float32) / 65535.0
