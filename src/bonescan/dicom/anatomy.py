@@ -37,10 +37,8 @@ COLLIMATOR_SIGMA_MM = 5.0  # LEHR collimator + intrinsic resolution, FWHM ~12 mm
 SCATTER_SIGMA_MM = 30.0
 SCATTER_FRACTION = 0.18  # share of detected counts that are scattered (Compton in the body)
 BACKGROUND_COUNTS = 0.15  # mean room/electronic background per pixel (the real NM1 scan: median 1)
-REFERENCE_PEAK = (
-    45.0  # projected peak (mm x uptake 1) of a normal lumbar vertebral body: lesion contrast unit
-)
-MIN_RADIUS_PX = 0.75  # thinner structures are widened (area kept) so they never fall between pixels
+REFERENCE_PEAK = 45.0  # projected peak (mm x uptake) of a normal lumbar vertebral body: lesion contrast unit
+MIN_RADIUS_PX = 1.5  # thinner structures are widened (area kept) so pixel sampling keeps their volume
 
 Tissue = Literal["bone", "soft", "kidney", "bladder", "injection", "contamination", "lesion"]
 Kind = Literal["tube", "ellipsoid", "shell", "blob"]
@@ -122,19 +120,26 @@ def draw_ellipsoid(
         semi_axes: (along, across, depth) semi-axes in pixels; `along` is turned by `angle` from the
             column axis (towards increasing rows).
     """
-    along, across, depth = (max(s, MIN_RADIUS_PX) for s in semi_axes)
-    reach = max(along, across) + 1.0
+    along, across, depth = semi_axes
+    reach = max(along, across, MIN_RADIUS_PX) + 1.0
     box = _patch(canvas.shape[1:], centre[0] - reach, centre[0] + reach, centre[1] - reach, centre[1] + reach)
     if box is None:
         return
     rows, cols, ys, xs = box
     u, v = _rotated(ys, xs, centre, angle)
-    thickness = 2.0 * depth * np.sqrt(np.clip(1.0 - (u / along) ** 2 - (v / across) ** 2, 0.0, None))
-    if shell > 0:
-        inner = [max(s - shell, MIN_RADIUS_PX) for s in (along, across, depth)]
-        rho2 = (u / inner[0]) ** 2 + (v / inner[1]) ** 2
-        thickness = thickness - 2.0 * inner[2] * np.sqrt(np.clip(1.0 - rho2, 0.0, None))
+    thickness = _ellipsoid_thickness(u, v, along, across, depth)
+    if shell > 0 and min(along, across, depth) > shell:
+        thickness -= _ellipsoid_thickness(u, v, along - shell, across - shell, depth - shell)
     _add(canvas, rows, cols, thickness, gains)
+
+
+def _ellipsoid_thickness(
+    u: np.ndarray, v: np.ndarray, along: float, across: float, depth: float
+) -> np.ndarray:
+    """Chord length through an ellipsoid; semi-axes below MIN_RADIUS_PX are widened with the volume kept."""
+    a, b = max(along, MIN_RADIUS_PX), max(across, MIN_RADIUS_PX)
+    scale = 2.0 * depth * (along * across) / (a * b)
+    return scale * np.sqrt(np.clip(1.0 - (u / a) ** 2 - (v / b) ** 2, 0.0, None))
 
 
 def draw_gaussian(
@@ -146,6 +151,7 @@ def draw_gaussian(
 ) -> None:
     """A 2-D Gaussian of peak `gains` (sigmas along/across the axis turned by `angle`), cut at 3.5 sigma."""
     s_along, s_across = (max(s, 0.6) for s in sigmas)
+    gains = gains * (sigmas[0] * sigmas[1]) / (s_along * s_across)  # a widened Gaussian keeps its integral
     reach = 3.5 * max(s_along, s_across)
     box = _patch(canvas.shape[1:], centre[0] - reach, centre[0] + reach, centre[1] - reach, centre[1] + reach)
     if box is None:
@@ -198,7 +204,7 @@ class Shape:
     def point_at(
         self, rng: np.random.Generator, lo: float = 0.0, hi: float = 1.0
     ) -> tuple[np.ndarray, float]:
-        """A random point inside the shape (tube: along its length fraction [lo, hi]) and the local axis angle."""
+        """A random point inside the shape (tube: within length fraction [lo, hi]) and its axis angle."""
         if self.kind == "tube" and len(self.points) > 1:
             seg = np.linalg.norm(np.diff(self.points, axis=0), axis=1)
             cum = np.concatenate([[0.0], np.cumsum(seg)])
@@ -305,7 +311,7 @@ def sample_body(rng: np.random.Generator) -> Body:
     return Body(
         height=float(np.clip(rng.normal(1700.0, 90.0), 1500.0, 1950.0)),
         width=float(np.clip(rng.normal(1.0, 0.06), 0.86, 1.15)),
-        girth=float(np.clip(rng.lognormal(0.0, 0.14), 0.8, 1.45)),
+        girth=float(np.clip(rng.lognormal(0.0, 0.14), 0.85, 1.3)),
         arm_abduction=(float(rng.uniform(0.0, 6.0)), float(rng.uniform(0.0, 6.0))),
         forearms_on_belly=bool(rng.random() < 0.18),
         leg_spread=float(rng.uniform(0.0, 3.5)),
@@ -315,7 +321,7 @@ def sample_body(rng: np.random.Generator) -> Body:
         rib_drop=float(rng.uniform(0.85, 1.15)),
         head_turn=float(rng.normal(0.0, 3.0)),
         bone_uptake=float(rng.lognormal(0.0, 0.15)),
-        soft_tissue=float(rng.lognormal(0.0, 0.3)),
+        soft_tissue=float(rng.lognormal(0.0, 0.2)),
         kidney_uptake=float(rng.lognormal(0.0, 0.45)),
         texture_seed=int(rng.integers(2**31)),
     )
@@ -454,9 +460,10 @@ def skeleton(body: Body) -> list[Shape]:
         )
 
     # Legs: femur, knee, tibia, fibula, ankle, foot. The legs turn outwards by `leg_spread`.
+    limbs = joints(body)
     spread = math.tan(math.radians(body.leg_spread))
     for s in (-1, 1):
-        hip = np.array([s * X(0.056), Y(0.487)])
+        hip = limbs[("hip", s)]
 
         def leg_x(base: float, y: float, s: int = s) -> float:
             return s * (base + spread * (y - Y(0.49)))
@@ -465,8 +472,7 @@ def skeleton(body: Body) -> list[Shape]:
         add(_ellipsoid(tuple(hip), 22.0, 22.0, 22.0, 1.0, 0.5, site="femur_proximal", side=s))
         add(_tube([tuple(hip), trochanter], [14.0, 16.0], 1.0, 0.5, site="femur_proximal", side=s))
         add(_ellipsoid(trochanter, 14.0, 20.0, 18.0, 0.9, 0.5, site="femur_proximal", side=s))
-        knee_y = Y(0.703)
-        knee_x = leg_x(Y(0.048), knee_y)
+        knee_x, knee_y = limbs[("knee", s)]
         add(
             _tube(
                 [(s * X(0.078), Y(0.5)), (s * X(0.072), Y(0.56))],
@@ -515,7 +521,7 @@ def skeleton(body: Body) -> list[Shape]:
                 side=s,
             )
         )
-        ankle_x = leg_x(Y(0.05), ankle_y)
+        ankle_x = limbs[("ankle", s)][0]
         add(_ellipsoid((ankle_x, ankle_y), 28.0, 15.0, 24.0, 0.9, 0.5, site="ankle", side=s))
         add(_ellipsoid((ankle_x + s * 4.0, Y(0.968)), 22.0, 17.0, 24.0, 1.0, 0.5, site="foot", side=s))
         for k in range(3):
@@ -532,17 +538,9 @@ def skeleton(body: Body) -> list[Shape]:
             )
 
     # Arms: humerus, elbow, forearm, wrist and hand; optionally resting on the belly.
-    for s, abduction in zip((-1, 1), body.arm_abduction, strict=True):
-        shoulder = np.array([s * X(0.106), Y(0.195)])
-        a = math.radians(abduction)
-        elbow = shoulder + Y(0.186) * np.array([s * math.sin(a), math.cos(a)])
-        if body.forearms_on_belly:
-            target = np.array([s * Y(0.015), Y(0.41)])
-            direction = (target - elbow) / np.linalg.norm(target - elbow)
-        else:
-            b = a + math.radians(5.0)
-            direction = np.array([s * math.sin(b), math.cos(b)])
-        wrist = elbow + Y(0.146) * direction
+    for s in (-1, 1):
+        shoulder, elbow, wrist = (limbs[(k, s)] for k in ("shoulder", "elbow", "wrist"))
+        direction = (wrist - elbow) / np.linalg.norm(wrist - elbow)
         across = np.array([-direction[1], direction[0]])
         add(_ellipsoid(tuple(shoulder), 23.0, 23.0, 23.0, 0.9, 0.5, site="humerus_proximal", side=s))
         add(
@@ -699,7 +697,7 @@ def soft_tissue(body: Body) -> list[Shape]:
                 (0.0, Y(0.45)),
                 (0.0, Y(0.505)),
             ],
-            np.array([0.055, 0.115 * w, 0.11 * w * g, 0.1 * w * g, 0.112 * w * g, 0.106 * w * g]) * h,
+            np.array([0.055, 0.115 * w, 0.11 * w * g, 0.1 * w * g, 0.108 * w * g, 0.088 * w * g]) * h,
             0.6 * g,
             0.5,
             tissue="soft",
@@ -718,7 +716,7 @@ def soft_tissue(body: Body) -> list[Shape]:
                 tissue="soft",
             )
         )
-    bones = {(sh.site, sh.side): sh.points[0] for sh in skeleton_landmarks(body)}
+    bones = joints(body)
     for s in (-1, 1):
         shoulder, elbow, wrist = (bones[(k, s)] for k in ("shoulder", "elbow", "wrist"))
         shapes.append(
@@ -742,7 +740,7 @@ def soft_tissue(body: Body) -> list[Shape]:
             )
         )
         hip, knee, ankle = (bones[(k, s)] for k in ("hip", "knee", "ankle"))
-        thigh_top = (hip[0] + s * 0.012 * h, hip[1] + 0.02 * h)
+        thigh_top = (hip[0] + s * 0.012 * h, hip[1] + 0.035 * h)
         shapes.append(
             _tube(
                 [thigh_top, knee, ankle], np.array([0.056 * g, 0.034 * g, 0.022]) * h, 1.0, 0.5, tissue="soft"
@@ -754,11 +752,12 @@ def soft_tissue(body: Body) -> list[Shape]:
     return shapes
 
 
-def skeleton_landmarks(body: Body) -> list[Shape]:
-    """Joint centres as zero-size shapes (site=joint name, side), shared by soft tissue and findings."""
+def joints(body: Body) -> dict[tuple[str, int], np.ndarray]:
+    """Joint centres (x, y) mm in the body frame, keyed by (name, side): shoulder, elbow, wrist, hip,
+    knee, ankle. One source for the skeleton, the soft tissue and the findings placed at joints."""
     h, w = body.height, body.width
     spread = math.tan(math.radians(body.leg_spread))
-    marks = []
+    out: dict[tuple[str, int], np.ndarray] = {}
     for s, abduction in zip((-1, 1), body.arm_abduction, strict=True):
         shoulder = np.array([s * 0.106 * h * w, 0.195 * h])
         a = math.radians(abduction)
@@ -767,25 +766,16 @@ def skeleton_landmarks(body: Body) -> list[Shape]:
             target = np.array([s * 0.015 * h, 0.41 * h])
             direction = (target - elbow) / np.linalg.norm(target - elbow)
         else:
-            b = a + math.radians(5.0)
+            b = a + math.radians(5.0)  # carrying angle of the elbow
             direction = np.array([s * math.sin(b), math.cos(b)])
-        wrist = elbow + 0.146 * h * direction
         knee_y, ankle_y = 0.703 * h, 0.953 * h
-        joints = {
-            "shoulder": shoulder,
-            "elbow": elbow,
-            "wrist": wrist,
-            "hip": np.array([s * 0.056 * h * w, 0.487 * h]),
-            "knee": np.array([s * (0.048 * h + spread * (knee_y - 0.49 * h)), knee_y]),
-            "ankle": np.array([s * (0.05 * h + spread * (ankle_y - 0.49 * h)), ankle_y]),
-        }
-        for name, p in joints.items():
-            marks.append(Shape("blob", p[None], np.zeros(2), 0.0, 0.5, "bone", 0.0, name, s))
-    return marks
-
-
-def _joint(body: Body, name: str, side: int) -> np.ndarray:
-    return next(m.points[0] for m in skeleton_landmarks(body) if m.site == name and m.side == side)
+        out[("shoulder", s)] = shoulder
+        out[("elbow", s)] = elbow
+        out[("wrist", s)] = elbow + 0.146 * h * direction
+        out[("hip", s)] = np.array([s * 0.056 * h * w, 0.487 * h])
+        out[("knee", s)] = np.array([s * (0.048 * h + spread * (knee_y - 0.49 * h)), knee_y])
+        out[("ankle", s)] = np.array([s * (0.05 * h + spread * (ankle_y - 0.49 * h)), ankle_y])
+    return out
 
 
 # --------------------------------------------------------------------------- findings
@@ -867,7 +857,7 @@ def _sample_metastases(body: Body, rng: np.random.Generator, count: int, bones: 
         host = candidates[rng.integers(len(candidates))]
         size = rng.uniform(5.0, 13.0)
         elongation = rng.uniform(1.3, 2.6) if site == "rib" else 1.0
-        contrast = rng.uniform(0.5, 2.0)
+        contrast = rng.uniform(0.7, 2.5)
         lo, hi = (0.0, 0.5) if site == "femur_proximal" and host.kind == "tube" else (0.0, 1.0)
         lesions.append(_lesion_on(host, rng, contrast, size, elongation, lo, hi))
     return lesions
@@ -885,7 +875,7 @@ def _symmetric_pair(
     """Degenerative uptake on both sides of a joint; the two sides differ by at most ~25 %."""
     blobs = []
     for s in (-1, 1):
-        c = _joint(body, joint, s) + np.array([s * offset[0], offset[1]])
+        c = joints(body)[(joint, s)] + np.array([s * offset[0], offset[1]])
         blobs.append(
             _blob(
                 tuple(c),
@@ -904,28 +894,28 @@ def _sample_benign(body: Body, rng: np.random.Generator, kind: str, bones: list[
     bone_peak = REFERENCE_PEAK
     if kind == "knees":
         return _symmetric_pair(
-            body, rng, "knee", (-12.0, 14.0), rng.uniform(7, 12), rng.uniform(0.8, 2.0) * bone_peak
+            body, rng, "knee", (-12.0, 14.0), rng.uniform(7, 12), rng.uniform(1.0, 2.5) * bone_peak
         )
     if kind == "shoulders":
         return _symmetric_pair(
-            body, rng, "shoulder", (8.0, -14.0), rng.uniform(6, 10), rng.uniform(0.6, 1.6) * bone_peak, 0.4
+            body, rng, "shoulder", (8.0, -14.0), rng.uniform(6, 10), rng.uniform(0.8, 1.8) * bone_peak, 0.4
         )
     if kind == "hips":
         return _symmetric_pair(
-            body, rng, "hip", (4.0, -18.0), rng.uniform(6, 10), rng.uniform(0.6, 1.5) * bone_peak
+            body, rng, "hip", (4.0, -18.0), rng.uniform(6, 10), rng.uniform(0.8, 1.8) * bone_peak
         )
     if kind == "hands_feet":
         joint = "wrist" if rng.random() < 0.6 else "ankle"
         blobs = _symmetric_pair(
-            body, rng, joint, (0.0, 14.0), rng.uniform(5, 8), rng.uniform(0.8, 1.8) * bone_peak
+            body, rng, joint, (0.0, 14.0), rng.uniform(5, 8), rng.uniform(1.0, 2.0) * bone_peak
         )
         if joint == "wrist":  # small joints of the hand (MCP) on both sides
             for s in (-1, 1):
-                base = _joint(body, "wrist", s)
+                base = joints(body)[("wrist", s)]
                 for k in range(int(rng.integers(1, 4))):
                     c = base + np.array([s * (k - 1) * 8.0, 0.03 * body.height])
                     blobs.append(
-                        _blob(tuple(c), 4.0, 4.0, rng.uniform(0.6, 1.4) * bone_peak, 0.5, site="hand")
+                        _blob(tuple(c), 4.0, 4.0, rng.uniform(0.8, 1.6) * bone_peak, 0.5, site="hand")
                     )
         return blobs
     if kind == "rib_fracture":  # focal spots on consecutive ribs, aligned vertically: trauma, not tumour
@@ -942,7 +932,7 @@ def _sample_benign(body: Body, rng: np.random.Generator, kind: str, bones: list[
                         tuple(centre),
                         rng.uniform(5.0, 8.0),
                         rng.uniform(4.0, 5.0),
-                        rng.uniform(0.5, 1.2) * bone_peak,
+                        rng.uniform(0.8, 1.6) * bone_peak,
                         sh.depth,
                         axis,
                         site="rib",
@@ -957,7 +947,7 @@ def _sample_benign(body: Body, rng: np.random.Generator, kind: str, bones: list[
     for s in (-1, 1):
         c = level.points[0] + np.array([s * level.size[0], level.size[1] * 1.6])
         blobs.append(
-            _blob(tuple(c), rng.uniform(5, 8), 4.0, rng.uniform(0.4, 1.0) * bone_peak, 0.72, site="spine")
+            _blob(tuple(c), rng.uniform(5, 8), 4.0, rng.uniform(0.6, 1.2) * bone_peak, 0.72, site="spine")
         )
     return blobs
 
@@ -1039,7 +1029,7 @@ def sample_acquisition(
     site = rng.choice(["antecubital", "hand", "none"], p=[0.6, 0.28, 0.12])
     side = int(rng.choice([-1, 1]))
     if site != "none":
-        joint = _joint(body, "elbow" if site == "antecubital" else "wrist", side)
+        joint = joints(body)[("elbow" if site == "antecubital" else "wrist", side)]
         centre = joint + rng.normal(0.0, 6.0, 2) + (np.array([0.0, 40.0]) if site == "hand" else 0.0)
         sigma = rng.uniform(4.0, 12.0)
         injection = _blob(
@@ -1062,7 +1052,7 @@ def sample_acquisition(
             tissue="contamination",
         )
     return Acquisition(
-        top_mm=float(rng.uniform(0.15, 0.85) * free),
+        top_mm=float(rng.uniform(0.08, 0.6) * free),
         shift_mm=float(rng.normal(0.0, 12.0)),
         tilt_deg=float(rng.normal(0.0, 1.5)),
         counts=(total, posterior),
@@ -1098,7 +1088,7 @@ def _uptake(body: Body, acq: Acquisition, findings: Findings) -> dict[str, float
     factors = {
         "bone": body.bone_uptake,
         "lesion": body.bone_uptake,
-        "soft": 0.15 * body.soft_tissue * soft,
+        "soft": 0.12 * body.soft_tissue * soft,
         "kidney": 0.5 * body.kidney_uptake * kidney,
         "bladder": 1.0,
         "injection": 1.0,
@@ -1207,10 +1197,10 @@ def expected_counts(body: Body, findings: Findings, acq: Acquisition, size: tupl
     for v, total in enumerate(acq.counts):
         primary = blurred[v] / max(float(blurred[v].sum()), 1e-9)
         halo = scatter[v] / max(float(scatter[v].sum()), 1e-9)
-        body_counts = total - BACKGROUND_COUNTS * height * width
-        out[v] = (
-            body_counts * ((1 - SCATTER_FRACTION) * primary + SCATTER_FRACTION * halo) + BACKGROUND_COUNTS
-        )
+        background = min(BACKGROUND_COUNTS, 0.05 * total / (height * width))  # never more than 5 % of counts
+        out[v] = (total - background * height * width) * (
+            (1 - SCATTER_FRACTION) * primary + SCATTER_FRACTION * halo
+        ) + background
     return out
 
 
@@ -1491,6 +1481,6 @@ __all__ = [
     "sample_body",
     "sample_findings",
     "skeleton",
-    "skeleton_landmarks",
+    "joints",
     "soft_tissue",
 ]

@@ -67,6 +67,7 @@ __all__ = [
     "BadFile",
     "CohortPlan",
     "CohortSummary",
+    "PlannedStudy",
     "PatientIdentity",
     "StudyIdentity",
     "StudyRecord",
@@ -75,8 +76,6 @@ __all__ = [
     "make_nm_dataset",
     "make_radiograph_dataset",
     "plan_cohort",
-    "render_bone_study",
-    "render_chest",
     "sample_patient_identity",
     "sample_study_identity",
     "separability_of_features",
@@ -104,6 +103,7 @@ CHEST_SYNTAXES = {"explicit": 0.8, "rle": 0.2}
 SYNTAX_UIDS = {"explicit": ExplicitVRLittleEndian, "rle": RLELossless, "jpeg2000": JPEG2000Lossless}
 BAD_KINDS = ("truncated", "not_dicom", "no_pixel_data", "unsupported_modality", "burned_in")
 CHEST_FOV_MM = 400.0
+J2K_MIN_SIDE = 32  # openjpeg always uses 6 DWT resolutions: each side needs >= 2**5 pixels
 FIRST_STUDY_DAY = date(2016, 1, 4)
 
 
@@ -233,9 +233,15 @@ def sample_patient_identity(seed: int, cohort: str, index: int) -> PatientIdenti
     )
 
 
-def sample_study_identity(seed: int, cohort: str, patient_index: int, study_index: int, accession_index: int,
-                          after: date | None = None) -> StudyIdentity:  # fmt: skip
-    """The fake identity of a study; `after` = the patient's previous study date (repeat scans 2-14 months later)."""
+def sample_study_identity(
+    seed: int,
+    cohort: str,
+    patient_index: int,
+    study_index: int,
+    accession_index: int,
+    after: date | None = None,
+) -> StudyIdentity:
+    """The fake identity of a study; `after` is the patient's previous study date (repeats 2-14 months on)."""
     rng = _rng(seed, f"{cohort}-study", patient_index, study_index)
     numbers = _rng(seed, f"{cohort}-accessions")
     day = (
@@ -519,6 +525,11 @@ def make_radiograph_dataset(
     return ds
 
 
+def _feasible_syntax(syntax: str, size: tuple[int, int]) -> str:
+    """JPEG 2000 -> RLE for views too small for openjpeg's fixed 6 resolution levels (tiny test cohorts)."""
+    return "rle" if syntax == "jpeg2000" and min(size) < J2K_MIN_SIDE else syntax
+
+
 def _encode(ds: Dataset, syntax: str) -> Dataset:
     """Compress in place (pydicom 3 encoders: native RLE, pylibjpeg-openjpeg for JPEG 2000 lossless).
 
@@ -591,6 +602,8 @@ def plan_cohort(cfg: PhantomConfig) -> CohortPlan:
     lo, hi = cfg.studies_per_patient
     if not 1 <= lo <= hi:
         raise ValueError(f"studies_per_patient must satisfy 1 <= min <= max, got {cfg.studies_per_patient}")
+    if not 0 < cfg.counts_per_view[0] <= cfg.counts_per_view[1]:
+        raise ValueError(f"counts_per_view must satisfy 0 < min <= max, got {cfg.counts_per_view}")
     per_patient = rng.integers(lo, hi + 1, size=cfg.patients)
     n_bone = int(per_patient.sum())
     representations = _allocate(n_bone, REPRESENTATIONS, rng)
@@ -648,7 +661,11 @@ def separability_of_features(
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
     classes, counts = np.unique(y, return_counts=True)
-    k = int(min(folds, counts.min())) if len(classes) > 1 else 0
+    # Folds must leave every class (and, with groups, a patient of every class) on both sides of a split.
+    per_class = (
+        counts if groups is None else np.array([len(set(np.asarray(groups)[y == c])) for c in classes])
+    )
+    k = int(min(folds, per_class.min())) if len(classes) > 1 else 0
     result = {
         "n": int(len(y)),
         "features": [f"{view}_{name}" for view in ("anterior", "posterior") for name in STATISTIC_NAMES][
@@ -773,8 +790,13 @@ class CohortSummary:
         }
 
 
-def _bone_datasets(views: BoneViews, plan: PlannedStudy, patient: PatientIdentity, study: StudyIdentity,
-                   burned_in: bool = False) -> list[Dataset]:  # fmt: skip
+def _bone_datasets(
+    views: BoneViews,
+    plan: PlannedStudy,
+    patient: PatientIdentity,
+    study: StudyIdentity,
+    burned_in: bool = False,
+) -> list[Dataset]:
     """The study's instances in its representation: (a) one 2-frame, (b) two 1-frame, (c) side by side."""
     ant, post = views.anterior, views.posterior
     common = {"pixel_spacing": views.pixel_spacing, "burned_in": burned_in}
@@ -815,10 +837,21 @@ def _burn_in(views: BoneViews, seed: int) -> BoneViews:
 
 
 _NM_ONLY = (
-    "RadiopharmaceuticalInformationSequence", "DetectorInformationSequence", "EnergyWindowInformationSequence",
-    "WholeBodyTechnique", "FrameIncrementPointer", "DetectorVector", "NumberOfDetectors", "EnergyWindowVector",
-    "NumberOfEnergyWindows", "NumberOfFrames", "ScanLength", "ScanVelocity", "ActualFrameDuration", "CountsAccumulated",
-)  # fmt: skip
+    "RadiopharmaceuticalInformationSequence",
+    "DetectorInformationSequence",
+    "EnergyWindowInformationSequence",
+    "WholeBodyTechnique",
+    "FrameIncrementPointer",
+    "DetectorVector",
+    "NumberOfDetectors",
+    "EnergyWindowVector",
+    "NumberOfEnergyWindows",
+    "NumberOfFrames",
+    "ScanLength",
+    "ScanVelocity",
+    "ActualFrameDuration",
+    "CountsAccumulated",
+)
 
 
 def _write_bad_files(
@@ -877,21 +910,13 @@ def _write_labels(path: Path, rows: list[tuple[str, str]]) -> None:
         writer.writerows(sorted(rows))
 
 
-def write_cohort(cfg: PhantomConfig, out_dir: Path) -> CohortSummary:
-    """Write the synthetic cohort under `out_dir` (bone/, chest/, phantom_report.json).
+def _write_bone_studies(cfg: PhantomConfig, plan: CohortPlan, out_dir: Path, timing: Counter) -> tuple:
+    """Render and write every planned bone study; a patient's later studies reuse their body and findings.
 
-    Existing out_dir/bone and out_dir/chest are replaced, so a cohort never mixes two seeds.
-    Returns the summary, including the global-statistic separability check on the bone studies.
+    Returns:
+        (records, (accession, label) rows, per-study global statistics, patient per study).
     """
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    bone_dir, chest_dir = out_dir / "bone", out_dir / "chest"
-    for old in (bone_dir, chest_dir):
-        if old.exists():
-            shutil.rmtree(old)
-    plan = plan_cohort(cfg)
-    timing = Counter()
-
+    bone_dir = out_dir / "bone"
     bone_records, bone_labels, features, groups = [], [], [], []
     state: dict[int, tuple] = {}  # patient -> (identity, body, findings, last study date)
     for item in plan.bone:
@@ -916,21 +941,40 @@ def write_cohort(cfg: PhantomConfig, out_dir: Path) -> CohortSummary:
         state[item.patient] = (patient, body, findings, study.when.date())
         t1 = time.perf_counter()
         files = []
+        syntax = _feasible_syntax(item.syntax, cfg.bone_size)
         for number, ds in enumerate(_bone_datasets(views, item, patient, study), start=1):
             path = bone_dir / patient.folder / study.folder / f"IMG{number:05d}.dcm"
-            _save(_encode(ds, item.syntax), path)
+            _save(_encode(ds, syntax), path)
             files.append(path.relative_to(out_dir).as_posix())
         timing["bone_render"] += t1 - t0
         timing["bone_write"] += time.perf_counter() - t1
         counts = (int(views.anterior.sum(dtype=np.int64)), int(views.posterior.sum(dtype=np.int64)))
-        bone_records.append(StudyRecord(study.accession, item.label, item.patient, item.representation, item.syntax,
-                                        tuple(files), counts, findings.kinds))  # fmt: skip
+        bone_records.append(
+            StudyRecord(
+                study.accession,
+                item.label,
+                item.patient,
+                item.representation,
+                syntax,
+                tuple(files),
+                counts,
+                findings.kinds,
+            )
+        )
         bone_labels.append((study.accession, item.label))
         features.append(global_statistics(np.stack([views.anterior, views.posterior])))
         groups.append(item.patient)
+    return bone_records, bone_labels, features, groups
 
+
+def _write_chest_studies(cfg: PhantomConfig, plan: CohortPlan, out_dir: Path) -> tuple:
+    """Render and write the chest-radiograph source cohort: CR and DX, some MONOCHROME1, some rescaled.
+
+    Returns:
+        (records, (accession, label) rows).
+    """
+    chest_dir = out_dir / "chest"
     chest_records, chest_labels = [], []
-    t0 = time.perf_counter()
     for item in plan.chest:
         rng = _rng(cfg.seed, "chest-image", item.patient)
         brightness = render_chest(rng, item.label, cfg.chest_size)
@@ -943,8 +987,16 @@ def write_cohort(cfg: PhantomConfig, out_dir: Path) -> CohortSummary:
         ]
         spacing = CHEST_FOV_MM / max(cfg.chest_size)
         view = "AP" if style.random() < 0.15 else "PA"
-        ds = make_radiograph_dataset(brightness, patient, study, modality=item.representation, monochrome1=monochrome1,
-                                     rescale=rescale, view_position=view, pixel_spacing=spacing)  # fmt: skip
+        ds = make_radiograph_dataset(
+            brightness,
+            patient,
+            study,
+            modality=item.representation,
+            monochrome1=monochrome1,
+            rescale=rescale,
+            view_position=view,
+            pixel_spacing=spacing,
+        )
         path = chest_dir / patient.folder / study.folder / "IMG00001.dcm"
         _save(_encode(ds, item.syntax), path)
         rel = path.relative_to(out_dir).as_posix()
@@ -952,6 +1004,27 @@ def write_cohort(cfg: PhantomConfig, out_dir: Path) -> CohortSummary:
             StudyRecord(study.accession, item.label, item.patient, item.representation, item.syntax, (rel,))
         )
         chest_labels.append((study.accession, item.label))
+    return chest_records, chest_labels
+
+
+def write_cohort(cfg: PhantomConfig, out_dir: Path) -> CohortSummary:
+    """Write the synthetic cohort under `out_dir` (bone/, chest/, phantom_report.json).
+
+    Existing out_dir/bone and out_dir/chest are replaced, so a cohort never mixes two seeds.
+    Returns the summary, including the global-statistic separability check on the bone studies.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    bone_dir, chest_dir = out_dir / "bone", out_dir / "chest"
+    for old in (bone_dir, chest_dir):
+        if old.exists():
+            shutil.rmtree(old)
+    plan = plan_cohort(cfg)
+    timing = Counter()
+
+    bone_records, bone_labels, features, groups = _write_bone_studies(cfg, plan, out_dir, timing)
+    t0 = time.perf_counter()
+    chest_records, chest_labels = _write_chest_studies(cfg, plan, out_dir)
     timing["chest"] = time.perf_counter() - t0
 
     bad: list[BadFile] = []
@@ -972,9 +1045,17 @@ def write_cohort(cfg: PhantomConfig, out_dir: Path) -> CohortSummary:
     )
     timing["separability"] = time.perf_counter() - t0
     timing["total"] = time.perf_counter() - started
-    summary = CohortSummary(out_dir, cfg.seed, cfg.patients, cfg.chest_patients, tuple(bone_records),
-                            tuple(chest_records), tuple(bad), separability,
-                            {k: round(v, 3) for k, v in timing.items()})  # fmt: skip
+    summary = CohortSummary(
+        out_dir,
+        cfg.seed,
+        cfg.patients,
+        cfg.chest_patients,
+        tuple(bone_records),
+        tuple(chest_records),
+        tuple(bad),
+        separability,
+        {k: round(v, 3) for k, v in timing.items()},
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "phantom_report.json").write_text(
         json.dumps(summary.report(), indent=2, sort_keys=True) + "\n"
@@ -982,8 +1063,12 @@ def write_cohort(cfg: PhantomConfig, out_dir: Path) -> CohortSummary:
     log.info(
         "phantom cohort: %d bone studies (%s), %d chest studies, %d bad files in %.1f s; global-statistic "
         "accuracy %s vs. majority %.3f",
-        len(bone_records), summary.bone_class_counts, len(chest_records), len(bad), timing["total"],
+        len(bone_records),
+        summary.bone_class_counts,
+        len(chest_records),
+        len(bad),
+        timing["total"],
         None if separability.get("accuracy") is None else f"{separability['accuracy']:.3f}",
         separability.get("majority_baseline", 0.0),
-    )  # fmt: skip
+    )
     return summary
