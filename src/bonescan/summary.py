@@ -61,8 +61,23 @@ def split_table(params: Params, dataset: str) -> Table:
     return table
 
 
+def cohort_line(params: Params) -> str:
+    """The phantom cohort and its check that no global image statistic gives the class away."""
+    report = _read_json(Path(params.phantoms.out_dir) / "phantom_report.json")
+    if report is None:
+        return "Phantom cohort: not generated (using your own data, or `phantoms` has not run)."
+    bone, sep = report["bone"], report["global_statistic_separability"]
+    return (
+        f"Phantom cohort: {bone['patients']} patients, {bone['studies']} studies {bone['classes']}; "
+        f"logistic regression on global image statistics: balanced accuracy {sep['balanced_accuracy']:.3f} "
+        f"vs chance {sep['chance_balanced']:.3f} (accuracy {sep['accuracy']:.3f} vs majority "
+        f"{sep['majority_baseline']:.3f})."
+    )
+
+
 def render_summary(params: Params, console: Console) -> None:
     """Print every summary table and where the results are."""
+    console.print(cohort_line(params))
     console.print(ingest_table(params))
     for name in params.datasets:
         console.print(split_table(params, name))
