@@ -126,6 +126,310 @@ class SplitConfig(_Section):
         return v
 
 
+AugmentMode = Literal["offline", "online", "none"]
+
+
+class AugmentConfig(_Section):
+    """Traditional augmentation of the training split (Yu et al. 2023, Sec. 3.3): rotate, shift, mirror, noise."""
+
+    mode: AugmentMode = "offline"  # offline: images written once (DVC); online: redrawn in the loader
+    factor: int = Field(3, ge=1)  # train split grows to factor x its size; paper: 15 (274 -> 4110)
+    rotation: float = Field(10.0, ge=0, le=180)  # maximum |angle| in degrees
+    translation: tuple[float, float] = (0.05, 0.05)  # maximum shift as a fraction of (H, W)
+    hflip: float = Field(0.5, ge=0, le=1)  # probability of a left-right mirror
+    vflip: float = Field(0.0, ge=0, le=1)  # probability of a head-feet mirror (off: anatomy has an up)
+    poisson_peak: tuple[float, float] = (200.0, 2000.0)  # counts at intensity 1 (log-uniform); low = noisy
+    poisson_p: float = Field(1.0, ge=0, le=1)  # probability of resampling an image with Poisson noise
+    seed: int = 42  # same seed and inputs -> byte-identical augmented images
+    manifest: str = "data/processed/manifest.csv"  # real images with their split
+    synthetic_manifest: str = "data/synthetic/manifest.csv"  # admitted GAN images; used if the file exists
+    out_dir: str = "data/augmented"  # images/ and manifest.csv (val/test rows unchanged)
+
+    @field_validator("translation")
+    @classmethod
+    def _fractions(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= t < 0.5 for t in v):
+            raise ValueError(f"translation fractions must be in [0, 0.5), got {v}")
+        return v
+
+    @field_validator("poisson_peak")
+    @classmethod
+    def _peak_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1]:
+            raise ValueError(f"poisson_peak must be (low, high) with 0 < low <= high, got {v}")
+        return v
+
+
+LossName = Literal["ce", "weighted_ce", "focal", "ldam", "joint"]
+
+
+class LossConfig(_Section):
+    """The training loss (bonescan.losses.build_loss) and its deferred re-weighting."""
+
+    name: LossName = "ce"  # ce | weighted_ce | focal | ldam | joint (= alpha focal + (1 - alpha) LDAM)
+    gamma: float = Field(2.0, ge=0)  # focal focusing parameter (Lin et al. 2017)
+    max_m: float = Field(0.5, gt=0)  # LDAM margin of the rarest class (Cao et al. 2019)
+    s: float = Field(30.0, gt=0)  # LDAM logit scale, meant for a cosine head (clf.normed_head)
+    alpha: float = Field(0.5, ge=0, le=1)  # joint: weight of the focal term (Shi et al. 2023: 0.5)
+    drw_epoch: int | None = Field(None, ge=0)  # epoch (0-based) from which DRW class weights apply; None: off
+    drw_beta: float = Field(0.9999, ge=0, lt=1)  # DRW effective-number beta
+
+
+class TrainConfig(_Section):
+    """Optimisation of one classifier training stage (source pretraining or fine-tuning)."""
+
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(16, ge=1)  # per process under torchrun
+    optimizer: Literal["radam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD only
+    scheduler: Literal["none", "step", "cosine"] = "cosine"  # stepped once per epoch
+    step_size: int = Field(30, ge=1)  # step: epochs between decays
+    step_gamma: float = Field(0.1, gt=0, le=1)  # step: decay factor
+    patience: int = Field(0, ge=0)  # early stopping: epochs without improvement; 0 = train all epochs
+    monitor: Literal["val_macro_f1", "val_loss"] = "val_macro_f1"  # picks the best epoch (saved model)
+    loss: LossConfig = LossConfig()
+
+
+# `clf.preset: <paper>` replaces these keys with that paper's settings (meant for a GPU). Values the
+# papers do not state are ours and say so.
+CLF_PRESETS: dict[str, dict[str, object]] = {
+    "yu2023": {  # Yu et al. 2023, Sec. 4.2: multi-scale CNN, RAdam, batch 4, 500 epochs, cross-entropy
+        "model": "multiscale",
+        "pretrain_source": "source",
+        "pretrain_init": "imagenet",  # two-stage transfer: ImageNet -> chest radiographs -> bone scans
+        "pretrain": {"optimizer": "radam", "lr": 1e-4, "batch_size": 4, "epochs": 500, "scheduler": "none"},
+        "finetune": {  # lr 1e-4: ours
+            "optimizer": "radam",
+            "lr": 1e-4,
+            "batch_size": 4,
+            "epochs": 500,
+            "scheduler": "none",
+            "loss": {"name": "ce"},
+        },
+    },
+    "du_yan2025": {  # Du & Yan 2025: DI-MobileNet, AdamW lr 1e-4 step decay, batch 32, 100 epochs, patience 10
+        "model": "di_mobilenet",
+        "pretrain_source": "imagenet",
+        "finetune": {  # step size and factor, and the monitored quantity: ours
+            "optimizer": "adamw",
+            "lr": 1e-4,
+            "scheduler": "step",
+            "step_size": 30,
+            "step_gamma": 0.1,
+            "batch_size": 32,
+            "epochs": 100,
+            "patience": 10,
+            "monitor": "val_loss",
+            "loss": {"name": "ce"},
+        },
+    },
+    "shi2023": {  # Shi et al. 2023: MobileNetV3-CaCo, AdamW lr 5e-4, wd 5e-2, batch 128, 100 epochs, joint loss
+        "model": "mobilenet_v3_caco",
+        "pretrain_source": "imagenet",
+        "normed_head": True,  # LDAM's scale s = 30 assumes cosine logits (Cao et al. 2019)
+        "finetune": {  # cosine schedule: ours
+            "optimizer": "adamw",
+            "lr": 5e-4,
+            "weight_decay": 5e-2,
+            "batch_size": 128,
+            "epochs": 100,
+            "scheduler": "cosine",
+            "loss": {"name": "joint", "alpha": 0.5},
+        },
+    },
+}
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    """`update` over `base`, recursing into nested mappings (a preset changes single nested keys)."""
+    out = dict(base)
+    for key, value in update.items():
+        current = out.get(key)
+        if isinstance(current, BaseModel):
+            current = current.model_dump()
+        nested = isinstance(value, dict) and isinstance(current, dict)
+        out[key] = _deep_merge(current, value) if nested else value
+    return out
+
+
+class ClassifierConfig(_Section):
+    """Two-stage transfer learning of the classifier (Yu et al. 2023, Sec. 3.4)."""
+
+    preset: Literal["none", "yu2023", "du_yan2025", "shi2023"] = "none"  # a paper's settings win over keys
+    model: str = "mobilenet_v3_small"  # a name of bonescan.models.available()
+    normed_head: bool = False  # cosine classifier head (what LDAM's scale s assumes)
+    pretrain_source: Literal["imagenet", "source", "none"] = "source"  # stage 1: ImageNet / source / none
+    pretrain_init: Literal["none", "imagenet"] = "none"  # initialisation of source pretraining (Yu: imagenet)
+    imagenet_weights: str | None = None  # weights file instead of the torch hub cache (never downloaded)
+    source_dataset: str = "source"  # key of `datasets` used by clf_pretrain
+    pretrain: TrainConfig = TrainConfig(epochs=4)  # stage 1 on the source domain
+    finetune: TrainConfig = TrainConfig()  # stage 2 on the bone-scan training split
+    manifest: str = "data/augmented/manifest.csv"  # fine-tuning data (the augment stage's output)
+    pretrain_dir: str = "models/clf_pretrain"  # stage 1: model.pt, last.pt
+    checkpoint_dir: str = "models/clf_finetune"  # stage 2: last.pt (per-epoch, for resume)
+    out_dir: str = "models/classifier"  # model.pt (best epoch), history.csv/json
+    plots_dir: str = "plots/clf"  # per-epoch curves (DVC plots)
+    metrics_dir: str = "metrics"  # clf_pretrain.json, clf_finetune.json (DVC metrics)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when present
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # NHWC on CUDA (ignored on CPU)
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes (0: load in the training process)
+    cache_images: bool = True  # keep decoded images in memory across epochs
+    seed: int = 42
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: object) -> object:
+        if not isinstance(data, dict) or data.get("preset", "none") == "none":
+            return data
+        preset = CLF_PRESETS.get(data["preset"])
+        if preset is None:
+            return data  # the Literal check reports the unknown name
+        defaults = {k: data.get(k, cls.model_fields[k].default) for k in preset}
+        return {**data, **_deep_merge(defaults, preset)}
+
+
+GanArch = Literal["mu_acgan", "acgan"]
+
+# `gan.preset: paper` replaces these keys with Yu et al. 2023's settings (meant for a GPU).
+GAN_PAPER_PRESET: dict[str, dict[str, object]] = {
+    "model": {"image_size": None, "z_dim": 128, "base_channels": None},  # full size, default widths (32)
+    "train": {"batch_size": 2},  # Sec. 4.2: batch size 2
+    "pretrain": {"epochs": 500, "max_steps": None},  # Sec. 4.2: 500 epochs
+    "finetune": {"epochs": 500, "max_steps": None},
+}
+
+
+class GanModelConfig(_Section):
+    """Generator/discriminator shape; gan_finetune must use the shape gan_pretrain was trained with."""
+
+    image_size: Size | None = (128, 48)  # GAN resolution (H, W), sides divisible by 16; None -> base.image_size
+    z_dim: int = Field(64, ge=1)  # noise dimension
+    base_channels: int | None = Field(8, ge=1)  # G width of the first level; None -> architecture default (32)
+    d_base_channels: int | None = Field(None, ge=1)  # D width of the first block; None -> base_channels
+    spectral_norm: bool = False  # spectral-normalise every D weight (Miyato et al. 2018)
+
+
+class GanTrainConfig(_Section):
+    """Optimisation shared by gan_pretrain and gan_finetune."""
+
+    batch_size: int = Field(8, ge=1)  # real images per step and process; Yu et al.: 2
+    lr: float = Field(2e-4, gt=0)  # RAdam learning rate of G and D (Yu et al.)
+    betas: tuple[float, float] = (0.5, 0.999)  # RAdam betas; 0.5 is the usual GAN momentum
+    diffaugment: str = "translation,cutout,color"  # DiffAugment policy on real and fake; "" disables
+    ema: bool = True  # sample from an exponential moving average of G
+    ema_decay: float = Field(0.999, ge=0, lt=1)  # EMA decay, ramped up as min(decay, (1+t)/(10+t))
+    balanced_sampling: bool = True  # draw real batches label-balanced (WeightedRandomSampler)
+    checkpoint_every: int = Field(100, ge=1)  # steps between resumable checkpoints (also at the end)
+    sample_every: int = Field(5, ge=1)  # epochs between fixed-noise sample grids (also at the end)
+    samples_per_class: int = Field(8, ge=1)  # images per class (grid row) in a sample grid
+    num_workers: int = Field(0, ge=0)  # DataLoader worker processes
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when present (bf16 autocast, channels_last)
+
+
+class GanStageConfig(_Section):
+    """One GAN training stage: which dataset's train split and for how long."""
+
+    dataset: str  # key of `datasets`; only its train split (real images) is read
+    epochs: int = Field(ge=1)  # passes over the train split (label-balanced draws when balanced_sampling)
+    max_steps: int | None = Field(None, ge=1)  # stop after this many steps (smoke runs); None: all epochs
+
+
+class GanSynthesizeConfig(_Section):
+    """Balancing the target train split with generated images."""
+
+    arch: GanArch = "mu_acgan"  # whose images are written (it must be in gan.archs)
+    count: int | None = Field(None, ge=0)  # images per class; None: bring every class to the majority count
+    seed: int = 7  # noise seed; recorded in each row's `source`
+    batch_size: int = Field(32, ge=1)  # images generated per forward pass
+    out_dir: str = "data/synthetic"  # images/ and manifest.csv (admitted classes only)
+
+
+class GanQualityConfig(_Section):
+    """Quality report (Yu et al. 2023, Table 3) and the gate that admits a class's synthetic images."""
+
+    samples_per_class: int = Field(32, ge=2)  # generated images per class the metrics are computed on
+    classifier: str = "soft_threshold_net"  # bonescan.models name used for fidelity and train-synthetic/test-real
+    classifier_epochs: int = Field(8, ge=1)  # epochs of that classifier (real train or synthetic images)
+    classifier_batch_size: int = Field(16, ge=1)
+    classifier_lr: float = Field(1e-3, gt=0)  # AdamW
+    min_fidelity: float = Field(0.5, ge=0, le=1)  # admit a class if the real-trained classifier recognises >= this
+    max_diversity_ssim: float = Field(0.9, ge=0, le=1)  # ... and its images' mean pairwise SSIM is <= this
+    seed: int = 11  # noise of the measured samples and classifier initialisation
+
+
+class GanConfig(_Section):
+    """MU-ACGAN / ACGAN oversampling: source pretraining, target fine-tuning, synthesis, quality gate."""
+
+    preset: Literal["demo", "paper"] = "demo"  # paper: GAN_PAPER_PRESET overrides (batch 2, 500 epochs, full size)
+    archs: tuple[GanArch, ...] = ("mu_acgan", "acgan")  # architectures trained and compared in the report
+    model: GanModelConfig = GanModelConfig()
+    train: GanTrainConfig = GanTrainConfig()
+    pretrain: GanStageConfig = GanStageConfig(dataset="source", epochs=20)  # stage 1 (source domain)
+    finetune: GanStageConfig = GanStageConfig(dataset="target", epochs=10)  # stage 2 (target train split)
+    synthesize: GanSynthesizeConfig = GanSynthesizeConfig()
+    quality: GanQualityConfig = GanQualityConfig()
+    models_dir: str = "models/gan"  # pretrain/<arch>.pt, finetune/<arch>.pt, checkpoints/
+    plots_dir: str = "plots/gan"  # per-epoch curves (DVC plots) and sample grids
+    report: str = "reports/gan_quality.json"  # quality report; the markdown table sits next to it (.md)
+    seed: int | None = None  # None -> base.seed
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: object) -> object:
+        if not isinstance(data, dict) or data.get("preset") != "paper":
+            return data
+        merged = dict(data)
+        for section, values in GAN_PAPER_PRESET.items():
+            current = merged.get(section, cls.model_fields[section].default)
+            if isinstance(current, BaseModel):
+                current = current.model_dump()
+            merged[section] = {**(current or {}), **values}
+        return merged
+
+    @model_validator(mode="after")
+    def _synthesis_arch_is_trained(self) -> GanConfig:
+        if not self.archs:
+            raise ValueError("gan.archs needs at least one architecture")
+        if self.synthesize.arch not in self.archs:
+            raise ValueError(f"gan.synthesize.arch {self.synthesize.arch!r} is not in gan.archs {list(self.archs)}")
+        return self
+
+
+class OrchestrationConfig(_Section):
+    """The Prefect `retrain` flow (pipeline/): schedule and time limits."""
+
+    cron: str = "0 2 * * 1"  # Mondays 02:00, after the weekend's studies are exported
+    stage_timeout_s: float = Field(2 * 3600, gt=0)  # data stages
+    training_timeout_s: float = Field(24 * 3600, gt=0)  # gan_* and clf_* stages
+
+
+# Summary metrics that can rank models (bonescan.metrics.MACRO_METRICS; kept equal by a test).
+PrimaryMetric = Literal[
+    "accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_specificity", "macro_f1", "macro_auc"
+]
+
+
+class EvaluateConfig(_Section):
+    """Scoring the fine-tuned classifier on held-out patients: metrics, patient-bootstrap CIs, Grad-CAM."""
+
+    dataset: str = "target"  # key of `datasets`; real (non-synthetic) images of its manifest are scored
+    split: Literal["val", "test"] = "test"  # the split scored; val only for model-selection studies
+    unit: Literal["image", "study"] = "study"  # study: mean of its views' probabilities (the clinical unit)
+    n_boot: int = Field(1000, ge=0)  # bootstrap resamples of patients; 0: point estimates only
+    ci: float = Field(0.95, gt=0, lt=1)  # coverage of the percentile intervals
+    seed: int = 42  # bootstrap resampling and the choice of Grad-CAM images
+    gradcam_per_class: int = Field(2, ge=0)  # test images per class in the Grad-CAM gallery; 0: none
+    primary_metric: PrimaryMetric = "macro_f1"  # the one number models are ranked and promoted by
+    batch_size: int = Field(32, ge=1)  # inference batch
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when present
+    metrics_file: str = "metrics/eval.json"  # flat DVC metrics: m, m_ci_low, m_ci_high per metric
+    reports_dir: str = "reports/eval"  # predictions.csv, confusion_matrix.png, report.md, gradcam/
+    plots_dir: str = "plots/eval"  # confusion.csv (DVC confusion plot)
+
+
 class Params(_Section):
     """The whole of params.yaml."""
 
@@ -135,6 +439,11 @@ class Params(_Section):
     ingest: IngestConfig = IngestConfig()
     anonymize: AnonymizeConfig = AnonymizeConfig()
     split: SplitConfig = SplitConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+    augment: AugmentConfig = AugmentConfig()
+    clf: ClassifierConfig = ClassifierConfig()
+    gan: GanConfig = GanConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")
     def _target_dataset_exists(self) -> Params:

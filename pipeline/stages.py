@@ -1,0 +1,122 @@
+"""The DVC stages as the flow sees them: their order, how to run one, and why one failed.
+
+DVC stays the source of truth: stages run through `dvc repro --single-item`, so an unchanged stage
+is skipped by DVC's own hashes and dvc.lock is updated as with a plain `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import networkx as nx
+from dvc.repo import Repo
+
+
+class FailureKind(str, Enum):
+    TRANSIENT = "transient"  # worth a retry: killed process, lost connection, device hiccup
+    LOCKED = "locked"  # another `dvc repro` holds the repo lock: retrying would only race it
+    ERROR = "error"  # bad data, bad params or a bug: a retry gives the same result
+
+
+# Messages of failures that a later attempt can survive.
+_TRANSIENT = re.compile(
+    r"Connection (refused|reset|aborted)|Temporary failure|temporarily unavailable|timed out|"
+    r"Too many open files|CUDA error: (out of memory|an illegal memory access)|NCCL error|"
+    r"Resource temporarily unavailable|BrokenPipeError",
+    re.IGNORECASE,
+)
+_LOCKED = re.compile(r"Unable to acquire lock|is locked by|LockError", re.IGNORECASE)
+
+
+class StageFailed(RuntimeError):
+    """A stage's `dvc repro` exited non-zero; `kind` decides whether a retry makes sense."""
+
+    def __init__(self, stage: str, kind: FailureKind, returncode: int, tail: str) -> None:
+        super().__init__(f"stage {stage!r} failed ({kind.value}, exit {returncode}):\n{tail}")
+        self.stage, self.kind, self.returncode = stage, kind, returncode
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    ran: bool  # False when DVC found nothing changed
+    seconds: float
+    output: str
+
+
+def classify_failure(returncode: int, output: str) -> FailureKind:
+    if _LOCKED.search(output):
+        return FailureKind.LOCKED
+    # Negative: killed by a signal; 137/143: SIGKILL/SIGTERM seen through a shell (OOM killer, preemption).
+    if returncode < 0 or returncode in (137, 143) or _TRANSIENT.search(output):
+        return FailureKind.TRANSIENT
+    return FailureKind.ERROR
+
+
+def stage_order(project_root: str | Path = ".") -> list[str]:
+    """Every stage of dvc.yaml in dependency order (foreach items as `name@item`)."""
+    root = Path(project_root).resolve()
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        return [_address(stage, root) for stage in reversed(list(nx.topological_sort(graph)))]
+
+
+def _address(stage, root: Path) -> str:
+    """A stage's name as `dvc repro` takes it when run from the project root."""
+    dvcfile = Path(stage.dvcfile.path).resolve().relative_to(root)
+    return stage.name if dvcfile == Path("dvc.yaml") else f"{dvcfile}:{stage.name}"
+
+
+def stage_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment with this interpreter's bin first, so `dvc` and `bonescan` resolve to it."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra or {})
+    return env
+
+
+def run_stage(
+    stage: str,
+    project_root: str | Path = ".",
+    env: dict[str, str] | None = None,
+    force: bool = False,
+    timeout: float | None = None,
+) -> StageResult:
+    """`dvc repro --single-item STAGE`; raises StageFailed with the failure classified."""
+    import time
+
+    cmd = [str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage]
+    if force:
+        cmd.append("--force")
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=project_root, env=stage_environment(env), capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise StageFailed(stage, FailureKind.TRANSIENT, -1, f"timed out after {exc.timeout} s") from None
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-30:])
+        raise StageFailed(stage, classify_failure(proc.returncode, output), proc.returncode, tail)
+    ran = f"Running stage '{stage}'" in output
+    return StageResult(stage, ran, time.monotonic() - start, output)
+
+
+def metrics_markdown(project_root: str | Path = ".") -> str:
+    """`dvc metrics show --md`: every stage's summary metrics as one markdown table."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), "metrics", "show", "--md"],
+        cwd=project_root,
+        env=stage_environment(),
+        capture_output=True,
+        text=True,
+    )
+    return proc.stdout if proc.returncode == 0 else f"`dvc metrics show` failed:\n\n```\n{proc.stderr}\n```"
