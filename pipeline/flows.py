@@ -20,7 +20,7 @@ GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu 1` lets one training st
 GPU_STAGE_PREFIXES = ("gan_", "clf_")
 
 
-def retry_only_transient(task, task_run, state) -> bool:  # noqa: ARG001 - Prefect's signature
+def retry_only_transient(task, task_run, state) -> bool:  # Prefect passes all three
     """Retry condition: only failures classified as transient are retried."""
     exc = state.data if isinstance(state.data, BaseException) else None
     return isinstance(exc, StageFailed) and exc.kind is FailureKind.TRANSIENT

@@ -11,14 +11,14 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import networkx as nx
 from dvc.repo import Repo
 
 
-class FailureKind(str, Enum):
+class FailureKind(StrEnum):
     TRANSIENT = "transient"  # worth a retry: killed process, lost connection, device hiccup
     LOCKED = "locked"  # another `dvc repro` holds the repo lock: retrying would only race it
     ERROR = "error"  # bad data, bad params or a bug: a retry gives the same result
