@@ -6,7 +6,19 @@ import pytest
 
 from bonescan.cli import build_parser, main
 
-COMMANDS = ["phantoms", "anonymize", "ingest", "split", "secret", "summary"]
+COMMANDS = [
+    "phantoms",
+    "anonymize",
+    "ingest",
+    "split",
+    "secret",
+    "summary",
+    "gan-pretrain",
+    "gan-finetune",
+    "synthesize",
+    "evaluate",
+    "experiments",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

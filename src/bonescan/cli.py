@@ -98,6 +98,146 @@ def cmd_summary(args: argparse.Namespace) -> None:
     render_summary(_params(args), Console())
 
 
+def _gan_stage(stage: str, args: argparse.Namespace) -> None:
+    from bonescan.gan.train import describe_models, run_gan_stage
+
+    params = _params(args)
+    if args.dry_run:
+        console.print_json(json.dumps(_jsonable(describe_models(params))))
+        return
+    results = run_gan_stage(stage, params)
+    summary = [
+        {"arch": r.arch, "weights": r.weights, "steps": r.steps, "seconds": round(r.seconds, 1),
+         "resumed_from_step": r.resumed_from_step, "last_epoch": r.history[-1] if r.history else None}
+        for r in results
+    ]
+    console.print_json(json.dumps(_jsonable(summary)))
+
+
+def cmd_gan_pretrain(args: argparse.Namespace) -> None:
+    _gan_stage("pretrain", args)
+
+
+def cmd_gan_finetune(args: argparse.Namespace) -> None:
+    _gan_stage("finetune", args)
+
+
+def cmd_synthesize(args: argparse.Namespace) -> None:
+    from bonescan.gan.synthesize import run_synthesize
+
+    result = run_synthesize(_params(args))
+    console.print_json(json.dumps(_jsonable(result)))
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from bonescan.evaluate import run_evaluate
+
+    params = _params(args)
+    cfg = params.evaluate
+    dataset = params.dataset(cfg.dataset)
+    model = Path(args.model or Path(params.clf.out_dir) / "model.pt")
+    result = run_evaluate(cfg, dataset.classes, Path(dataset.out_dir) / "manifest.csv", model)
+    shown = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", cfg.primary_metric)
+    summary = {
+        "unit": result.unit,
+        "units": result.n_units,
+        "images": result.n_images,
+        "patients": result.n_patients,
+        **{k: result.metrics.get(k) for k in dict.fromkeys(shown)},
+        **{f"{k}_ci": [result.metrics.get(f"{k}_ci_low"), result.metrics.get(f"{k}_ci_high")] for k in shown[:3]},
+        "notes": result.notes,
+        "seconds": round(result.seconds, 1),
+        "report": result.files["report"],
+    }
+    console.print_json(json.dumps(_jsonable(summary)))
+
+
+def _csv(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def cmd_experiments(args: argparse.Namespace) -> None:
+    import yaml
+
+    from bonescan import experiments as exp
+
+    params = _params(args)
+    if args.action == "queue":
+        models = list(exp.PAPER_MODELS) if args.models == "paper" else _csv(args.models) or [None]
+        extra = {}
+        for item in args.set or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise CommandError(f"--set expects KEY=VALUE, got {item!r}")
+            extra[key.strip()] = yaml.safe_load(value)
+        cells = exp.grid([int(v) for v in _csv(args.variants)], models, _csv(args.pretrain) or [None], extra,
+                         args.prefix)
+        exp.validate_overrides(yaml.safe_load(Path(args.params).read_text()), cells)
+        for command in exp.enqueue(cells, dry_run=args.dry_run):
+            console.print(command, soft_wrap=True, markup=False)
+        console.print(f"{'would queue' if args.dry_run else 'queued'} {len(cells)} experiment(s); "
+                      "run them with `dvc queue start -j 1` (or `dvc exp run --run-all`), then "
+                      "`bonescan experiments collect`")
+        return
+    exp_show = (json.loads(Path(args.input).read_text()) if args.input
+                else exp.dvc_exp_show(all_commits=args.all_commits))
+    results = exp.collect_results(exp_show, args.metrics_file or params.evaluate.metrics_file,
+                                  include_baselines=args.include_baselines)
+    columns = _csv(args.columns) or list(exp.DEFAULT_COLUMNS)
+    text = exp.render_markdown(results, columns, primary=params.evaluate.primary_metric)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    Console().print(text, markup=False, soft_wrap=True)
+    console.print(f"{len(results)} experiment(s) -> [bold]{out}[/]")
+
+def cmd_augment(args: argparse.Namespace) -> None:
+    from bonescan.data.augment import augment_dataset
+
+    params = _params(args)
+    summary = augment_dataset(params.augment, params.base.classes)
+    _write_metrics(Path(args.metrics), {"mode": summary.mode, "factor": summary.factor,
+                                        "synthetic_included": summary.synthetic_included, "written": summary.written,
+                                        **{f"train_{k}": v for k, v in summary.train_after.items()}})
+    console.print_json(json.dumps(_jsonable(summary)))
+
+
+def _write_metrics(path: Path, metrics: dict) -> None:
+    """Flat JSON for DVC metrics, written by one process only (rank 0 under torchrun)."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def cmd_clf_pretrain(args: argparse.Namespace) -> None:
+    from bonescan.train import pretrain_classifier
+
+    params = _params(args)
+    cfg = params.clf
+    source = params.dataset(cfg.source_dataset)
+    result = pretrain_classifier(
+        cfg, Path(source.out_dir) / "manifest.csv", source.classes, params.image_size(cfg.source_dataset),
+        params.base.classes, params.image_size("target"), resume=not args.no_resume, progress=not args.no_progress,
+    )
+    _write_metrics(Path(cfg.metrics_dir) / "clf_pretrain.json", result.metrics())
+    console.print_json(json.dumps(_jsonable(result.metrics())))
+
+
+def cmd_clf_finetune(args: argparse.Namespace) -> None:
+    from bonescan.train import finetune_classifier
+
+    params = _params(args)
+    cfg = params.clf
+    result = finetune_classifier(
+        cfg, params.augment, params.base.classes, params.image_size("target"),
+        resume=not args.no_resume, progress=not args.no_progress,
+    )
+    _write_metrics(Path(cfg.metrics_dir) / "clf_finetune.json", result.metrics())
+    console.print_json(json.dumps(_jsonable(result.metrics())))
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -161,6 +301,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="key file (default: anonymize.secret_file)")
 
     _add(sub, "summary", cmd_summary, "print a summary of the pipeline's results so far")
+    for name, func, text in (
+        ("gan-pretrain", cmd_gan_pretrain, "train the GANs of gan.archs on the source domain's train split"),
+        ("gan-finetune", cmd_gan_finetune, "fine-tune the pretrained GANs on the target train split only"),
+    ):
+        p = _add(sub, name, func, text)
+        p.add_argument("--dry-run", action="store_true", help="print G/D parameter counts and the resolved config")
+    _add(sub, "synthesize", cmd_synthesize, "balance the target train split with gated GAN images; quality report")
+
+    p = _add(sub, "evaluate", cmd_evaluate, "score the classifier on the test split: metrics with patient-bootstrap "
+             "CIs, confusion matrix, predictions, Grad-CAM gallery")
+    p.add_argument("--model", help="checkpoint to score (default: clf.out_dir/model.pt)")
+
+    p = _add(sub, "experiments", cmd_experiments, "queue the grid of Yu et al. 2023 Tables 4-7 as DVC experiments "
+             "(queue) or tabulate their results with CIs (collect)")
+    p.add_argument("action", choices=["queue", "collect"], help="queue: `dvc exp run --queue` per cell; "
+                   "collect: `dvc exp show --json` -> markdown table")
+    p.add_argument("--variants", default="1,2,3,4,5", help="queue: dataset variants 1 original, 2 ACGAN, "
+                   "3 MU-ACGAN, 4 traditional, 5 MU-ACGAN + traditional (default: %(default)s)")
+    p.add_argument("--models", help="queue: comma-separated clf.model values, or 'paper' for Table 6's models "
+                   "(default: params' clf.model)")
+    p.add_argument("--pretrain", help="queue: comma-separated clf.pretrain_source values (imagenet,source,none: "
+                   "Table 5; default: params')")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="queue: extra override for every cell, e.g. augment.factor=15 (repeatable)")
+    p.add_argument("--prefix", default="", help="queue: prefix of the experiment names (names must be unique)")
+    p.add_argument("--dry-run", action="store_true", help="queue: print the dvc commands, queue nothing")
+    p.add_argument("--input", help="collect: a saved `dvc exp show --json` file instead of running it")
+    p.add_argument("--out", default="reports/experiments.md", help="collect: markdown output (default: %(default)s)")
+    p.add_argument("--metrics-file", help="collect: metrics file to read (default: evaluate.metrics_file)")
+    p.add_argument("--columns", help="collect: comma-separated metrics (default: accuracy and the macro metrics)")
+    p.add_argument("--include-baselines", action="store_true", help="collect: also the workspace and commits")
+    p.add_argument("--all-commits", action="store_true", help="collect: experiments of every commit, not only HEAD")
+    p = _add(sub, "augment", cmd_augment, "expand the train split by rotation, shift, mirroring and Poisson noise "
+             "(real + admitted synthetic images); val/test rows unchanged")
+    p.add_argument("--metrics", default="metrics/augment.json", help="counts for DVC (default: %(default)s)")
+    for name, func, text in (
+        ("clf-pretrain", cmd_clf_pretrain, "stage 1 of transfer learning: ImageNet weights, source-domain training "
+         "or a seeded random init (clf.pretrain_source)"),
+        ("clf-finetune", cmd_clf_finetune, "stage 2: fine-tune stage 1's weights on the bone-scan train split, best "
+         "epoch on the val split (torchrun-ready)"),
+    ):
+        p = _add(sub, name, func, text)
+        p.add_argument("--no-resume", action="store_true", help="start fresh even if a matching last.pt exists")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch log lines only)")
     return parser
 
 

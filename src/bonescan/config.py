@@ -143,6 +143,7 @@ class AugmentConfig(_Section):
     seed: int = 42  # same seed and inputs -> byte-identical augmented images
     manifest: str = "data/processed/manifest.csv"  # real images with their split
     synthetic_manifest: str = "data/synthetic/manifest.csv"  # admitted GAN images; used if the file exists
+    include_synthetic: bool = True  # false: real images only (the paper's dataset 4, traditional only)
     out_dir: str = "data/augmented"  # images/ and manifest.csv (val/test rows unchanged)
 
     @field_validator("translation")
@@ -267,8 +268,8 @@ class ClassifierConfig(_Section):
     pretrain: TrainConfig = TrainConfig(epochs=4)  # stage 1 on the source domain
     finetune: TrainConfig = TrainConfig()  # stage 2 on the bone-scan training split
     manifest: str = "data/augmented/manifest.csv"  # fine-tuning data (the augment stage's output)
-    pretrain_dir: str = "models/clf_pretrain"  # stage 1: model.pt, last.pt
-    checkpoint_dir: str = "models/clf_finetune"  # stage 2: last.pt (per-epoch, for resume)
+    pretrain_dir: str = "models/clf_pretrain"  # stage 1: model.pt (initial weights of stage 2)
+    checkpoints_dir: str = "models/checkpoints"  # <stage>/last.pt, written every epoch (resume after a kill)
     out_dir: str = "models/classifier"  # model.pt (best epoch), history.csv/json
     plots_dir: str = "plots/clf"  # per-epoch curves (DVC plots)
     metrics_dir: str = "metrics"  # clf_pretrain.json, clf_finetune.json (DVC metrics)

@@ -1,0 +1,382 @@
+"""The grid of Yu et al. 2023, Tables 4-7, as DVC experiments, and one table of their results.
+
+Each cell of the grid is a DVC experiment: the same pipeline (`dvc.yaml`) with a few params changed
+by `-S key=value`, queued with `dvc exp run --queue` and run with `dvc queue start`. DVC's run cache
+shares every stage a cell does not change (ingest, split, GAN training), so the grid costs roughly
+one classifier training and evaluation per cell. Axes:
+
+- dataset variant (Table 4): 1 original, 2 ACGAN-balanced, 3 MU-ACGAN-balanced, 4 traditional
+  augmentation, 5 MU-ACGAN + traditional augmentation (`VARIANTS`);
+- model (Table 6): any of `bonescan.models.available()`, e.g. `PAPER_MODELS`;
+- stage-1 pretraining (Table 5): `clf.pretrain_source` imagenet / source / none.
+
+`collect_results` reads `dvc exp show --json` (DVC 3.x: a list of baselines, each with
+`experiments`, a list of ranges whose first `revs` entry is the experiment's tip) and
+`render_markdown` writes one table with confidence intervals.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import math
+import shlex
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bonescan.config import parse_params
+
+__all__ = [
+    "PAPER_MODELS",
+    "VARIANTS",
+    "ExperimentResult",
+    "GridCell",
+    "Variant",
+    "collect_results",
+    "dvc_exp_show",
+    "enqueue",
+    "grid",
+    "identify_variant",
+    "queue_command",
+    "render_markdown",
+    "validate_overrides",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training-set variant of Yu et al. 2023, Table 4, as params overrides."""
+
+    number: int
+    name: str
+    overrides: Mapping[str, Any]
+
+
+# No synthetic images: gan.synthesize.count 0. Balanced: count null brings every class to the majority.
+VARIANTS: dict[int, Variant] = {
+    1: Variant(1, "original", {"augment.mode": "none", "gan.synthesize.count": 0}),
+    2: Variant(
+        2, "ACGAN", {"augment.mode": "none", "gan.synthesize.count": None, "gan.synthesize.arch": "acgan"}
+    ),
+    3: Variant(
+        3, "MU-ACGAN", {"augment.mode": "none", "gan.synthesize.count": None, "gan.synthesize.arch": "mu_acgan"}
+    ),
+    4: Variant(4, "traditional", {"augment.mode": "offline", "gan.synthesize.count": 0}),
+    5: Variant(
+        5,
+        "MU-ACGAN + traditional",
+        {"augment.mode": "offline", "gan.synthesize.count": None, "gan.synthesize.arch": "mu_acgan"},
+    ),
+}
+
+# The classifiers compared in Yu et al. 2023, Table 6 (the multi-scale model is theirs).
+PAPER_MODELS: tuple[str, ...] = (
+    "multiscale",
+    "resnet34",
+    "vgg16",
+    "densenet121",
+    "resnext50",
+    "inception_v3",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+)
+
+DEFAULT_COLUMNS: tuple[str, ...] = (
+    "accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_specificity",
+    "macro_f1",
+    "macro_auc",
+)
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One experiment of the grid: its name and the `-S` overrides that define it."""
+
+    name: str
+    variant: int
+    model: str | None
+    pretrain: str | None
+    overrides: dict[str, Any]
+
+
+def grid(
+    variants: Sequence[int],
+    models: Sequence[str | None] = (None,),
+    pretrain: Sequence[str | None] = (None,),
+    extra: Mapping[str, Any] | None = None,
+    prefix: str = "",
+) -> list[GridCell]:
+    """Cartesian product variants x models x pretraining sources, as named override sets.
+
+    Args:
+        variants: numbers of `VARIANTS`.
+        models: `clf.model` values; None keeps params.yaml's model.
+        pretrain: `clf.pretrain_source` values; None keeps params.yaml's.
+        extra: overrides added to every cell (e.g. {"clf.preset": "yu2023", "augment.factor": 15}).
+        prefix: prepended to every experiment name (names must be unique in the repository).
+    """
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown dataset variant(s) {unknown}; known: {sorted(VARIANTS)}")
+    cells = []
+    for number, model, source in itertools.product(variants, models, pretrain):
+        overrides = dict(VARIANTS[number].overrides)
+        if model is not None:
+            overrides["clf.model"] = model
+        if source is not None:
+            overrides["clf.pretrain_source"] = source
+        overrides.update(extra or {})
+        parts = [f"{prefix}v{number}", model, source]
+        name = "-".join(p.replace("_", "-") for p in parts if p)
+        cells.append(GridCell(name, number, model, source, overrides))
+    return cells
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A value as DVC's `-S` (Hydra override) parser reads it back: None -> null, lists in flow style."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
+
+
+def queue_command(cell: GridCell) -> list[str]:
+    """`dvc exp run --queue -n NAME -S ++key=value ...` for one cell.
+
+    `++` is Hydra's add-or-override: a key left at its default (absent from params.yaml) is set
+    too. Typos cannot slip through that way because `validate_overrides` checks every cell first.
+    """
+    cmd = ["dvc", "exp", "run", "--queue", "-n", cell.name]
+    for key, value in cell.overrides.items():
+        cmd += ["-S", f"++{key}={_yaml_scalar(value)}"]
+    return cmd
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def validate_overrides(raw_params: Mapping[str, Any], cells: Iterable[GridCell]) -> None:
+    """Fail before queueing if any cell's params would not load (typo'd key, bad value, unknown model).
+
+    Raises:
+        bonescan.config.ConfigError: naming the experiment and the bad key.
+        ValueError: a model name that is not registered.
+    """
+    from bonescan.models import available
+
+    models = set(available())
+    for cell in cells:
+        raw = copy.deepcopy(dict(raw_params))
+        for key, value in cell.overrides.items():
+            _set_dotted(raw, key, value)
+        parse_params(raw, source=f"params.yaml with the overrides of experiment {cell.name!r}")
+        model = raw.get("clf", {}).get("model")
+        if model is not None and model not in models:
+            raise ValueError(f"experiment {cell.name!r}: unknown model {model!r}; available: {sorted(models)}")
+
+
+def enqueue(cells: Sequence[GridCell], cwd: str | Path = ".", dry_run: bool = False) -> list[str]:
+    """Queue every cell as a DVC experiment (or only return the commands with `dry_run`).
+
+    Returns:
+        the shell-quoted commands, in order.
+    """
+    commands = [queue_command(cell) for cell in cells]
+    for cmd in commands:
+        if not dry_run:
+            subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
+            log.info("queued %s", cmd[5])
+    return [shlex.join(cmd) for cmd in commands]
+
+
+def dvc_exp_show(cwd: str | Path = ".", all_commits: bool = False) -> list[dict]:
+    """The parsed output of `dvc exp show --json` in `cwd`."""
+    cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
+    out = subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """One experiment (or baseline) row of `dvc exp show`.
+
+    Attributes:
+        name: experiment name (or branch / "workspace" for a baseline).
+        rev: git revision (first 7 characters).
+        state: "done", or DVC's executor state: "queued", "running", "failed".
+        params: params.yaml contents of the experiment.
+        metrics: flat metrics of the metrics file (empty if not produced).
+        error: why metrics are missing, if DVC said so.
+    """
+
+    name: str
+    rev: str
+    state: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str = ""
+    variant: int | None = field(default=None)
+
+    def param(self, dotted: str, default: Any = None) -> Any:
+        node: Any = self.params
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+
+def identify_variant(params: Mapping[str, Any]) -> int | None:
+    """The `VARIANTS` number whose overrides all hold in `params`, or None."""
+    result = ExperimentResult("", "", "", dict(params), {})
+    for number, variant in VARIANTS.items():
+        if all(result.param(key, _MISSING) == value for key, value in variant.overrides.items()):
+            return number
+    return None
+
+
+_MISSING = object()
+
+
+def _state_result(state: dict, name: str, run_state: str, params_file: str, metrics_file: str) -> ExperimentResult:
+    data = state.get("data") or {}
+    params = ((data.get("params") or {}).get(params_file) or {}).get("data") or {}
+    metrics_entry = (data.get("metrics") or {}).get(metrics_file) or {}
+    error = state.get("error") or metrics_entry.get("error") or {}
+    return ExperimentResult(
+        name=name,
+        rev=str(state.get("rev", ""))[:7],
+        state=run_state,
+        params=params,
+        metrics=metrics_entry.get("data") or {},
+        error=str(error.get("msg", "")) if isinstance(error, dict) else str(error),
+        variant=identify_variant(params),
+    )
+
+
+def collect_results(
+    exp_show: Sequence[dict],
+    metrics_file: str = "metrics/eval.json",
+    params_file: str = "params.yaml",
+    include_baselines: bool = False,
+) -> list[ExperimentResult]:
+    """Experiments (and optionally baselines) of a `dvc exp show --json` document.
+
+    Args:
+        exp_show: the parsed JSON: a list of baseline states (`rev`, `name`, `data`, `error`,
+            `experiments`); each experiment range has `revs` (tip first), `executor`, `name`.
+        metrics_file: which metrics file to read (the evaluate stage's).
+        params_file: which params file to read.
+        include_baselines: also return the workspace and commit rows.
+    """
+    out: list[ExperimentResult] = []
+    for baseline in exp_show:
+        if include_baselines:
+            rev = str(baseline.get("rev", ""))
+            name = baseline.get("name") or (rev if rev == "workspace" else rev[:7])
+            out.append(_state_result(baseline, name, "done", params_file, metrics_file))
+        for exp_range in baseline.get("experiments") or []:
+            revs = exp_range.get("revs") or []
+            if not revs:
+                continue
+            tip = revs[0]
+            executor = exp_range.get("executor") or {}
+            state = executor.get("state") or "done"
+            state = "done" if state == "success" else state
+            name = exp_range.get("name") or tip.get("name") or str(tip.get("rev", ""))[:7]
+            out.append(_state_result(tip, name, state, params_file, metrics_file))
+    return out
+
+
+def _cell(metrics: Mapping[str, Any], name: str) -> str:
+    value = metrics.get(name)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+    if low is None or high is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _sort_key(r: ExperimentResult) -> tuple:
+    return (r.variant if r.variant is not None else 99, str(r.param("clf.model", "")), r.name)
+
+
+def render_markdown(
+    results: Sequence[ExperimentResult],
+    columns: Sequence[str] = DEFAULT_COLUMNS,
+    primary: str = "macro_f1",
+) -> str:
+    """One markdown table (value [CI low, CI high] per metric) and a model x variant table of `primary`."""
+    rows = sorted(results, key=_sort_key)
+    ci = _ci_level(rows)
+    lines = [
+        "# Experiments (Yu et al. 2023, Tables 4-7)",
+        "",
+        f"Test-split metrics with {ci} patient-bootstrap intervals [low, high], from `dvc exp show`. "
+        "Dataset variants: " + "; ".join(f"{n} {v.name}" for n, v in VARIANTS.items()) + ".",
+        "",
+        "| experiment | dataset | model | pretraining | state | " + " | ".join(columns) + " |",
+        "|---" * (5 + len(columns)) + "|",
+    ]
+    for r in rows:
+        dataset = f"{r.variant} {VARIANTS[r.variant].name}" if r.variant else "-"
+        cells = [_cell(r.metrics, c) for c in columns]
+        state = r.state if not r.error or r.state != "done" else "no metrics"
+        lines.append(
+            f"| {r.name} | {dataset} | {r.param('clf.model', '-')} | {r.param('clf.pretrain_source', '-')} "
+            f"| {state} | " + " | ".join(cells) + " |"
+        )
+    lines += ["", *_pivot(rows, primary)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _ci_level(rows: Sequence[ExperimentResult]) -> str:
+    levels = {r.param("evaluate.ci") for r in rows if r.param("evaluate.ci") is not None}
+    return f"{round(100 * levels.pop())} %" if len(levels) == 1 else "95 %"
+
+
+def _pivot(rows: Sequence[ExperimentResult], primary: str) -> list[str]:
+    """Models down, dataset variants across, `primary` in the cells (the shape of Tables 4 and 6).
+
+    With several pretraining sources among the rows, each (model, source) pair gets its own row.
+    """
+    done = [r for r in rows if r.variant is not None and r.metrics.get(primary) is not None]
+    if not done:
+        return []
+    by_source = len({r.param("clf.pretrain_source") for r in done}) > 1
+
+    def label(r: ExperimentResult) -> str:
+        model = str(r.param("clf.model", "-"))
+        return f"{model} ({r.param('clf.pretrain_source')})" if by_source else model
+
+    variants = sorted({r.variant for r in done})
+    lines = [
+        f"## {primary} by model and dataset variant",
+        "",
+        "| model | " + " | ".join(f"{v} {VARIANTS[v].name}" for v in variants) + " |",
+        "|---" * (1 + len(variants)) + "|",
+    ]
+    for row_label in sorted({label(r) for r in done}):
+        cells = [
+            " / ".join(_cell(r.metrics, primary) for r in done if r.variant == v and label(r) == row_label)
+            for v in variants
+        ]
+        lines.append(f"| {row_label} | " + " | ".join(cells) + " |")
+    return lines

@@ -1,0 +1,281 @@
+"""`synthesize` stage: balance the target train split with generated images, behind a quality gate.
+
+Per class, the fine-tuned generator's EMA copy produces the number of images that brings the class to
+the majority count of the real train split (Yu et al.'s balancing) or `gan.synthesize.count`. Before
+anything is written every trained architecture is measured (`bonescan.gan.quality`); only classes of
+`gan.synthesize.arch` that pass the gate are written, as 16-bit PNGs at `base.image_size` under
+`<out_dir>/images/` with manifest rows (synthetic=true, split=train,
+source="<arch>:<weights sha256[:12]>:seed<seed>", patient_id/study_id "synthetic-<image_id>").
+A run with nothing to write still writes a valid, empty manifest, so downstream stages always run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from bonescan.config import Params, Size
+from bonescan.data.dataset import ManifestDataset, load_split
+from bonescan.data.manifest import ManifestRow, ManifestWriter, read_manifest
+from bonescan.dicom.read import write_png16
+from bonescan.gan import quality
+from bonescan.gan.train import GanRun, build_from_weights, load_weights, training_rows
+
+__all__ = ["SynthesisResult", "file_sha256", "generate", "needed_counts", "run_synthesize"]
+
+log = logging.getLogger(__name__)
+
+
+def needed_counts(
+    train_labels: Sequence[str], classes: Sequence[str], count: int | None = None
+) -> dict[str, int]:
+    """Images to generate per class: `count` each, or what brings every class to the majority count."""
+    present = {name: 0 for name in classes}
+    for label in train_labels:
+        present[label] += 1
+    if count is not None:
+        return {name: count for name in classes}
+    majority = max(present.values(), default=0)
+    return {name: majority - n for name, n in present.items()}
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@torch.inference_mode()
+def generate(g: torch.nn.Module, label: int, n: int, seed: int, batch_size: int = 32) -> torch.Tensor:
+    """`n` images of class index `label` from a generator, as (n, C, H, W) in [0, 1] on CPU.
+
+    The noise comes from a generator seeded with `seed` alone, so a class's images do not depend on
+    how many images other classes get.
+    """
+    g.eval()
+    noise = torch.Generator().manual_seed(seed)
+    device = next(g.parameters()).device
+    out = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        z = torch.randn(b, g.z_dim, generator=noise).to(device)
+        y = torch.full((b,), label, dtype=torch.long, device=device)
+        out.append(((g(z, y).float() + 1) / 2).clamp(0, 1).cpu())
+    if not out:
+        return torch.empty(0, g.in_chans, *g.image_size)
+    return torch.cat(out)
+
+
+def _class_seed(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def _resize(images: torch.Tensor, size: Size) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C, H, W) bilinear (anti-aliased when shrinking)."""
+    if tuple(images.shape[-2:]) == tuple(size) or len(images) == 0:
+        return images
+    return F.interpolate(
+        images, size=tuple(size), mode="bilinear", antialias=True, align_corners=False
+    ).clamp(0, 1)
+
+
+def _load_images(
+    rows: pd.DataFrame, classes: Sequence[str], size: Size, root: Path
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real images of `rows` at `size`: ((N, 1, H, W) in [0, 1], labels (N,))."""
+    if rows.empty:
+        return torch.empty(0, 1, *size), torch.empty(0, dtype=torch.long)
+    ds = ManifestDataset(rows, classes, root=root)
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    return _resize(images, size), torch.tensor(ds.labels, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class SynthesisResult:
+    """What the stage wrote and decided."""
+
+    manifest: Path
+    report: Path
+    needed: dict[str, int]
+    written: dict[str, int]
+    admitted: dict[str, bool]
+
+
+def _finite(obj: object) -> object:
+    """NaN -> None, so the report is strict JSON (DVC metrics, other tools)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult:
+    """Measure every trained architecture, gate the classes, write the admitted images and the report."""
+    gan = params.gan
+    target = params.dataset(gan.finetune.dataset)
+    classes = list(target.classes)
+    manifest = read_manifest(root / target.out_dir / "manifest.csv")
+    train = training_rows(manifest)
+    val = load_split(manifest, "val", include_synthetic=False)
+    needed = needed_counts(list(train["label"]), classes, gan.synthesize.count)
+    log.info("images needed per class: %s", needed)
+
+    qcfg = gan.quality
+    weights = {arch: GanRun.under(gan, "finetune", arch, root).weights for arch in gan.archs}
+    states = {arch: load_weights(path) for arch, path in weights.items()}
+    for arch, state in states.items():
+        if list(state["classes"]) != classes:
+            raise ValueError(
+                f"{weights[arch]} was trained for classes {state['classes']}, params say {classes}"
+            )
+    gan_size = tuple(next(iter(states.values()))["image_size"])
+
+    real_train, y_train = _load_images(train, classes, gan_size, root)
+    real_val, y_val = _load_images(val, classes, gan_size, root)
+    clf_kw = {
+        "name": qcfg.classifier,
+        "epochs": qcfg.classifier_epochs,
+        "batch_size": qcfg.classifier_batch_size,
+        "lr": qcfg.classifier_lr,
+        "seed": qcfg.seed,
+    }
+    real_clf = quality.train_classifier(real_train, y_train, len(classes), **clf_kw)
+    real_val_acc = quality.classifier_accuracy(real_clf, real_val, y_val)
+    log.info("%s trained on real images: val accuracy %.3f", qcfg.classifier, real_val_acc)
+
+    report: dict = {
+        "ssim_variant": quality.SSIM_VARIANT,
+        "image_size": list(gan_size),
+        "classifier": {
+            "name": qcfg.classifier,
+            "epochs": qcfg.classifier_epochs,
+            "real_val_accuracy": real_val_acc,
+        },
+        "gate": {"min_fidelity": qcfg.min_fidelity, "max_diversity_ssim": qcfg.max_diversity_ssim},
+        "archs": {},
+    }
+    generators = {}
+    for arch, state in states.items():
+        g, _ = build_from_weights(state)
+        generators[arch] = g
+        sha = file_sha256(weights[arch])[:12]
+        samples = [
+            generate(g, k, qcfg.samples_per_class, _class_seed(qcfg.seed, c)) for k, c in enumerate(classes)
+        ]
+        fake = torch.cat(samples)  # (K * n, 1, h, w)
+        y_fake = torch.arange(len(classes)).repeat_interleave(qcfg.samples_per_class)
+        fidelity = [
+            quality.classifier_accuracy(real_clf, s, torch.full((len(s),), k)) for k, s in enumerate(samples)
+        ]
+        tstr_clf = quality.train_classifier(fake, y_fake, len(classes), **clf_kw)
+        tstr_pred = quality.predict(tstr_clf, real_val)
+        tstr_recall = quality.per_class_recall(tstr_pred, y_val, len(classes))
+        per_class = {}
+        for k, name in enumerate(classes):
+            q = quality.class_quality(
+                samples[k][:, 0],
+                real_train[y_train == k][:, 0],
+                fidelity[k],
+                tstr_recall[k],
+                qcfg.min_fidelity,
+                qcfg.max_diversity_ssim,
+            )
+            per_class[name] = q.as_dict()
+            log.info("%s %s: %s", arch, name, q.reason)
+        report["archs"][arch] = {
+            "generator": f"{arch}:{sha}",
+            "weights_sha256": file_sha256(weights[arch]),
+            "tstr_val_accuracy": float((tstr_pred == y_val).float().mean()) if len(y_val) else float("nan"),
+            "mean_fidelity": quality.summarise(fidelity),
+            "mean_ssim_to_real": quality.summarise([q["ssim_to_real"] for q in per_class.values()]),
+            "classes": per_class,
+        }
+
+    arch = gan.synthesize.arch
+    decisions = {name: report["archs"][arch]["classes"][name]["reason"] for name in classes}
+    admitted = {name: bool(report["archs"][arch]["classes"][name]["admitted"]) for name in classes}
+    written = _write_synthetic(
+        generators[arch], arch, file_sha256(weights[arch])[:12], classes, needed, admitted, params, root
+    )
+    report["synthesis"] = {
+        "arch": arch,
+        "seed": gan.synthesize.seed,
+        "needed": needed,
+        "written": written,
+        "admitted": admitted,
+        "decisions": decisions,
+        "output_size": list(params.image_size(gan.finetune.dataset)),
+    }
+    report_path = root / gan.report
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(_finite(report), indent=2) + "\n")
+    report_path.with_suffix(".md").write_text(quality.render_markdown(report))
+    return SynthesisResult(
+        manifest=root / gan.synthesize.out_dir / "manifest.csv",
+        report=report_path,
+        needed=needed,
+        written=written,
+        admitted=admitted,
+    )
+
+
+def _write_synthetic(
+    g: torch.nn.Module,
+    arch: str,
+    sha: str,
+    classes: Sequence[str],
+    needed: dict[str, int],
+    admitted: dict[str, bool],
+    params: Params,
+    root: Path,
+) -> dict[str, int]:
+    """Generate and write the admitted classes' images and the manifest; returns images written per class."""
+    cfg = params.gan.synthesize
+    out_dir = Path(cfg.out_dir)
+    images_dir = root / out_dir / "images"
+    if images_dir.exists():
+        shutil.rmtree(images_dir)  # this stage owns the folder; stale images of an earlier run must go
+    images_dir.mkdir(parents=True)
+    size = params.image_size(params.gan.finetune.dataset)
+    source = f"{arch}:{sha}:seed{cfg.seed}"
+    written = dict.fromkeys(classes, 0)
+    with ManifestWriter(root / out_dir / "manifest.csv") as writer:
+        for k, name in enumerate(classes):
+            if needed[name] <= 0 or not admitted[name]:
+                continue
+            images = _resize(generate(g, k, needed[name], _class_seed(cfg.seed, name), cfg.batch_size), size)
+            for i, image in enumerate(images):
+                image_id = hashlib.sha256(f"{source}:{name}:{i}".encode()).hexdigest()[:16]
+                rel = out_dir / "images" / f"{image_id}.png"
+                write_png16(image[0].numpy(), root / rel)
+                writer.write(
+                    ManifestRow(
+                        image_id=image_id,
+                        patient_id=f"synthetic-{image_id}",
+                        study_id=f"synthetic-{image_id}",
+                        view="single",
+                        label=name,
+                        split="train",
+                        synthetic=True,
+                        source=source,
+                        path=rel.as_posix(),
+                    )
+                )
+            written[name] = len(images)
+            log.info("wrote %d synthetic %s images", len(images), name)
+    return written

@@ -1,0 +1,309 @@
+"""Classification metrics with patient-level bootstrap confidence intervals.
+
+Pure functions over arrays (MONAI's `compute_x(y_pred, y)` habit): labels (N,) as class indices,
+probabilities (N, K) whose rows sum to 1. Point estimates come from scikit-learn; only specificity,
+which scikit-learn lacks, is read off the confusion matrix. A class absent from the evaluated labels
+has no recall, F1 or ROC AUC: those are NaN (and the macro averages skip them) rather than a
+misleading 0.
+
+Confidence intervals resample patients, not images: a patient's anterior and posterior views (and
+repeat studies) are correlated, so resampling images would pretend to more independent evidence than
+the test set holds and give intervals that are too narrow (cluster bootstrap, percentile intervals).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+__all__ = [
+    "MACRO_METRICS",
+    "PER_CLASS_METRICS",
+    "MetricReport",
+    "absent_classes",
+    "bootstrap_indices",
+    "cluster_bootstrap",
+    "compute_confusion",
+    "compute_metrics",
+    "compute_ovr_auc",
+    "compute_specificity",
+    "evaluate_predictions",
+    "percentile_interval",
+]
+
+# Summary metrics, any of which can be the primary metric used to compare and promote models.
+MACRO_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_specificity",
+    "macro_f1",
+    "macro_auc",
+)
+# Per-class metrics, flattened as "<metric>_<class name>".
+PER_CLASS_METRICS: tuple[str, ...] = ("precision", "recall", "specificity", "f1", "auc")
+
+
+def _check(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_prob = np.asarray(y_prob, dtype=np.float64)
+    if y_prob.ndim != 2 or y_true.ndim != 1 or len(y_true) != len(y_prob):
+        raise ValueError(f"expected labels (N,) and probabilities (N, K), got {y_true.shape} and {y_prob.shape}")
+    if len(y_true) and (y_true.min() < 0 or y_true.max() >= y_prob.shape[1]):
+        raise ValueError(f"labels must be class indices in [0, {y_prob.shape[1]}), got {sorted(set(y_true))}")
+    return y_true, y_prob
+
+
+def compute_confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) counts, rows = actual class, columns = predicted class (scikit-learn's convention)."""
+    return confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
+
+
+def compute_specificity(cm: np.ndarray) -> np.ndarray:
+    """One-vs-rest specificity TN / (TN + FP) per class from a confusion matrix; NaN without negatives.
+
+    Args:
+        cm: (K, K) confusion matrix, rows actual, columns predicted.
+
+    Returns:
+        (K,) float64.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    total = cm.sum()
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    tn = total - tp - fp - fn
+    negatives = tn + fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(negatives > 0, tn / negatives, np.nan)
+
+
+def compute_ovr_auc(y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray:
+    """One-vs-rest ROC AUC per class; NaN for a class with no positives or no negatives.
+
+    Equals the per-class terms of `roc_auc_score(y_true, y_prob, multi_class="ovr", average=None)`,
+    which itself refuses any input where a class is missing.
+
+    Returns:
+        (K,) float64.
+    """
+    y_true, y_prob = _check(y_true, y_prob)
+    out = np.full(y_prob.shape[1], np.nan)
+    for k in range(y_prob.shape[1]):
+        positive = y_true == k
+        if 0 < positive.sum() < len(y_true):
+            out[k] = roc_auc_score(positive, y_prob[:, k])
+    return out
+
+
+def absent_classes(y_true: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Names of the classes with no sample in `y_true`."""
+    present = set(np.asarray(y_true, dtype=np.int64).tolist())
+    return [name for k, name in enumerate(classes) if k not in present]
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if len(finite) else math.nan
+
+
+def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """All point metrics, flat: `MACRO_METRICS` plus "<metric>_<class>" for `PER_CLASS_METRICS`.
+
+    The prediction is the most probable class. With every class present, the macro values equal
+    scikit-learn's `average="macro"` (precision of a class never predicted counts as 0, as there).
+
+    Args:
+        y_true: (N,) class indices.
+        y_prob: (N, K) class probabilities, K == len(classes).
+        classes: class names in index order.
+
+    Returns:
+        metric name -> value (NaN where undefined, e.g. recall of a class absent from `y_true`).
+    """
+    y_true, y_prob = _check(y_true, y_prob)
+    k = len(classes)
+    if y_prob.shape[1] != k:
+        raise ValueError(f"{y_prob.shape[1]} probability columns for {k} classes")
+    if len(y_true) == 0:
+        raise ValueError("no samples to evaluate")
+    y_pred = y_prob.argmax(axis=1)
+    present = np.bincount(y_true, minlength=k) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y_true, y_pred, labels=np.arange(k), average=None, zero_division=0.0
+        )
+        balanced = balanced_accuracy_score(y_true, y_pred)  # mean recall over the classes present
+    predicted = np.bincount(y_pred, minlength=k) > 0
+    precision = np.where(present | predicted, precision, np.nan)  # 0/0 with nothing to find: undefined
+    recall = np.where(present, recall, np.nan)
+    f1 = np.where(present, f1, np.nan)
+    specificity = compute_specificity(compute_confusion(y_true, y_pred, k))
+    auc = compute_ovr_auc(y_true, y_prob)
+
+    out: dict[str, float] = {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced),
+        "macro_precision": _nanmean(precision),
+        "macro_recall": _nanmean(recall),
+        "macro_specificity": _nanmean(specificity),
+        "macro_f1": _nanmean(f1),
+        "macro_auc": _nanmean(auc),
+    }
+    per_class = {"precision": precision, "recall": recall, "specificity": specificity, "f1": f1, "auc": auc}
+    for metric in PER_CLASS_METRICS:
+        for name, value in zip(classes, per_class[metric], strict=True):
+            out[f"{metric}_{name}"] = float(value)
+    return out
+
+
+def bootstrap_indices(groups: Sequence[str] | np.ndarray, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Row indices of `n_boot` cluster-bootstrap resamples.
+
+    Each resample draws as many groups (patients) as there are, with replacement, and takes every
+    row of each drawn group, so rows of one patient always move together.
+
+    Args:
+        groups: (N,) group id of each row.
+        n_boot: number of resamples.
+        seed: seed of the resampling generator.
+
+    Yields:
+        (M,) int64 indices into the rows (M varies with the sizes of the drawn groups).
+    """
+    members = _group_members(groups)
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        drawn = rng.integers(0, len(members), size=len(members))
+        yield np.concatenate([members[g] for g in drawn]) if len(drawn) else np.empty(0, dtype=np.int64)
+
+
+def _group_members(groups: Sequence[str] | np.ndarray) -> list[np.ndarray]:
+    """Row indices of each distinct group, groups in sorted id order."""
+    _, codes = np.unique(np.asarray(groups), return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    return np.split(order, bounds) if len(order) else []
+
+
+def percentile_interval(values: np.ndarray, ci: float) -> tuple[float, float]:
+    """Central `ci` percentile interval of bootstrap replicates, ignoring NaN; (NaN, NaN) if all NaN."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return math.nan, math.nan
+    tail = 100.0 * (1.0 - ci) / 2.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def cluster_bootstrap(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    groups: Sequence[str] | np.ndarray,
+    classes: Sequence[str],
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile confidence interval of every metric of `compute_metrics`, resampling groups.
+
+    Args:
+        y_true: (N,) class indices.
+        y_prob: (N, K) probabilities.
+        groups: (N,) cluster (patient) id of each row.
+        classes: class names.
+        n_boot: bootstrap resamples.
+        ci: coverage, e.g. 0.95.
+        seed: resampling seed (same seed -> same intervals).
+
+    Returns:
+        metric name -> (low, high); NaN bounds where a metric was undefined in every resample.
+    """
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    y_true, y_prob = _check(y_true, y_prob)
+    if len(np.asarray(groups)) != len(y_true):
+        raise ValueError(f"{len(np.asarray(groups))} group ids for {len(y_true)} samples")
+    replicates: dict[str, list[float]] = {}
+    for idx in bootstrap_indices(groups, n_boot, seed):
+        for name, value in compute_metrics(y_true[idx], y_prob[idx], classes).items():
+            replicates.setdefault(name, []).append(value)
+    return {name: percentile_interval(np.asarray(vals), ci) for name, vals in replicates.items()}
+
+
+@dataclass(frozen=True)
+class MetricReport:
+    """Point estimates, confidence intervals and caveats of one evaluation.
+
+    Attributes:
+        point: metric name -> value (NaN where undefined).
+        interval: metric name -> (low, high) bootstrap percentile interval.
+        ci: coverage of the intervals.
+        n_samples: evaluated units (images or studies).
+        n_groups: resampled clusters (patients).
+        n_boot: bootstrap resamples.
+        notes: human-readable caveats (absent classes, undefined metrics).
+    """
+
+    point: dict[str, float]
+    interval: dict[str, tuple[float, float]]
+    ci: float
+    n_samples: int
+    n_groups: int
+    n_boot: int
+    notes: list[str] = field(default_factory=list)
+
+    def flat(self) -> dict[str, float | int | None]:
+        """DVC-metrics form: "m", "m_ci_low", "m_ci_high" per metric, plus counts; NaN -> None (JSON null)."""
+        out: dict[str, float | int | None] = {}
+        for name, value in self.point.items():
+            low, high = self.interval.get(name, (math.nan, math.nan))
+            out[name] = _none_if_nan(value)
+            out[f"{name}_ci_low"] = _none_if_nan(low)
+            out[f"{name}_ci_high"] = _none_if_nan(high)
+        out.update(n_samples=self.n_samples, n_patients=self.n_groups, n_boot=self.n_boot)
+        return out
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else round(float(value), 6)
+
+
+def evaluate_predictions(
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    groups: Sequence[str] | np.ndarray,
+    classes: Sequence[str],
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> MetricReport:
+    """Point metrics, patient-bootstrap intervals and notes on undefined metrics, in one report."""
+    point = compute_metrics(y_true, y_prob, classes)
+    interval = cluster_bootstrap(y_true, y_prob, groups, classes, n_boot, ci, seed) if n_boot > 0 else {}
+    notes = [
+        f"class {name!r} has no sample in the evaluated set: its recall, F1 and ROC AUC are undefined (NaN) "
+        "and the macro averages are over the other classes"
+        for name in absent_classes(y_true, classes)
+    ]
+    n_groups = len(np.unique(np.asarray(groups)))
+    if n_boot > 0 and n_groups < 10:
+        notes.append(f"only {n_groups} patients: bootstrap intervals are rough")
+    return MetricReport(point, interval, ci, len(np.asarray(y_true)), n_groups, n_boot, notes)

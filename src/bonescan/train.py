@@ -1,0 +1,809 @@
+"""Classifier training: two-stage transfer learning (Yu et al. 2023, Sec. 3.4), resumable, DDP-ready.
+
+Stage 1 (`pretrain_classifier`, DVC stage clf_pretrain) produces the initial weights: ImageNet
+weights from the local torch cache, a model trained on the source domain (chest radiographs), or a
+seeded random initialisation ("training directly"). Stage 2 (`finetune_classifier`, clf_finetune)
+loads them, resets the classifier for the target classes and fine-tunes on the bone-scan training
+split (augmented offline, or online in the loader), selecting the best epoch on the validation split.
+
+The loop follows torchvision's reference: `train_one_epoch()`, `evaluate()` under
+`torch.inference_mode()`, and `fit()` wiring them with the optimizer, scheduler, early stopping and a
+checkpoint per epoch (`last.pt`). A killed run resumes exactly: the checkpoint holds model,
+optimizer, scheduler, early-stopping state, history and torch's RNG state, and each epoch's shuffle
+order is a function of (seed, epoch) only. Under `torchrun` every process trains on its shard
+(DistributedSampler; NCCL on CUDA, gloo on CPU) and rank 0 writes files. On CUDA the forward pass
+runs under bf16 autocast with channels_last tensors.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from bonescan.checkpoint import (
+    file_digest,
+    fingerprint,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
+from bonescan.config import AugmentConfig, ClassifierConfig, LossConfig, Size, TrainConfig
+from bonescan.data.dataset import ManifestDataset, load_split
+from bonescan.data.manifest import read_manifest
+from bonescan.losses import build_loss, drw_schedule
+from bonescan.models import build
+from bonescan.progress import RunningMean, track
+
+__all__ = [
+    "EpochStats",
+    "FitResult",
+    "RunOptions",
+    "StageResult",
+    "build_criterion",
+    "build_optimizer",
+    "build_scheduler",
+    "classification_summary",
+    "confusion_matrix",
+    "evaluate",
+    "finetune_classifier",
+    "fit",
+    "load_classifier",
+    "make_loader",
+    "pretrain_classifier",
+    "train_one_epoch",
+]
+
+log = logging.getLogger(__name__)
+
+HISTORY_FIELDS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "lr",
+    "images_per_s",
+    "seconds",
+)
+
+
+# --------------------------------------------------------------------------- runtime
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how a run executes (not what it learns): device, precision, loading, processes."""
+
+    device: torch.device = torch.device("cpu")
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    num_workers: int = 0
+    progress: bool = True
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def autocast(self) -> bool:
+        return self.amp and self.device.type == "cuda"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        use = self.channels_last and self.device.type == "cuda"
+        return torch.channels_last if use else torch.contiguous_format
+
+    @classmethod
+    def from_config(cls, cfg: ClassifierConfig, progress: bool = True) -> RunOptions:
+        """Options for this process: cuda when asked for or present, rank/world size from torchrun's env."""
+        rank, world, local = (
+            int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
+        )
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("clf.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+        return cls(device, cfg.amp, cfg.channels_last, cfg.num_workers, progress, rank, world)
+
+
+@contextmanager
+def distributed_session(opts: RunOptions) -> Iterator[None]:
+    """Join torchrun's process group for the duration of a stage (no-op for a single process)."""
+    if not opts.distributed or dist.is_initialized():
+        yield
+        return
+    if opts.device.type == "cuda":
+        torch.cuda.set_device(opts.device)
+    dist.init_process_group("nccl" if opts.device.type == "cuda" else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _barrier(opts: RunOptions) -> None:
+    if opts.distributed:
+        dist.barrier()
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, shuffle: bool, opts: RunOptions, seed: int = 0, drop_last: bool = False
+) -> DataLoader:
+    """A DataLoader whose order depends only on (seed, epoch): call `set_loader_epoch` before each epoch."""
+    sampler = (
+        DistributedSampler(
+            dataset, opts.world_size, opts.rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+        if opts.distributed and shuffle
+        else None
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=opts.num_workers,
+        pin_memory=opts.device.type == "cuda",
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+        # Worker RNGs are drawn from the generator each epoch only if workers are recreated each epoch.
+        persistent_workers=False,
+    )
+
+
+def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    """Make shuffling and worker seeds of `epoch` independent of what ran before (exact resume)."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(seed * 100_003 + epoch)
+
+
+def build_optimizer(
+    params: Sequence[nn.Parameter] | Iterator[nn.Parameter], cfg: TrainConfig
+) -> torch.optim.Optimizer:
+    """RAdam (Yu et al.), AdamW (Du & Yan, Shi et al.; decoupled weight decay) or SGD with momentum."""
+    params = list(params)
+    if cfg.optimizer == "radam":
+        return torch.optim.RAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose radam, adamw or sgd")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Per-epoch learning-rate schedule: step decay, cosine to zero over `epochs`, or none."""
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.step_gamma)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.scheduler == "none":
+        return None
+    raise ValueError(f"unknown scheduler {cfg.scheduler!r}; choose step, cosine or none")
+
+
+def build_criterion(cfg: LossConfig, class_counts: Sequence[int]) -> nn.Module:
+    """The configured loss with only the hyper-parameters it takes."""
+    kwargs: dict[str, dict[str, float]] = {
+        "ce": {},
+        "weighted_ce": {},
+        "focal": {"gamma": cfg.gamma},
+        "ldam": {"max_m": cfg.max_m, "s": cfg.s},
+        "joint": {"alpha": cfg.alpha, "gamma": cfg.gamma, "max_m": cfg.max_m, "s": cfg.s},
+    }
+    needs_counts = cfg.name in {"weighted_ce", "ldam", "joint"} or cfg.drw_epoch is not None
+    if needs_counts and min(class_counts) == 0:
+        raise ValueError(
+            f"loss {cfg.name!r} needs every class in the training set; counts {list(class_counts)}"
+        )
+    counts = [max(c, 1) for c in class_counts]
+    return build_loss(cfg.name, counts, **kwargs[cfg.name])
+
+
+def _set_class_weight(criterion: nn.Module, weight: Tensor | None, device: torch.device) -> None:
+    """DRW: replace the class weights of a bonescan loss or of torch's cross-entropy."""
+    if hasattr(criterion, "set_class_weight"):
+        criterion.set_class_weight(weight)
+    elif isinstance(criterion, nn.CrossEntropyLoss):
+        criterion.weight = None if weight is None else weight.to(device)
+    else:
+        raise TypeError(f"{type(criterion).__name__} has no class weights to re-weight (DRW)")
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """(K, K) int64 counts, rows = true class, columns = predicted class."""
+    index = target.long() * num_classes + pred.long()
+    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def classification_summary(confusion: Tensor) -> dict[str, float]:
+    """Accuracy and macro F1 (classes absent from both truth and prediction count as F1 0)."""
+    cm = confusion.double()
+    tp = cm.diag()
+    precision = tp / cm.sum(0).clamp_min(1)
+    recall = tp / cm.sum(1).clamp_min(1)
+    f1 = torch.where(
+        precision + recall > 0, 2 * precision * recall / (precision + recall), torch.zeros_like(tp)
+    )
+    total = cm.sum().item()
+    return {"accuracy": tp.sum().item() / total if total else float("nan"), "macro_f1": f1.mean().item()}
+
+
+# --------------------------------------------------------------------------- loops
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    opts: RunOptions,
+    description: str = "train",
+) -> RunningMean:
+    """One pass over `loader`; returns the sample-weighted mean loss meter (local to this process)."""
+    model.train()
+    meter = RunningMean()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if opts.autocast else nullcontext()
+    for images, target in track(loader, description, meter, total=len(loader), enabled=opts.progress):
+        images = images.to(opts.device, non_blocking=True, memory_format=opts.memory_format)
+        target = target.to(opts.device, non_blocking=True)
+        with autocast:
+            loss = criterion(model(images).float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        meter.update(loss.detach(), images.shape[0])
+    return meter
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, opts: RunOptions) -> dict[str, Any]:
+    """Loss, accuracy, macro F1 and the confusion matrix of `model` over `loader`."""
+    model.eval()
+    meter = RunningMean()
+    num_classes = getattr(model, "num_classes", None)
+    preds, targets = [], []
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if opts.autocast else nullcontext()
+    for images, target in loader:
+        images = images.to(opts.device, non_blocking=True, memory_format=opts.memory_format)
+        target = target.to(opts.device, non_blocking=True)
+        with autocast:
+            logits = model(images).float()
+        meter.update(criterion(logits, target), images.shape[0])
+        num_classes = num_classes or logits.shape[1]
+        preds.append(logits.argmax(1).cpu())
+        targets.append(target.cpu())
+    cm = confusion_matrix(torch.cat(preds), torch.cat(targets), num_classes)
+    return {"loss": meter.mean, **classification_summary(cm), "confusion": cm.tolist()}
+
+
+@dataclass
+class EpochStats:
+    """One row of the training history (DVC plot)."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+    lr: float
+    images_per_s: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns; the model it was given holds the best epoch's weights afterwards."""
+
+    history: list[dict[str, float]]
+    best_epoch: int
+    best: dict[str, float]  # the history row of the best epoch
+    stopped_early: bool
+    resumed_from: int  # epoch the run resumed at (0: fresh start)
+
+
+def _score(stats: EpochStats, monitor: str) -> float:
+    """Higher is better."""
+    if monitor == "val_loss":
+        return -stats.val_loss
+    return stats.val_macro_f1
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _state_dict_copy(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None,
+    criterion: nn.Module,
+    cfg: TrainConfig,
+    opts: RunOptions,
+    seed: int,
+    checkpoint: Path | None = None,
+    identity: dict[str, Any] | None = None,
+    class_counts: Sequence[int] | None = None,
+    callback: Callable[[EpochStats], None] | None = None,
+    description: str = "train",
+) -> FitResult:
+    """Train for `cfg.epochs` epochs with per-epoch validation, checkpointing and early stopping.
+
+    Args:
+        model: on `opts.device` already; left holding the best epoch's weights.
+        train_loader, val_loader: from `make_loader`; val may be None (then the last epoch is best).
+        criterion: training loss; it also gives the validation loss.
+        cfg: optimizer, schedule, epochs, early stopping, loss (for DRW).
+        opts: device and process layout.
+        seed: shuffle seed of the loaders.
+        checkpoint: `last.pt`, written after every epoch by rank 0; resumed from if it matches `identity`
+            and did not finish.
+        identity: plain-typed description of the run (resolved config, data fingerprint); a checkpoint
+            made with a different identity is ignored, never resumed.
+        class_counts: training samples per class (needed for DRW).
+        callback: called with every epoch's stats on rank 0 (e.g. MLflow logging).
+    """
+    identity = identity or {}
+    model = model.to(opts.device, memory_format=opts.memory_format)
+    optimizer = build_optimizer(model.parameters(), cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    ddp_model = (
+        DistributedDataParallel(model, device_ids=[opts.device.index] if opts.device.type == "cuda" else None)
+        if opts.distributed
+        else model
+    )
+    history: list[dict[str, float]] = []
+    best_score, best_epoch, bad_epochs = -math.inf, -1, 0
+    best_state: dict[str, Tensor] | None = None
+    start_epoch = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = load_checkpoint(checkpoint, map_location="cpu")
+        if state.get("identity") == identity and not state.get("finished", False):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            history, best_state = list(state["history"]), state["best_model"]
+            best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
+            start_epoch = state["epoch"]
+            restore_rng(state["rng"])
+            log.info("resuming %s from %s at epoch %d", description, checkpoint, start_epoch + 1)
+        else:
+            log.info("ignoring %s: it belongs to a finished or different run", checkpoint)
+
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.loss.drw_epoch is not None and class_counts is not None:
+            weight = drw_schedule(epoch, class_counts, cfg.loss.drw_epoch, cfg.loss.drw_beta)
+            _set_class_weight(criterion, weight, opts.device)
+        set_loader_epoch(train_loader, seed, epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        tic = time.perf_counter()
+        meter = train_one_epoch(
+            ddp_model, train_loader, criterion, optimizer, opts, f"{description} {epoch + 1}/{cfg.epochs}"
+        )
+        sums = meter.as_tensor(opts.device)
+        if opts.distributed:
+            dist.all_reduce(sums)
+        train_seconds = time.perf_counter() - tic
+        train_loss = (sums[0] / sums[1].clamp_min(1)).item()
+        if scheduler is not None:
+            scheduler.step()
+        val = evaluate(model, val_loader, criterion, opts) if val_loader is not None else None
+        stats = EpochStats(
+            epoch=epoch + 1,
+            train_loss=train_loss,
+            val_loss=val["loss"] if val else float("nan"),
+            val_accuracy=val["accuracy"] if val else float("nan"),
+            val_macro_f1=val["macro_f1"] if val else float("nan"),
+            lr=lr,
+            images_per_s=sums[1].item() / max(train_seconds, 1e-9),
+            seconds=time.perf_counter() - tic,
+        )
+        history.append(asdict(stats))
+        score = _score(stats, cfg.monitor) if val else float(epoch)
+        if score > best_score:
+            best_score, best_epoch, bad_epochs = score, epoch + 1, 0
+            best_state = _state_dict_copy(model)
+        else:
+            bad_epochs += 1
+        stopped_early = bool(val) and cfg.patience > 0 and bad_epochs >= cfg.patience
+        finished = stopped_early or epoch + 1 == cfg.epochs
+        log.info(
+            "%s epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.3f, val macro F1 %.3f, %.1f img/s",
+            description, epoch + 1, cfg.epochs, stats.train_loss, stats.val_loss, stats.val_accuracy,
+            stats.val_macro_f1, stats.images_per_s,
+        )  # fmt: skip
+        if checkpoint is not None and opts.is_main:
+            save_checkpoint(
+                {
+                    "model": _state_dict_copy(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "epoch": epoch + 1,
+                    "best_model": best_state,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                    "rng": rng_state(),
+                    "identity": identity,
+                    "finished": finished,
+                },
+                checkpoint,
+            )
+        _barrier(opts)
+        if callback is not None and opts.is_main:
+            callback(stats)
+        if stopped_early:
+            log.info("early stopping: no %s improvement for %d epochs", cfg.monitor, cfg.patience)
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    best = next((h for h in history if h["epoch"] == best_epoch), {})
+    return FitResult(history, best_epoch, best, stopped_early, start_epoch)
+
+
+# --------------------------------------------------------------------------- stages
+
+
+@dataclass
+class StageResult:
+    """Outcome of clf_pretrain / clf_finetune (counts and metrics only; no identifiers)."""
+
+    stage: str
+    model: str
+    init: str  # where the initial weights came from
+    model_path: str
+    classes: list[str]
+    train_images: int = 0
+    val_images: int = 0
+    epochs_run: int = 0
+    best_epoch: int = 0
+    stopped_early: bool = False
+    resumed_from: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def metrics(self) -> dict[str, float | int | str]:
+        """Flat JSON for DVC metrics."""
+        flat: dict[str, float | int | str] = {
+            "model": self.model,
+            "init": self.init,
+            "train_images": self.train_images,
+            "val_images": self.val_images,
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "stopped_early": int(self.stopped_early),
+            "seconds": round(self.seconds, 1),
+        }
+        for key in ("val_loss", "val_accuracy", "val_macro_f1", "images_per_s"):
+            if key in self.best:
+                flat[key] = round(float(self.best[key]), 4)
+        return flat
+
+
+def _model_record(
+    model: nn.Module,
+    name: str,
+    classes: Sequence[str],
+    size: Size,
+    cfg: ClassifierConfig,
+    stage: str,
+    normed: bool,
+) -> dict[str, Any]:
+    """The saved-model contract read by `load_classifier` (and evaluate/predict)."""
+    model = _unwrap(model)
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_name": name,
+        "num_classes": len(classes),
+        "in_chans": int(getattr(model, "in_chans", 1)),
+        "classes": list(classes),
+        "image_size": [int(size[0]), int(size[1])],
+        "normed_head": normed,
+        "stage": stage,
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a classifier saved by clf_pretrain / clf_finetune, in eval mode on `device`.
+
+    Returns:
+        (model, checkpoint dict with model_name, num_classes, in_chans, classes, image_size, config, ...).
+    """
+    ckpt = load_checkpoint(path, map_location="cpu")
+    model = build(ckpt["model_name"], ckpt["num_classes"], in_chans=ckpt["in_chans"])
+    if ckpt.get("normed_head", False):
+        model.reset_classifier(ckpt["num_classes"], normed=True)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+def _stage_result(
+    stage: str,
+    cfg: ClassifierConfig,
+    init: str,
+    path: Path,
+    classes: Sequence[str],
+    train: ManifestDataset,
+    val: ManifestDataset | None,
+    result: FitResult,
+    tic: float,
+) -> StageResult:
+    return StageResult(
+        stage=stage,
+        model=cfg.model,
+        init=init,
+        model_path=str(path),
+        classes=list(classes),
+        train_images=len(train),
+        val_images=len(val) if val is not None else 0,
+        epochs_run=len(result.history),
+        best_epoch=result.best_epoch,
+        stopped_early=result.stopped_early,
+        resumed_from=result.resumed_from,
+        best=result.best,
+        seconds=time.perf_counter() - tic,
+    )
+
+
+def _clear_checkpoints(folder: Path) -> None:
+    """Nothing to resume: leave the (DVC-tracked) checkpoint folder present but empty."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.pt"):
+        stale.unlink()
+
+
+def _imagenet(cfg: ClassifierConfig) -> str:
+    return cfg.imagenet_weights or "imagenet"
+
+
+def _datasets(
+    manifest: pd.DataFrame, classes: Sequence[str], cfg: ClassifierConfig, root: Path, transform=None
+) -> tuple[ManifestDataset, ManifestDataset | None, list[pd.DataFrame]]:
+    train_rows = load_split(manifest, "train")
+    val_rows = load_split(manifest, "val")
+    if train_rows.empty:
+        raise ValueError("the manifest has no training rows (run the split stage)")
+    train = ManifestDataset(train_rows, classes, transform=transform, cache=cfg.cache_images, root=root)
+    val = ManifestDataset(val_rows, classes, cache=cfg.cache_images, root=root) if len(val_rows) else None
+    if val is None:
+        log.warning("no validation rows: the last epoch is kept and early stopping is off")
+    return train, val, [train_rows, val_rows]
+
+
+def _train_stage(
+    stage: str,
+    model: nn.Module,
+    train: ManifestDataset,
+    val: ManifestDataset | None,
+    frames: list[pd.DataFrame],
+    train_cfg: TrainConfig,
+    cfg: ClassifierConfig,
+    opts: RunOptions,
+    checkpoint: Path,
+    extra_identity: dict[str, Any],
+    resume: bool,
+    callback: Callable[[EpochStats], None] | None,
+) -> FitResult:
+    counts = train.class_counts()
+    criterion = build_criterion(train_cfg.loss, counts).to(opts.device)
+    train_loader = make_loader(train, train_cfg.batch_size, True, opts, seed=cfg.seed)
+    val_loader = make_loader(val, train_cfg.batch_size, False, opts) if val is not None else None
+    identity = {"config": cfg.model_dump(mode="json"), "data": fingerprint(frames), **extra_identity}
+    if not resume and opts.is_main:
+        checkpoint.unlink(missing_ok=True)
+    _barrier(opts)
+    log.info("%s: %d training images %s, %d validation images", stage, len(train), counts, len(val or []))
+    return fit(
+        model, train_loader, val_loader, criterion, train_cfg, opts, cfg.seed, checkpoint, identity, counts,
+        callback, description=stage,
+    )  # fmt: skip
+
+
+def write_history(
+    history: list[dict[str, float]], csv_paths: Sequence[Path], json_path: Path | None = None
+) -> None:
+    """Per-epoch history as CSV (DVC plots) and JSON."""
+    for path in csv_paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            for row in history:
+                writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(history, indent=2) + "\n")
+
+
+def pretrain_classifier(
+    cfg: ClassifierConfig,
+    source_manifest: str | Path,
+    source_classes: Sequence[str],
+    source_size: Size,
+    target_classes: Sequence[str],
+    target_size: Size,
+    root: str | Path = ".",
+    resume: bool = True,
+    progress: bool = True,
+    callback: Callable[[EpochStats], None] | None = None,
+) -> StageResult:
+    """Stage 1: write `cfg.pretrain_dir`/model.pt, the initial weights of fine-tuning.
+
+    `cfg.pretrain_source` = "source" trains `cfg.model` on the source domain's train split (from
+    ImageNet weights if `cfg.pretrain_init` = "imagenet"); "imagenet" saves ImageNet weights (grey
+    stem, fresh head); "none" saves a seeded random initialisation.
+
+    Raises:
+        FileNotFoundError: ImageNet weights requested but absent from the torch cache / given path.
+    """
+    tic = time.perf_counter()
+    root = Path(root)
+    opts = RunOptions.from_config(cfg, progress=progress)
+    out_dir = root / cfg.pretrain_dir
+    torch.manual_seed(cfg.seed)
+    if cfg.pretrain_source != "source":
+        pretrained = _imagenet(cfg) if cfg.pretrain_source == "imagenet" else None
+        model = build(cfg.model, len(target_classes), in_chans=1, pretrained=pretrained)
+        if cfg.normed_head:
+            model.reset_classifier(len(target_classes), normed=True)
+        path = out_dir / "model.pt"
+        if opts.is_main:
+            record = _model_record(
+                model, cfg.model, target_classes, target_size, cfg, "pretrain", cfg.normed_head
+            )
+            save_checkpoint(record, path)
+            _clear_checkpoints(root / cfg.checkpoints_dir / "clf_pretrain")
+            write_history([], [root / cfg.plots_dir / "pretrain.csv"])
+        seconds = time.perf_counter() - tic
+        return StageResult(
+            "clf_pretrain", cfg.model, cfg.pretrain_source, str(path), list(target_classes), seconds=seconds
+        )
+
+    with distributed_session(opts):
+        init = _imagenet(cfg) if cfg.pretrain_init == "imagenet" else None
+        model = build(cfg.model, len(source_classes), in_chans=1, pretrained=init)
+        if cfg.normed_head:
+            model.reset_classifier(len(source_classes), normed=True)
+        manifest = read_manifest(root / source_manifest)
+        train, val, frames = _datasets(manifest, source_classes, cfg, root)
+        checkpoint = root / cfg.checkpoints_dir / "clf_pretrain" / "last.pt"
+        identity = {"init": cfg.pretrain_init}
+        result = _train_stage(
+            "clf_pretrain",
+            model,
+            train,
+            val,
+            frames,
+            cfg.pretrain,
+            cfg,
+            opts,
+            checkpoint,
+            identity,
+            resume,
+            callback,
+        )
+        path = out_dir / "model.pt"
+        if opts.is_main:
+            record = _model_record(
+                model, cfg.model, source_classes, source_size, cfg, "pretrain", cfg.normed_head
+            )
+            save_checkpoint({**record, "history": result.history}, path)
+            write_history(result.history, [root / cfg.plots_dir / "pretrain.csv"])
+        _barrier(opts)
+    return _stage_result(
+        "clf_pretrain",
+        cfg,
+        f"source ({cfg.pretrain_init} init)",
+        path,
+        source_classes,
+        train,
+        val,
+        result,
+        tic,
+    )
+
+
+def finetune_classifier(
+    cfg: ClassifierConfig,
+    augment: AugmentConfig,
+    classes: Sequence[str],
+    image_size: Size,
+    root: str | Path = ".",
+    resume: bool = True,
+    progress: bool = True,
+    callback: Callable[[EpochStats], None] | None = None,
+) -> StageResult:
+    """Stage 2: fine-tune stage 1's weights on the target training split; write `cfg.out_dir`/model.pt.
+
+    The classifier head is reset for `classes`; with `augment.mode` = "online" the training images
+    are augmented in the loader (offline copies are already rows of `cfg.manifest`).
+    """
+    from bonescan.data.augment import build_transform  # torchvision.transforms only when training
+
+    tic = time.perf_counter()
+    root = Path(root)
+    opts = RunOptions.from_config(cfg, progress=progress)
+    init_path = root / cfg.pretrain_dir / "model.pt"
+    init = load_checkpoint(init_path)
+    if init["model_name"] != cfg.model:
+        raise ValueError(
+            f"{init_path} holds a {init['model_name']!r} but clf.model is {cfg.model!r}; re-run clf_pretrain"
+        )
+    with distributed_session(opts):
+        torch.manual_seed(cfg.seed)
+        model = build(cfg.model, init["num_classes"], in_chans=init["in_chans"])
+        if init.get("normed_head", False):
+            model.reset_classifier(init["num_classes"], normed=True)
+        model.load_state_dict(init["model"])
+        model.reset_classifier(len(classes), normed=cfg.normed_head)
+        transform = build_transform(augment) if augment.mode == "online" else None
+        manifest = read_manifest(root / cfg.manifest)
+        train, val, frames = _datasets(manifest, classes, cfg, root, transform)
+        extra = {
+            "init": file_digest(init_path),
+            "augment": augment.model_dump(mode="json") if transform else None,
+        }
+        checkpoint = root / cfg.checkpoints_dir / "clf_finetune" / "last.pt"
+        result = _train_stage(
+            "clf_finetune",
+            model,
+            train,
+            val,
+            frames,
+            cfg.finetune,
+            cfg,
+            opts,
+            checkpoint,
+            extra,
+            resume,
+            callback,
+        )
+        out_dir = root / cfg.out_dir
+        path = out_dir / "model.pt"
+        if opts.is_main:
+            record = _model_record(model, cfg.model, classes, image_size, cfg, "finetune", cfg.normed_head)
+            save_checkpoint({**record, "history": result.history, "best": result.best}, path)
+            write_history(
+                result.history,
+                [out_dir / "history.csv", root / cfg.plots_dir / "finetune.csv"],
+                out_dir / "history.json",
+            )
+        _barrier(opts)
+    return _stage_result("clf_finetune", cfg, cfg.pretrain_source, path, classes, train, val, result, tic)

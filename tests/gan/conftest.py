@@ -1,0 +1,124 @@
+"""Tiny on-disk cohorts and params for the GAN stage tests (images made here, 32x16 pixels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bonescan.config import Params, parse_params
+from bonescan.data.manifest import write_manifest
+from bonescan.dicom.read import write_png16
+
+SIZE = (32, 16)
+TARGET_CLASSES = ["healthy", "metastasis", "benign"]
+SOURCE_CLASSES = ["normal", "covid19", "lung_opacity", "viral_pneumonia"]
+
+
+def class_image(k: int, rng: np.random.Generator, size: tuple[int, int] = SIZE) -> np.ndarray:
+    """A noisy body-like column with a hot spot whose height depends on the class index."""
+    h, w = size
+    image = np.zeros(size, dtype=np.float32)
+    image[2 : h - 2, w // 4 : 3 * w // 4] = 0.3
+    row = 4 + (k * (h - 8)) // 3
+    image[row : row + 4, w // 2 - 2 : w // 2 + 2] = 1.0
+    return np.clip(image + rng.normal(0, 0.05, size), 0, 1).astype(np.float32)
+
+
+def write_cohort(
+    root: Path, out_dir: str, classes: list[str], counts: dict[str, dict[str, int]], seed: int = 0
+) -> Path:
+    """Write PNGs and a manifest under root/out_dir; counts = {split: {class: n}}; returns the manifest path."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, per_class in counts.items():
+        for name, n in per_class.items():
+            for i in range(n):
+                image_id = f"{out_dir}-{split}-{name}-{i}"
+                rel = f"{out_dir}/images/{image_id}.png"
+                write_png16(class_image(classes.index(name), rng), root / rel)
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "patient_id": f"P-{split}-{name}-{i}",
+                        "study_id": f"S-{split}-{name}-{i}",
+                        "view": "anterior",
+                        "label": name,
+                        "split": split,
+                        "synthetic": False,
+                        "source": "test",
+                        "path": rel,
+                    }
+                )
+    return write_manifest(pd.DataFrame(rows), root / out_dir / "manifest.csv")
+
+
+def tiny_params(**gan_overrides) -> Params:
+    """Params whose GAN stages finish in seconds on 32x16 images."""
+    dataset = {"raw_dir": "raw", "interim_dir": "interim", "reports_dir": "reports", "metrics_dir": "metrics"}
+    gan = {
+        "archs": ["mu_acgan"],
+        "model": {"image_size": list(SIZE), "z_dim": 16, "base_channels": 8},
+        "train": {
+            "batch_size": 4,
+            "checkpoint_every": 2,
+            "sample_every": 1,
+            "samples_per_class": 2,
+            "device": "cpu",
+        },
+        "pretrain": {"dataset": "source", "epochs": 1},
+        "finetune": {"dataset": "target", "epochs": 1},
+        "synthesize": {"arch": "mu_acgan", "batch_size": 8},
+        "quality": {"samples_per_class": 4, "classifier_epochs": 1, "classifier_batch_size": 8},
+    }
+    for key, value in gan_overrides.items():
+        gan[key] = (
+            {**gan[key], **value} if isinstance(value, dict) and isinstance(gan.get(key), dict) else value
+        )
+    return parse_params(
+        {
+            "base": {"image_size": list(SIZE), "classes": TARGET_CLASSES},
+            "datasets": {
+                "target": {**dataset, "classes": TARGET_CLASSES, "out_dir": "target"},
+                "source": {**dataset, "classes": SOURCE_CLASSES, "out_dir": "source"},
+            },
+            "gan": gan,
+        }
+    )
+
+
+@pytest.fixture
+def make_params():
+    """`tiny_params` as a fixture (test modules cannot import conftest under --import-mode=importlib)."""
+    return tiny_params
+
+
+@pytest.fixture
+def make_cohort():
+    """`write_cohort` as a fixture."""
+    return write_cohort
+
+
+@pytest.fixture
+def cohorts(tmp_path: Path) -> Path:
+    """A project root with an imbalanced target cohort (train/val/test) and a balanced source cohort."""
+    write_cohort(
+        tmp_path,
+        "target",
+        TARGET_CLASSES,
+        {
+            "train": {"healthy": 6, "metastasis": 4, "benign": 2},
+            "val": {"healthy": 2, "metastasis": 2, "benign": 1},
+            "test": {"healthy": 2, "metastasis": 1, "benign": 1},
+        },
+    )
+    write_cohort(
+        tmp_path,
+        "source",
+        SOURCE_CLASSES,
+        {"train": dict.fromkeys(SOURCE_CLASSES, 2), "val": {"normal": 1}},
+        1,
+    )
+    return tmp_path

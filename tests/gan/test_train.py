@@ -1,0 +1,245 @@
+"""GAN training: finite stats, exact resume after a kill, label re-initialisation, train split only, DDP."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from bonescan.data import dataset as dataset_module
+from bonescan.data.manifest import read_manifest
+from bonescan.gan import build, class_dependent_keys
+from bonescan.gan.train import (
+    STAT_KEYS,
+    GanRun,
+    _epoch_indices,
+    describe_models,
+    load_weights,
+    run_gan_stage,
+    train_gan,
+    training_rows,
+    transfer_weights,
+)
+
+TARGET_CLASSES = ["healthy", "metastasis", "benign"]
+SOURCE_CLASSES = ["normal", "covid19", "lung_opacity", "viral_pneumonia"]
+
+
+def _train(root: Path, out: str, params, **kw):
+    gan = params.gan
+    rows = read_manifest(root / "target" / "manifest.csv")
+    defaults = {"image_size": gan.model.image_size, "seed": 3, "root": root}
+    return train_gan(
+        rows,
+        TARGET_CLASSES,
+        "mu_acgan",
+        gan.model,
+        gan.train,
+        kw.pop("epochs", 2),
+        GanRun.under(
+            gan.model_copy(update={"models_dir": f"{out}/models", "plots_dir": f"{out}/plots"}),
+            "t",
+            "mu_acgan",
+            root,
+        ),
+        **{**defaults, **kw},
+    )
+
+
+def test_training_writes_finite_per_epoch_stats_weights_curves_and_samples(cohorts, make_params):
+    result = _train(cohorts, "run", make_params())
+    assert result.steps == 6 and result.epochs == 2  # 12 train images, batch 4, 2 epochs
+    for epoch in result.history:
+        assert set(STAT_KEYS) <= set(epoch)
+        assert all(math.isfinite(epoch[k]) for k in STAT_KEYS)
+        assert 0.0 <= epoch["d_real_acc"] <= 1.0 and 0.0 <= epoch["d_cls_acc_real"] <= 1.0
+    weights = load_weights(result.weights)  # torch.load(weights_only=True) underneath
+    assert weights["classes"] == TARGET_CLASSES and weights["step"] == 6
+    assert weights["ema"] is not None and weights["config"]["train"]["lr"] == pytest.approx(2e-4)
+    curves = pd.read_csv(cohorts / "run/plots/t/mu_acgan.csv")
+    assert list(curves["epoch"]) == [1, 2] and {"g_loss", "d_loss", "d_cls_acc_real"} <= set(curves.columns)
+    assert (cohorts / "run/plots/t/samples/mu_acgan_epoch0002.png").is_file()
+    assert (cohorts / "run/plots/t/samples/mu_acgan_final.png").is_file()
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(step_to_die: int):
+    def callback(step: int, stats: dict[str, float]) -> None:
+        if step == step_to_die:
+            raise _Killed
+
+    return callback
+
+
+def test_killed_run_resumes_from_last_checkpoint_to_identical_weights(cohorts, make_params):
+    params = make_params()
+    straight = _train(cohorts, "straight", params)
+    with pytest.raises(_Killed):  # checkpoints every 2 steps: dies at step 5, the last checkpoint is step 4
+        _train(cohorts, "killed", params, step_callback=_kill_at(5))
+    resumed = _train(cohorts, "killed", params)
+    assert resumed.resumed_from_step == 4  # mid-epoch 2 (3 steps per epoch)
+    a, b = load_weights(straight.weights), load_weights(resumed.weights)
+    for part in ("generator", "discriminator", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs after resume"
+    assert a["history"] == b["history"]
+
+
+def test_checkpoint_of_a_run_with_other_settings_is_not_resumed(cohorts, make_params):
+    _train(cohorts, "run", make_params(), epochs=1)
+    params = make_params(train={"lr": 1e-4})
+    again = _train(cohorts, "run", params=params, epochs=1)
+    assert again.resumed_from_step is None
+
+
+def test_fine_tuning_reinitialises_only_class_dependent_parameters():
+    torch.manual_seed(0)
+    g1, d1 = build("mu_acgan", len(SOURCE_CLASSES), (32, 16), base_channels=8, z_dim=16)
+    stage1 = {"arch": "mu_acgan", "generator": g1.state_dict(), "discriminator": d1.state_dict()}
+    g2, d2 = build("mu_acgan", len(TARGET_CLASSES), (32, 16), base_channels=8, z_dim=16)
+    transfer_weights(stage1, g2, d2)
+    for net, old in ((g2, stage1["generator"]), (d2, stage1["discriminator"])):
+        dependent = set(class_dependent_keys(net))
+        assert dependent  # label embedding / class head
+        for key, value in net.state_dict().items():
+            if key in dependent:
+                assert value.shape != old[key].shape or not torch.equal(value, old[key])
+            else:
+                assert torch.equal(value, old[key]), f"{key} was not transferred"
+    assert g2(torch.randn(2, 16), torch.tensor([0, 2])).shape == (2, 1, 32, 16)
+
+
+def test_transfer_refuses_weights_of_another_shape():
+    g1, d1 = build("mu_acgan", 4, (32, 16), base_channels=8, z_dim=16)
+    g2, d2 = build("mu_acgan", 3, (32, 16), base_channels=16, z_dim=16)
+    with pytest.raises(ValueError, match="same gan.model"):
+        transfer_weights(
+            {"arch": "mu_acgan", "generator": g1.state_dict(), "discriminator": d1.state_dict()}, g2, d2
+        )
+
+
+def test_training_rows_keep_only_real_train_images(cohorts):
+    manifest = read_manifest(cohorts / "target" / "manifest.csv")
+    manifest.loc[0, "synthetic"] = True
+    rows = training_rows(manifest)
+    assert set(rows["split"]) == {"train"} and not rows["synthetic"].any()
+    assert len(rows) == (manifest["split"] == "train").sum() - 1
+
+
+def test_no_validation_test_or_synthetic_image_reaches_gan_training(cohorts, monkeypatch, make_params):
+    manifest = read_manifest(cohorts / "target" / "manifest.csv")
+    planted = manifest[manifest["split"] != "train"].copy()
+    planted["path"] = [f"nowhere/{i}.png" for i in planted["image_id"]]  # reading one would fail loudly
+    synthetic = manifest[manifest["split"] == "train"].head(2).copy()
+    synthetic["image_id"] += "-syn"
+    synthetic["synthetic"] = True
+    synthetic["path"] = "nowhere/synthetic.png"
+    rows = pd.concat([manifest[manifest["split"] == "train"], planted, synthetic], ignore_index=True)
+    read = []
+    original = dataset_module.read_png16
+    monkeypatch.setattr(dataset_module, "read_png16", lambda path: read.append(Path(path)) or original(path))
+    gan = make_params().gan
+    train_gan(
+        rows,
+        TARGET_CLASSES,
+        "acgan",
+        gan.model,
+        gan.train,
+        2,
+        GanRun.under(gan, "t", "acgan", cohorts),
+        image_size=(32, 16),
+        seed=0,
+        root=cohorts,
+    )
+    train_paths = {cohorts / p for p in manifest.loc[manifest["split"] == "train", "path"]}
+    assert read and set(read) <= train_paths
+
+
+def test_balanced_sampling_draws_classes_about_equally():
+    labels = [0] * 90 + [1] * 9 + [2] * 1
+    drawn = [labels[i] for epoch in range(20) for i in _epoch_indices(labels, epoch, 0, True, 0, 1)]
+    share = torch.bincount(torch.tensor(drawn), minlength=3).float() / len(drawn)
+    assert torch.allclose(share, torch.full((3,), 1 / 3), atol=0.05)
+    plain = _epoch_indices(labels, 0, 0, False, 0, 1)
+    assert sorted(plain) == list(range(100))  # one permutation per epoch without balancing
+
+
+def test_epoch_order_is_a_function_of_seed_epoch_and_rank():
+    labels = [0, 1, 1, 2] * 5
+    assert _epoch_indices(labels, 3, 7, True, 0, 2) == _epoch_indices(labels, 3, 7, True, 0, 2)
+    assert _epoch_indices(labels, 3, 7, True, 0, 2) != _epoch_indices(labels, 3, 7, True, 1, 2)
+    assert _epoch_indices(labels, 3, 7, True, 0, 2) != _epoch_indices(labels, 4, 7, True, 0, 2)
+
+
+def test_stages_chain_pretrain_to_finetune_with_target_classes(cohorts, make_params):
+    params = make_params(archs=["mu_acgan", "acgan"])
+    pre = run_gan_stage("pretrain", params, root=cohorts)
+    fine = run_gan_stage("finetune", params, root=cohorts)
+    assert [r.arch for r in pre] == ["mu_acgan", "acgan"]
+    assert load_weights(pre[0].weights)["classes"] == SOURCE_CLASSES
+    assert load_weights(fine[0].weights)["classes"] == TARGET_CLASSES
+    assert fine[0].steps == 3  # 12 target train images / batch 4; the 8 source images gave 2 steps
+    assert pre[0].steps == 2
+
+
+def test_describe_models_counts_parameters_of_every_arch(make_params):
+    info = describe_models(make_params(archs=["mu_acgan", "acgan"]))
+    assert set(info["parameters"]) == {"mu_acgan", "acgan"}
+    assert all(v["generator"] > 0 and v["discriminator"] > 0 for v in info["parameters"].values())
+    assert info["image_size"] == [32, 16]
+
+
+_DDP_SCRIPT = """
+import sys
+from pathlib import Path
+
+from bonescan.config import GanModelConfig, GanTrainConfig
+from bonescan.data.manifest import read_manifest
+from bonescan.gan.train import GanRun, train_gan
+
+root = Path(sys.argv[1])
+model = GanModelConfig(image_size=(32, 16), z_dim=16, base_channels=8)
+train = GanTrainConfig(batch_size=4, checkpoint_every=2, sample_every=1, samples_per_class=2, device="cpu")
+run = GanRun(root / "w.pt", root / "ckpt.pt", root / "h.csv", root / "samples")
+classes = ["healthy", "metastasis", "benign"]
+result = train_gan(read_manifest(root / "target/manifest.csv"), classes, "mu_acgan", model, train, 2, run,
+                   image_size=(32, 16), seed=0, root=root)
+print("steps", result.steps)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_on_two_cpu_processes(tmp_path, make_cohort):
+    make_cohort(tmp_path, "target", TARGET_CLASSES, {"train": {"healthy": 8, "metastasis": 4, "benign": 4}})
+    script = tmp_path / "train_ddp.py"
+    script.write_text(_DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tmp_path),
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    weights = load_weights(tmp_path / "w.pt")  # written by rank 0 only
+    # 16 images, 2 processes, balanced draws of ceil(16 / 2) = 8 per process, batch 4: 2 steps per epoch
+    assert weights["step"] == 4 and done.stdout.count("steps 4") == 2
+    assert len(weights["history"]) == 2 and all(math.isfinite(h["g_loss"]) for h in weights["history"])
+    assert (
+        len(load_weights(tmp_path / "ckpt.pt")["rng"]) == 2
+    )  # both processes' RNG states, for an exact resume

@@ -1,0 +1,175 @@
+"""The paper's grid as DVC experiments: queue commands, params validation, and the results table."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bonescan.config import ConfigError
+from bonescan.experiments import (
+    VARIANTS,
+    collect_results,
+    dvc_exp_show,
+    enqueue,
+    grid,
+    identify_variant,
+    queue_command,
+    render_markdown,
+    validate_overrides,
+)
+
+
+def _state(rev: str, name: str | None, params: dict, metrics: dict | None, metrics_error: str = "") -> dict:
+    """One ExpState of `dvc exp show --json` (DVC 3.67), as DVC writes it."""
+    if metrics is not None:
+        metrics_entry = {"metrics/eval.json": {"data": metrics}}
+    elif metrics_error:
+        metrics_entry = {"metrics/eval.json": {"error": {"type": "FileNotFoundError", "msg": metrics_error}}}
+    else:
+        metrics_entry = {}
+    return {
+        "rev": rev,
+        "name": name,
+        "data": {
+            "rev": rev,
+            "timestamp": None if rev == "workspace" else "2026-11-22T21:12:02",
+            "params": {"params.yaml": {"data": params}},
+            "metrics": metrics_entry,
+            "deps": {"src/bonescan/evaluate.py": {"hash": "9662b0b5e604079fe73fb410601cd39a", "size": 287,
+                                                  "nfiles": None}},
+            "outs": {},
+            "meta": {},
+        },
+        "error": None,
+        "experiments": None,
+    }
+
+
+def _params(variant: int, model: str) -> dict:
+    raw: dict = {"clf": {"model": model, "pretrain_source": "source"}, "evaluate": {"ci": 0.95},
+                 "augment": {"factor": 3}, "gan": {"synthesize": {}}}
+    for key, value in VARIANTS[variant].overrides.items():
+        section, *rest = key.split(".")
+        node = raw[section]
+        for part in rest[:-1]:
+            node = node.setdefault(part, {})
+        node[rest[-1]] = value
+    return raw
+
+
+def _metrics(acc: float, f1: float) -> dict:
+    return {"accuracy": acc, "accuracy_ci_low": acc - 0.1, "accuracy_ci_high": acc + 0.05,
+            "macro_f1": f1, "macro_f1_ci_low": f1 - 0.2, "macro_f1_ci_high": f1 + 0.1}
+
+
+def _exp_show() -> list[dict]:
+    """Workspace + one commit with three experiments: two finished, one queued (real DVC 3.67 layout)."""
+    done_1 = _state("93e6735338cf26bb806c16f1617cd65e892e2600", "v1-multiscale", _params(1, "multiscale"),
+                    _metrics(0.8, 0.7))
+    done_5 = _state("5587eec0de4414ee6554b009ce1d9664a0d1a3fb", "v5-multiscale", _params(5, "multiscale"),
+                    _metrics(0.9, 0.85))
+    queued = _state("5bdb41d5b6f1a4c345650b4baebaa905006cb3c5", "v3-resnet34", _params(3, "resnet34"), None)
+    baseline = _state("3e21791214d50d5191efbfbce70cfe373ef262b1", "main", _params(4, "mobilenet_v3_small"),
+                      None, metrics_error="[Errno 2] No such file or directory: 'metrics/eval.json'")
+    baseline["experiments"] = [
+        {"revs": [done_5], "executor": None, "name": "v5-multiscale"},
+        {"revs": [done_1], "executor": None, "name": "v1-multiscale"},
+        {"revs": [queued], "name": "v3-resnet34",
+         "executor": {"state": "queued", "name": "dvc-task",
+                      "local": {"root": None, "log": None, "pid": None, "returncode": None,
+                                "task_id": "5bdb41d5b6f1a4c345650b4baebaa905006cb3c5"}}},
+    ]
+    workspace = _state("workspace", None, _params(5, "multiscale"), _metrics(0.9, 0.85))
+    return [workspace, baseline]
+
+
+def test_grid_is_the_product_of_variants_models_and_pretraining():
+    cells = grid([1, 3, 5], ["multiscale", "resnet34"], ["imagenet", "none"], extra={"augment.factor": 15})
+    assert len(cells) == 12
+    assert len({c.name for c in cells}) == 12
+    cell = next(c for c in cells if c.variant == 3 and c.model == "resnet34" and c.pretrain == "none")
+    assert cell.name == "v3-resnet34-none"
+    assert cell.overrides["gan.synthesize.arch"] == "mu_acgan"
+    assert cell.overrides["clf.pretrain_source"] == "none" and cell.overrides["augment.factor"] == 15
+
+
+def test_queue_command_writes_values_the_way_dvc_reads_them_back():
+    cell = grid([2], ["mobilenet_v3_small"])[0]
+    cmd = queue_command(cell)
+    assert cmd[:6] == ["dvc", "exp", "run", "--queue", "-n", "v2-mobilenet-v3-small"]
+    assert all(arg.startswith("++") for arg in cmd[7::2])  # add-or-override: defaults may be absent
+    sets = dict(arg[2:].split("=", 1) for arg in cmd[7::2])
+    assert sets == {
+        "augment.mode": "none",
+        "gan.synthesize.count": "null",
+        "gan.synthesize.arch": "acgan",
+        "clf.model": "mobilenet_v3_small",
+    }
+    assert {k: yaml.safe_load(v) for k, v in sets.items()} == cell.overrides
+
+
+def test_unknown_variant_is_rejected():
+    with pytest.raises(ValueError, match="unknown dataset variant"):
+        grid([6])
+
+
+def test_overrides_are_validated_against_the_real_params_before_queueing():
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    validate_overrides(raw, grid(list(VARIANTS), ["multiscale", "resnet34"], ["imagenet", "source", "none"]))
+    with pytest.raises(ConfigError, match="augment.factr"):
+        validate_overrides(raw, grid([4], extra={"augment.factr": 15}))
+    with pytest.raises(ValueError, match="unknown model"):
+        validate_overrides(raw, grid([1], ["resnet35"]))
+
+
+def test_every_variant_is_recognised_from_its_params():
+    for number in VARIANTS:
+        assert identify_variant(_params(number, "multiscale")) == number
+    assert identify_variant({"clf": {"model": "x"}}) is None
+
+
+def test_collector_reads_experiments_states_and_metrics_from_exp_show_json():
+    results = collect_results(_exp_show())
+    assert [r.name for r in results] == ["v5-multiscale", "v1-multiscale", "v3-resnet34"]
+    by_name = {r.name: r for r in results}
+    assert by_name["v5-multiscale"].state == "done" and by_name["v5-multiscale"].variant == 5
+    assert by_name["v5-multiscale"].metrics["accuracy"] == 0.9
+    assert by_name["v3-resnet34"].state == "queued" and by_name["v3-resnet34"].metrics == {}
+    with_baselines = collect_results(_exp_show(), include_baselines=True)
+    assert [r.name for r in with_baselines][:2] == ["workspace", "main"]
+    assert "No such file" in with_baselines[1].error
+
+
+def test_markdown_table_has_one_row_per_experiment_with_intervals_and_a_pivot():
+    text = render_markdown(collect_results(_exp_show()), columns=("accuracy", "macro_f1"))
+    table = [line for line in text.splitlines() if line.startswith("| v")]
+    assert [line.split(" | ")[0] for line in table[:3]] == ["| v1-multiscale", "| v3-resnet34", "| v5-multiscale"]
+    assert "| 1 original | multiscale | source | done | 0.800 [0.700, 0.850] | 0.700 [0.500, 0.800] |" in text
+    assert "| queued | - | - |" in text
+    assert "## macro_f1 by model and dataset variant" in text
+    assert "| multiscale | 0.700 [0.500, 0.800] | 0.850 [0.650, 0.950] |" in text
+
+
+def test_queued_overrides_land_in_the_experiment_params_dvc_reports(tmp_path, monkeypatch):
+    """Round trip through real git + DVC: enqueue -> `dvc exp show --json` -> collector."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    (tmp_path / "params.yaml").write_text("clf:\n  model: mobilenet_v3_small\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  evaluate:\n    cmd: echo\n    params: [clf.model]\n"
+        "    metrics:\n      - metrics/eval.json:\n          cache: false\n"
+    )
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    try:
+        enqueue(grid([3], ["resnet34"]), cwd=tmp_path)
+        results = collect_results(dvc_exp_show(tmp_path))
+    finally:
+        subprocess.run(["dvc", "queue", "remove", "--all"], cwd=tmp_path, capture_output=True)
+    assert [(r.name, r.state, r.variant) for r in results] == [("v3-resnet34", "queued", 3)]
+    assert results[0].param("clf.model") == "resnet34"

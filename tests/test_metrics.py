@@ -1,0 +1,156 @@
+"""Metric definitions agree with scikit-learn; bootstrap intervals resample whole patients."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+from bonescan.metrics import (
+    MACRO_METRICS,
+    bootstrap_indices,
+    cluster_bootstrap,
+    compute_confusion,
+    compute_metrics,
+    compute_ovr_auc,
+    compute_specificity,
+    evaluate_predictions,
+    percentile_interval,
+)
+
+CLASSES = ("healthy", "metastasis", "benign")
+
+
+def _random_predictions(n: int, seed: int, skill: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and softmax probabilities that are better than chance but far from perfect."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, len(CLASSES), n)
+    logits = rng.normal(size=(n, len(CLASSES)))
+    logits[np.arange(n), y] += skill
+    prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, prob
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_point_metrics_match_scikit_learn(seed):
+    y, prob = _random_predictions(80, seed)
+    pred = prob.argmax(axis=1)
+    got = compute_metrics(y, prob, CLASSES)
+
+    p, r, f, _ = precision_recall_fscore_support(y, pred, labels=[0, 1, 2], average=None, zero_division=0.0)
+    mp, mr, mf, _ = precision_recall_fscore_support(y, pred, average="macro", zero_division=0.0)
+    assert got["accuracy"] == pytest.approx(np.mean(y == pred))
+    assert got["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert got["macro_precision"] == pytest.approx(mp)
+    assert got["macro_recall"] == pytest.approx(mr)
+    assert got["macro_f1"] == pytest.approx(mf)
+    assert got["macro_auc"] == pytest.approx(roc_auc_score(y, prob, multi_class="ovr", average="macro"))
+    per_class_auc = roc_auc_score(y, prob, multi_class="ovr", average=None)
+    for k, name in enumerate(CLASSES):
+        assert got[f"precision_{name}"] == pytest.approx(p[k])
+        assert got[f"recall_{name}"] == pytest.approx(r[k])
+        assert got[f"f1_{name}"] == pytest.approx(f[k])
+        assert got[f"auc_{name}"] == pytest.approx(per_class_auc[k])
+
+
+def test_specificity_by_hand_on_a_small_confusion_matrix():
+    # actual:    0  0  0  1  1  2
+    # predicted: 0  0  1  1  2  2
+    y = np.array([0, 0, 0, 1, 1, 2])
+    pred = np.array([0, 0, 1, 1, 2, 2])
+    cm = compute_confusion(y, pred, 3)
+    np.testing.assert_array_equal(cm, confusion_matrix(y, pred, labels=[0, 1, 2]))
+    # class 0: negatives are the 3 rows of classes 1 and 2, none predicted 0 -> 3/3
+    # class 1: negatives are 4 rows (three 0s, one 2); one 0 was predicted 1 -> 3/4
+    # class 2: negatives are 5 rows (three 0s, two 1s); one 1 was predicted 2 -> 4/5
+    np.testing.assert_allclose(compute_specificity(cm), [1.0, 0.75, 0.8])
+
+
+def test_specificity_of_one_class_data_is_nan_for_that_class():
+    cm = compute_confusion(np.array([0, 0]), np.array([0, 1]), 2)
+    spec = compute_specificity(cm)
+    assert math.isnan(spec[0]) and spec[1] == pytest.approx(0.5)
+
+
+def test_class_absent_from_labels_is_nan_not_a_crash():
+    y, prob = _random_predictions(60, 3)
+    keep = y != 2  # no benign in the evaluated set
+    got = compute_metrics(y[keep], prob[keep], CLASSES)
+    for metric in ("recall", "f1", "auc"):
+        assert math.isnan(got[f"{metric}_benign"])
+    assert not math.isnan(got["specificity_benign"])
+    assert got["macro_recall"] == pytest.approx(np.mean([got["recall_healthy"], got["recall_metastasis"]]))
+    assert got["balanced_accuracy"] == pytest.approx(got["macro_recall"])
+    assert got["macro_auc"] == pytest.approx(np.mean([got["auc_healthy"], got["auc_metastasis"]]))
+
+    report = evaluate_predictions(y[keep], prob[keep], np.arange(keep.sum()), CLASSES, n_boot=20, seed=0)
+    assert any("'benign'" in note for note in report.notes)
+    assert report.flat()["recall_benign"] is None  # JSON null, not NaN
+
+
+def test_ovr_auc_matches_sklearn_and_is_nan_for_a_missing_class():
+    y, prob = _random_predictions(50, 4)
+    np.testing.assert_allclose(compute_ovr_auc(y, prob), roc_auc_score(y, prob, multi_class="ovr", average=None))
+    auc = compute_ovr_auc(np.zeros(5, dtype=int), prob[:5])
+    assert np.isnan(auc).all()  # class 0 has no negatives, the others no positives
+
+
+def test_bootstrap_moves_all_images_of_a_patient_together():
+    groups = np.array(["p1", "p1", "p2", "p3", "p3", "p3"])
+    for idx in bootstrap_indices(groups, n_boot=50, seed=0):
+        drawn = groups[idx]
+        for patient, size in (("p1", 2), ("p2", 1), ("p3", 3)):
+            assert (drawn == patient).sum() % size == 0
+        # one draw per patient of the cohort: 3 patients drawn, each with all of its rows
+        counts = {p: (drawn == p).sum() // s for p, s in (("p1", 2), ("p2", 1), ("p3", 3))}
+        assert sum(counts.values()) == 3
+
+
+def test_bootstrap_is_reproducible_for_a_seed():
+    groups = np.repeat(np.arange(10), 2)
+    a = [i.tolist() for i in bootstrap_indices(groups, 5, seed=7)]
+    b = [i.tolist() for i in bootstrap_indices(groups, 5, seed=7)]
+    c = [i.tolist() for i in bootstrap_indices(groups, 5, seed=8)]
+    assert a == b and a != c
+
+
+def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_more_patients():
+    widths = []
+    for n_patients in (20, 320):
+        y, prob = _random_predictions(2 * n_patients, seed=5)
+        groups = np.repeat(np.arange(n_patients), 2)
+        point = compute_metrics(y, prob, CLASSES)
+        interval = cluster_bootstrap(y, prob, groups, CLASSES, n_boot=200, ci=0.95, seed=0)
+        for name in MACRO_METRICS:
+            low, high = interval[name]
+            assert low <= point[name] <= high, name
+        widths.append(interval["accuracy"][1] - interval["accuracy"][0])
+    assert widths[1] < widths[0] / 2  # ~1/sqrt(16) of the width with 16x the patients
+
+
+def test_percentile_interval_ignores_nan_and_is_nan_when_all_nan():
+    assert percentile_interval(np.array([np.nan, 1.0, 2.0, 3.0]), 0.5) == pytest.approx((1.5, 2.5))
+    low, high = percentile_interval(np.array([np.nan, np.nan]), 0.95)
+    assert math.isnan(low) and math.isnan(high)
+
+
+def test_flat_report_has_point_and_interval_for_every_metric():
+    y, prob = _random_predictions(30, 6)
+    flat = evaluate_predictions(y, prob, np.arange(30) // 2, CLASSES, n_boot=20, seed=0).flat()
+    for name in (*MACRO_METRICS, "recall_benign", "specificity_healthy"):
+        assert {name, f"{name}_ci_low", f"{name}_ci_high"} <= set(flat)
+    assert flat["n_samples"] == 30 and flat["n_patients"] == 15 and flat["n_boot"] == 20
+
+
+def test_bad_shapes_fail_with_a_clear_message():
+    with pytest.raises(ValueError, match="probability columns"):
+        compute_metrics(np.array([0, 1]), np.full((2, 2), 0.5), CLASSES)
+    with pytest.raises(ValueError, match="class indices"):
+        compute_metrics(np.array([0, 5]), np.full((2, 3), 1 / 3), CLASSES)
