@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from bonescan import tracking
+from bonescan.config import load_params
 from pipeline.stages import FailureKind, StageFailed, StageResult, metrics_markdown, run_stage, stage_order
 
 GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu 1` lets one training stage run per GPU
@@ -54,11 +55,13 @@ def retrain(
         stages: run only these stages (names as in `dvc stage list`); default: all, in dependency order.
         force: re-run stages even when DVC finds them unchanged.
         stage_timeout_s: timeout of data stages; training stages get `training_timeout_s`.
-        track: open one MLflow parent run for this pipeline run; stages log child runs under it.
+        track: open one MLflow parent run for this pipeline run; stages log child runs under it (also off
+            when params' tracking.enabled is false or BONESCAN_TRACKING=0).
     """
     root = str(Path(project_root).resolve())
     order = stage_order(root)
     selected = order if stages is None else [s for s in order if s in set(stages) or s.split("@")[0] in set(stages)]
+    track = track and tracking.tracking_enabled(load_params(Path(root) / "params.yaml").tracking.enabled)
     parent = tracking.start_pipeline_run(root, run_name="retrain") if track else None
     results: list[StageResult] = []
     status = "FAILED"

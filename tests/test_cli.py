@@ -18,6 +18,7 @@ COMMANDS = [
     "synthesize",
     "evaluate",
     "experiments",
+    "predict",
 ]
 
 

@@ -11,12 +11,17 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.logging import RichHandler
 
 from bonescan.config import DEFAULT_PARAMS, ConfigError, Params, load_params
+
+if TYPE_CHECKING:
+    from bonescan.tracking import StageTracker
 
 log = logging.getLogger("bonescan")
 console = Console(stderr=True)
@@ -28,6 +33,14 @@ class CommandError(RuntimeError):
 
 def _params(args: argparse.Namespace) -> Params:
     return load_params(args.params)
+
+
+def _tracked(stage: str, params: Params, *sections: str) -> AbstractContextManager[StageTracker]:
+    """The stage's MLflow run (bonescan.tracking.tracked_stage), given the config sections it reads."""
+    from bonescan.tracking import tracked_stage
+
+    config = {name: getattr(params, name).model_dump(mode="json") for name in ("base", *sections)}
+    return tracked_stage(stage, config, enabled=params.tracking.enabled, experiment=params.tracking.experiment)
 
 
 # --------------------------------------------------------------------------- commands
@@ -105,12 +118,17 @@ def _gan_stage(stage: str, args: argparse.Namespace) -> None:
     if args.dry_run:
         console.print_json(json.dumps(_jsonable(describe_models(params))))
         return
-    results = run_gan_stage(stage, params)
-    summary = [
-        {"arch": r.arch, "weights": r.weights, "steps": r.steps, "seconds": round(r.seconds, 1),
-         "resumed_from_step": r.resumed_from_step, "last_epoch": r.history[-1] if r.history else None}
-        for r in results
-    ]
+    with _tracked(f"gan_{stage}", params, "gan") as track:
+        results = run_gan_stage(stage, params, epoch_callback=lambda arch, s: track.log_epoch(s, f"{arch}."))
+        summary = [
+            {"arch": r.arch, "weights": r.weights, "steps": r.steps, "seconds": round(r.seconds, 1),
+             "resumed_from_step": r.resumed_from_step, "last_epoch": r.history[-1] if r.history else None}
+            for r in results
+        ]
+        for r in results:
+            track.log_metrics({"steps": r.steps, "epochs": r.epochs, "images_seen": r.images_seen,
+                               "seconds": r.seconds}, prefix=f"{r.arch}.")
+        track.log_artifacts([Path(params.gan.plots_dir) / stage], "plots")  # curves CSV, sample grids
     console.print_json(json.dumps(_jsonable(summary)))
 
 
@@ -125,7 +143,13 @@ def cmd_gan_finetune(args: argparse.Namespace) -> None:
 def cmd_synthesize(args: argparse.Namespace) -> None:
     from bonescan.gan.synthesize import run_synthesize
 
-    result = run_synthesize(_params(args))
+    params = _params(args)
+    with _tracked("synthesize", params, "gan") as track:
+        result = run_synthesize(params)
+        track.log_metrics({"needed": result.needed, "written": result.written, "admitted": result.admitted})
+        report = json.loads(result.report.read_text())
+        track.log_metrics({k: report.get(k, {}) for k in ("classifier", "archs")}, prefix="quality.")
+        track.log_artifacts([result.report, result.report.with_suffix(".md")], "reports")
     console.print_json(json.dumps(_jsonable(result)))
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -135,7 +159,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = params.evaluate
     dataset = params.dataset(cfg.dataset)
     model = Path(args.model or Path(params.clf.out_dir) / "model.pt")
-    result = run_evaluate(cfg, dataset.classes, Path(dataset.out_dir) / "manifest.csv", model)
+    with _tracked("evaluate", params, "evaluate") as track:
+        result = run_evaluate(cfg, dataset.classes, Path(dataset.out_dir) / "manifest.csv", model)
+        track.log_metrics(result.metrics)
+        track.set_tags({"bonescan.eval.split": cfg.split, "bonescan.eval.unit": result.unit,
+                        "bonescan.eval.fingerprint": result.fingerprint, "bonescan.eval.model": model})
+        shared = ("report", "summary", "confusion_png", "confusion_csv", "gradcam_gallery")  # no per-image rows
+        track.log_artifacts([result.files[k] for k in shared if k in result.files], "evaluate")
     shown = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", cfg.primary_metric)
     summary = {
         "unit": result.unit,
@@ -194,10 +224,12 @@ def cmd_augment(args: argparse.Namespace) -> None:
     from bonescan.data.augment import augment_dataset
 
     params = _params(args)
-    summary = augment_dataset(params.augment, params.base.classes)
-    _write_metrics(Path(args.metrics), {"mode": summary.mode, "factor": summary.factor,
-                                        "synthetic_included": summary.synthetic_included, "written": summary.written,
-                                        **{f"train_{k}": v for k, v in summary.train_after.items()}})
+    with _tracked("augment", params, "augment") as track:
+        summary = augment_dataset(params.augment, params.base.classes)
+        metrics = {"mode": summary.mode, "factor": summary.factor, "synthetic_included": summary.synthetic_included,
+                   "written": summary.written, **{f"train_{k}": v for k, v in summary.train_after.items()}}
+        _write_metrics(Path(args.metrics), metrics)
+        track.log_metrics(metrics)
     console.print_json(json.dumps(_jsonable(summary)))
 
 
@@ -217,11 +249,15 @@ def cmd_clf_pretrain(args: argparse.Namespace) -> None:
     params = _params(args)
     cfg = params.clf
     source = params.dataset(cfg.source_dataset)
-    result = pretrain_classifier(
-        cfg, Path(source.out_dir) / "manifest.csv", source.classes, params.image_size(cfg.source_dataset),
-        params.base.classes, params.image_size("target"), resume=not args.no_resume, progress=not args.no_progress,
-    )
-    _write_metrics(Path(cfg.metrics_dir) / "clf_pretrain.json", result.metrics())
+    with _tracked("clf_pretrain", params, "clf") as track:
+        result = pretrain_classifier(
+            cfg, Path(source.out_dir) / "manifest.csv", source.classes, params.image_size(cfg.source_dataset),
+            params.base.classes, params.image_size("target"), resume=not args.no_resume,
+            progress=not args.no_progress, callback=track.epoch_callback(),
+        )
+        _write_metrics(Path(cfg.metrics_dir) / "clf_pretrain.json", result.metrics())
+        track.log_metrics(result.metrics())
+        track.log_artifacts([Path(cfg.plots_dir) / "pretrain.csv"], "plots")
     console.print_json(json.dumps(_jsonable(result.metrics())))
 
 
@@ -230,12 +266,66 @@ def cmd_clf_finetune(args: argparse.Namespace) -> None:
 
     params = _params(args)
     cfg = params.clf
-    result = finetune_classifier(
-        cfg, params.augment, params.base.classes, params.image_size("target"),
-        resume=not args.no_resume, progress=not args.no_progress,
-    )
-    _write_metrics(Path(cfg.metrics_dir) / "clf_finetune.json", result.metrics())
+    with _tracked("clf_finetune", params, "clf", "augment") as track:
+        result = finetune_classifier(
+            cfg, params.augment, params.base.classes, params.image_size("target"),
+            resume=not args.no_resume, progress=not args.no_progress, callback=track.epoch_callback(),
+        )
+        _write_metrics(Path(cfg.metrics_dir) / "clf_finetune.json", result.metrics())
+        track.log_metrics(result.metrics())
+        track.log_artifacts([Path(cfg.plots_dir) / "finetune.csv"], "plots")
     console.print_json(json.dumps(_jsonable(result.metrics())))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from bonescan.dicom.anonymize import MissingSecretError, load_secret
+    from bonescan.predict import predict
+
+    params = _params(args)
+    target = params.dataset("target")
+    anon = params.anonymize
+    secret = None
+    if os.environ.get(anon.secret_env, "").strip() or Path(anon.secret_file).is_file():
+        try:
+            secret = load_secret(anon)
+        except MissingSecretError as exc:
+            raise CommandError(str(exc)) from None
+    else:
+        log.warning("no anonymization key (%s / %s): ids are indices of this run, not the manifest's pseudonyms",
+                    anon.secret_env, anon.secret_file)
+    model = args.model or str(Path(params.clf.out_dir) / "model.pt")
+    if not args.verbose:  # a codec failure is already a rejected.csv reason; pydicom would add a traceback
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    columns = (TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("predict", total=None)
+        try:
+            summary = predict(
+                args.input, model, args.out, ingest=params.ingest, anonymize=anon, secret=secret,
+                modalities=target.modalities, split_views=target.split_views, batch_size=args.batch_size,
+                device=args.device, gradcam=args.gradcam,
+                on_file=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+    table = Table(title=f"bonescan predict: {summary.model['uri']}" + (
+        f" (version {summary.model['version']})" if summary.model.get("version") else ""))
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for label, value in (("files", summary.files_seen), ("images", summary.images), ("studies", summary.studies)):
+        table.add_row(label, str(value))
+    for name, count in summary.study_predictions.items():
+        table.add_row(f"  studies predicted {name}", str(count))
+    for code, count in summary.rejected_reasons.items():
+        table.add_row(f"rejected: {code}", str(count), style="yellow")
+    Console().print(table)
+    console.print(f"outputs in [bold]{args.out}[/]: predictions.csv, study_predictions.csv, rejected.csv, "
+                  f"summary.json" + (f", gradcam/ ({summary.gradcam_overlays} overlays)" if args.gradcam else ""))
 
 
 # --------------------------------------------------------------------------- parser
@@ -345,6 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = _add(sub, name, func, text)
         p.add_argument("--no-resume", action="store_true", help="start fresh even if a matching last.pt exists")
         p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch log lines only)")
+    p = _add(sub, "predict", cmd_predict, "classify new DICOM studies: anonymized in memory, training's "
+             "preprocessing, per-image and per-study probabilities, rejected files with reasons")
+    p.add_argument("input", help="a DICOM file, a study folder or a folder of studies (read-only, recursive)")
+    p.add_argument("--model", help="checkpoint path or MLflow URI, e.g. models:/bonescan-classifier@champion "
+                   "(default: clf.out_dir/model.pt, i.e. models/classifier/model.pt)")
+    p.add_argument("--out", required=True, help="output folder (must not lie inside INPUT)")
+    p.add_argument("--gradcam", action="store_true", help="also write Grad-CAM overlays of the predicted class")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: cuda when present (default: %(default)s)")
     return parser
 
 

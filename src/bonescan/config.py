@@ -431,6 +431,13 @@ class EvaluateConfig(_Section):
     plots_dir: str = "plots/eval"  # confusion.csv (DVC confusion plot)
 
 
+class TrackingConfig(_Section):
+    """MLflow tracking of every stage run (bonescan.tracking); not a DVC param of any stage."""
+
+    enabled: bool = True  # false (or env BONESCAN_TRACKING=0): stages log nothing, no mlflow.db is created
+    experiment: str = "bonescan"  # MLflow experiment of runs without a parent ($BONESCAN_MLFLOW_EXPERIMENT wins)
+
+
 class Params(_Section):
     """The whole of params.yaml."""
 
@@ -445,6 +452,7 @@ class Params(_Section):
     clf: ClassifierConfig = ClassifierConfig()
     gan: GanConfig = GanConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _target_dataset_exists(self) -> Params:

@@ -75,12 +75,96 @@ def cohort_line(params: Params) -> str:
     )
 
 
+def _num(value: object, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) and value == value else "-"
+
+
+def gan_table(params: Params) -> Table:
+    """Yu et al. 2023 Table 3 in brief: per architecture and class, similarity, diversity, fidelity, admission."""
+    report = _read_json(Path(params.gan.report))
+    table = Table(title="GAN quality (synthetic images per class)")
+    for col in ("generator", "class", "SSIM to real", "pairwise SSIM", "fidelity", "TSTR recall", "admitted"):
+        table.add_column(col, justify="left" if col in ("generator", "class", "admitted") else "right")
+    if report is None:
+        table.add_row("not run yet", *["-"] * 6)
+        return table
+    synthesis = report.get("synthesis", {})
+    for arch, entry in report.get("archs", {}).items():
+        for cls, q in entry.get("classes", {}).items():
+            written = synthesis.get("written", {}).get(cls) if arch == synthesis.get("arch") else None
+            admitted = "yes" if q.get("admitted") else "no"
+            if written is not None:
+                admitted += f" ({written} written)"
+            table.add_row(
+                arch, cls, _num(q.get("ssim_to_real")), _num(q.get("diversity_ssim")), _num(q.get("fidelity")),
+                _num(q.get("tstr_recall")), admitted,
+            )  # fmt: skip
+    table.caption = f"images written from {synthesis.get('arch', '?')}; details in {params.gan.report}"
+    return table
+
+
+def training_table(params: Params) -> Table:
+    """Both transfer-learning stages: data sizes, best epoch and its validation scores."""
+    table = Table(title=f"Classifier training ({params.clf.model})")
+    for col in ("stage", "init", "train images", "val images", "best epoch", "val macro F1", "val acc", "s"):
+        table.add_column(col, justify="left" if col in ("stage", "init") else "right")
+    for stage in ("clf_pretrain", "clf_finetune"):
+        m = _read_json(Path(params.clf.metrics_dir) / f"{stage}.json")
+        if m is None:
+            table.add_row(stage, "not run yet", *["-"] * 6)
+            continue
+        table.add_row(
+            stage, str(m.get("init", "-")), str(m.get("train_images", "-")), str(m.get("val_images", "-")),
+            str(m.get("best_epoch", "-")), _num(m.get("val_macro_f1")), _num(m.get("val_accuracy")),
+            _num(m.get("seconds"), 0),
+        )  # fmt: skip
+    return table
+
+
+def evaluation_table(params: Params) -> Table:
+    """Test-split metrics with their patient-bootstrap intervals."""
+    from bonescan.metrics import MACRO_METRICS
+
+    cfg = params.evaluate
+    m = _read_json(Path(cfg.metrics_file))
+    pct = round(100 * cfg.ci)
+    table = Table(title=f"Evaluation on the {cfg.split} split (per {cfg.unit}, {pct} % patient-bootstrap CI)")
+    for col in ("metric", "value", f"{pct} % CI"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    if m is None:
+        table.add_row("not run yet", "-", "-")
+        return table
+    names = [*MACRO_METRICS, *(f"recall_{c}" for c in params.dataset(cfg.dataset).classes)]
+    for name in names:
+        if name not in m:
+            continue
+        label = f"[bold]{name}[/]" if name == cfg.primary_metric else name
+        low, high = m.get(f"{name}_ci_low"), m.get(f"{name}_ci_high")
+        table.add_row(label, _num(m[name]), f"{_num(low)} - {_num(high)}" if low is not None else "-")
+    table.caption = f"report: {cfg.reports_dir}/report.md, Grad-CAM: {cfg.reports_dir}/gradcam_gallery.png"
+    return table
+
+
+def promotion_line(path: Path = Path("reports/promotion.json")) -> str:
+    """The registry decision of the last `bonescan promote`."""
+    report = _read_json(path)
+    if report is None:
+        return "Model registry: nothing registered yet (`bonescan promote`)."
+    version = report.get("version", "?")
+    verdict = "promoted to champion" if report.get("promote") or report.get("promoted") else "kept as challenger"
+    return f"Model registry: {report.get('model', 'bonescan-classifier')} version {version} {verdict}: {report.get('reason', '')}"
+
+
 def render_summary(params: Params, console: Console) -> None:
     """Print every summary table and where the results are."""
     console.print(cohort_line(params))
     console.print(ingest_table(params))
     for name in params.datasets:
         console.print(split_table(params, name))
+    console.print(gan_table(params))
+    console.print(training_table(params))
+    console.print(evaluation_table(params))
+    console.print(promotion_line())
     target = params.dataset("target")
     console.print(
         "Results: manifest "

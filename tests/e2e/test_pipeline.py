@@ -22,6 +22,20 @@ TINY = {
     "base": {"image_size": [64, 32]},
     "phantoms": {"patients": 12, "chest_patients": 8},
     "ingest": {"workers": 2},
+    "gan": {
+        "model": {"image_size": [32, 16], "z_dim": 16, "base_channels": 4},
+        "train": {"batch_size": 4, "sample_every": 1, "samples_per_class": 2},
+        "pretrain": {"epochs": 1},
+        "finetune": {"epochs": 1},
+        "quality": {"samples_per_class": 4, "classifier_epochs": 1},
+    },
+    "augment": {"factor": 2},
+    "clf": {
+        "model": "soft_threshold_net",
+        "pretrain": {"epochs": 1, "batch_size": 8},
+        "finetune": {"epochs": 2, "batch_size": 8},
+    },
+    "evaluate": {"n_boot": 50, "gradcam_per_class": 1},
 }
 
 
