@@ -67,7 +67,9 @@ __all__ = [
     "load_classifier",
     "make_loader",
     "pretrain_classifier",
+    "set_loader_epoch",
     "train_one_epoch",
+    "write_history",
 ]
 
 log = logging.getLogger(__name__)
@@ -149,13 +151,42 @@ def _barrier(opts: RunOptions) -> None:
         dist.barrier()
 
 
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Give every process rank 0's BatchNorm running statistics.
+
+    DDP broadcasts buffers at the start of each forward, so after an epoch's last step every rank
+    holds statistics updated by its own last batch: ranks would validate different models.
+    """
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def _broadcast_scores(val: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Rank 0's validation scores on every rank, so best-epoch and early-stopping decisions agree
+    (a rank that stopped alone would leave the others waiting in the next all-reduce)."""
+    keys = ("loss", "accuracy", "macro_f1")
+    scores = torch.tensor([float(val[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.broadcast(scores, src=0)
+    return {**val, **dict(zip(keys, scores.tolist(), strict=True))}
+
+
 # --------------------------------------------------------------------------- building blocks
 
 
 def make_loader(
     dataset: Dataset, batch_size: int, shuffle: bool, opts: RunOptions, seed: int = 0, drop_last: bool = False
 ) -> DataLoader:
-    """A DataLoader whose order depends only on (seed, epoch): call `set_loader_epoch` before each epoch."""
+    """A DataLoader whose order depends only on (seed, epoch): call `set_loader_epoch` before each epoch.
+
+    With worker processes, a caching dataset (`ManifestDataset(cache=True)`) is filled here, in the
+    parent: workers are recreated every epoch (for exact resume), so a cache filled inside them would
+    be thrown away each epoch, while one filled before they start is copied into every worker.
+    """
+    if opts.num_workers > 0 and getattr(dataset, "cache", False) and hasattr(dataset, "read"):
+        for index in range(len(dataset)):
+            dataset.read(index)
+    # Only training (shuffled) loaders are sharded under torchrun: every process validates on all of
+    # the validation split, so all of them take the same best-epoch and early-stopping decisions.
     sampler = (
         DistributedSampler(
             dataset, opts.world_size, opts.rank, shuffle=shuffle, seed=seed, drop_last=drop_last
@@ -273,7 +304,8 @@ def train_one_epoch(
     model.train()
     meter = RunningMean()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if opts.autocast else nullcontext()
-    for images, target in track(loader, description, meter, total=len(loader), enabled=opts.progress):
+    show = opts.progress and opts.is_main  # one bar under torchrun, not one per process
+    for images, target in track(loader, description, meter, total=len(loader), enabled=show):
         images = images.to(opts.device, non_blocking=True, memory_format=opts.memory_format)
         target = target.to(opts.device, non_blocking=True)
         with autocast:
@@ -300,9 +332,9 @@ def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, opts: R
             logits = model(images).float()
         meter.update(criterion(logits, target), images.shape[0])
         num_classes = num_classes or logits.shape[1]
-        preds.append(logits.argmax(1).cpu())
-        targets.append(target.cpu())
-    cm = confusion_matrix(torch.cat(preds), torch.cat(targets), num_classes)
+        preds.append(logits.argmax(1))
+        targets.append(target)
+    cm = confusion_matrix(torch.cat(preds), torch.cat(targets), num_classes).cpu()
     return {"loss": meter.mean, **classification_summary(cm), "confusion": cm.tolist()}
 
 
@@ -418,11 +450,14 @@ def fit(
         sums = meter.as_tensor(opts.device)
         if opts.distributed:
             dist.all_reduce(sums)
+            _broadcast_buffers(model)
         train_seconds = time.perf_counter() - tic
         train_loss = (sums[0] / sums[1].clamp_min(1)).item()
         if scheduler is not None:
             scheduler.step()
         val = evaluate(model, val_loader, criterion, opts) if val_loader is not None else None
+        if val is not None and opts.distributed:
+            val = _broadcast_scores(val, opts.device)
         stats = EpochStats(
             epoch=epoch + 1,
             train_loss=train_loss,
@@ -511,7 +546,7 @@ class StageResult:
             "seconds": round(self.seconds, 1),
         }
         for key in ("val_loss", "val_accuracy", "val_macro_f1", "images_per_s"):
-            if key in self.best:
+            if key in self.best and math.isfinite(self.best[key]):  # NaN (no validation) is not JSON
                 flat[key] = round(float(self.best[key]), 4)
         return flat
 
@@ -684,13 +719,15 @@ def pretrain_classifier(
         if cfg.normed_head:
             model.reset_classifier(len(target_classes), normed=True)
         path = out_dir / "model.pt"
-        if opts.is_main:
-            record = _model_record(
-                model, cfg.model, target_classes, target_size, cfg, "pretrain", cfg.normed_head
-            )
-            save_checkpoint(record, path)
-            _clear_checkpoints(root / cfg.checkpoints_dir / "clf_pretrain")
-            write_history([], [root / cfg.plots_dir / "pretrain.csv"])
+        with distributed_session(opts):  # under torchrun: no rank returns before rank 0 has written
+            if opts.is_main:
+                record = _model_record(
+                    model, cfg.model, target_classes, target_size, cfg, "pretrain", cfg.normed_head
+                )
+                save_checkpoint(record, path)
+                _clear_checkpoints(root / cfg.checkpoints_dir / "clf_pretrain")
+                write_history([], [root / cfg.plots_dir / "pretrain.csv"])
+            _barrier(opts)
         seconds = time.perf_counter() - tic
         return StageResult(
             "clf_pretrain", cfg.model, cfg.pretrain_source, str(path), list(target_classes), seconds=seconds
