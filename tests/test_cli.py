@@ -19,6 +19,7 @@ COMMANDS = [
     "evaluate",
     "experiments",
     "predict",
+    "promote",
 ]
 
 

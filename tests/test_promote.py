@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from bonescan.promote import PromotionRule, decide
+from bonescan.promote import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS_CHAMPION,
+    PromotionRule,
+    aliases_after_promotion,
+    aliases_after_rollback,
+    class_recalls,
+    decide,
+)
 
 RULE = PromotionRule(primary_metric="macro_f1", min_improvement=0.01, min_class_recall=0.5)
 GOOD = {"macro_f1": 0.80, "recall_healthy": 0.9, "recall_metastasis": 0.8, "recall_benign": 0.6}
@@ -45,3 +54,40 @@ def test_scores_on_different_test_splits_are_never_compared():
 
 def test_missing_primary_metric_is_not_promoted():
     assert not decide({"accuracy": 0.9}, None, RULE, challenger_test_split="abc").promote
+
+
+def test_recall_interval_bounds_are_not_class_recalls():
+    metrics = GOOD | {"recall_benign_ci_low": 0.1, "recall_benign_ci_high": 0.9}
+    assert class_recalls(metrics) == {"healthy": 0.9, "metastasis": 0.8, "benign": 0.6}
+    assert decide(metrics, None, RULE, challenger_test_split="abc").promote
+
+
+def test_an_undefined_class_recall_fails_a_floor_but_not_a_zero_floor():
+    challenger = GOOD | {"recall_benign": None}
+    decision = decide(challenger, None, RULE, challenger_test_split="abc")
+    assert not decision.promote and "benign undefined" in decision.reason
+    assert decide(challenger, None, PromotionRule(min_class_recall=0.0), challenger_test_split="abc").promote
+
+
+def test_a_champion_without_the_primary_metric_is_not_replaced_blindly():
+    decision = decide(GOOD, {"accuracy": 0.5}, RULE, challenger_test_split="abc", champion_test_split="abc")
+    assert not decision.promote and "re-evaluate" in decision.reason
+
+
+def test_promotion_keeps_the_old_champion_as_previous_champion():
+    assert aliases_after_promotion({}, "1") == {CHAMPION: "1"}
+    before = {CHAMPION: "1", CHALLENGER: "2", PREVIOUS_CHAMPION: "0"}
+    assert aliases_after_promotion(before, "2") == {CHAMPION: "2", CHALLENGER: "2", PREVIOUS_CHAMPION: "1"}
+    assert aliases_after_promotion(before, "1") == before
+
+
+def test_rollback_restores_the_previous_champion_and_steps_further_back():
+    before = {CHAMPION: "3", CHALLENGER: "3", PREVIOUS_CHAMPION: "2"}
+    assert aliases_after_rollback(before, earlier="1") == {
+        CHAMPION: "2",
+        CHALLENGER: "3",
+        PREVIOUS_CHAMPION: "1",
+    }
+    assert aliases_after_rollback(before) == {CHAMPION: "2", CHALLENGER: "3"}
+    with pytest.raises(ValueError, match="no 'previous-champion'"):
+        aliases_after_rollback({CHAMPION: "1"})

@@ -328,6 +328,34 @@ def cmd_predict(args: argparse.Namespace) -> None:
                   f"summary.json" + (f", gradcam/ ({summary.gradcam_overlays} overlays)" if args.gradcam else ""))
 
 
+def cmd_promote(args: argparse.Namespace) -> None:
+    from bonescan.registry import CardSources, promote, rollback
+
+    params = _params(args)
+    cfg = params.promote
+    target = params.dataset("target")
+    try:
+        if args.rollback:
+            result = rollback(cfg)
+        else:
+            sources = CardSources(
+                manifest=Path(target.out_dir) / "manifest.csv",
+                phi_scan=Path(target.reports_dir) / "phi_scan.json",
+                gan_quality=Path(params.gan.report),
+                confusion_png=Path(params.evaluate.reports_dir) / "confusion_matrix.png",
+            )
+            result = promote(cfg, params.evaluate.primary_metric, dry_run=args.dry_run, sources=sources)
+    except ValueError as exc:  # nothing to roll back to, no test-split fingerprint
+        raise CommandError(str(exc)) from None
+    console.print_json(json.dumps(_jsonable(result)))
+    champion = result.aliases_after.get("champion")
+    if result.dry_run:
+        console.print(f"[bold]{result.action}[/] (dry run, nothing changed): {result.reason}")
+    else:
+        console.print(f"[bold]{result.action}[/]: {result.reason}; champion: "
+                      f"{'version ' + champion if champion else 'none'} (report: {cfg.report})")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -445,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: cuda when present (default: %(default)s)")
+    p = _add(sub, "promote", cmd_promote, "register the evaluated classifier in MLflow as challenger and promote "
+             "it to champion if it beats the champion (promote.* rule); --rollback restores the previous champion")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="show the decision; register and change nothing")
+    mode.add_argument("--rollback", action="store_true", help="make previous-champion the champion again")
     return parser
 
 

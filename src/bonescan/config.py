@@ -438,6 +438,19 @@ class TrackingConfig(_Section):
     experiment: str = "bonescan"  # MLflow experiment of runs without a parent ($BONESCAN_MLFLOW_EXPERIMENT wins)
 
 
+class PromoteConfig(_Section):
+    """Registering the evaluated classifier in MLflow and the champion/challenger rule (`bonescan promote`)."""
+
+    registered_model: str = "bonescan-classifier"  # MLflow registered model name (aliases champion, challenger, ...)
+    min_improvement: float = Field(0.01, ge=0)  # a challenger must beat the champion's primary metric by this much
+    min_class_recall: float = Field(0.1, ge=0, le=1)  # every class recall must reach this floor (no abandoned class)
+    model_file: str = "models/classifier/model.pt"  # the fine-tuned checkpoint (clf.out_dir/model.pt)
+    metrics_file: str = "metrics/eval.json"  # its flat test metrics (evaluate.metrics_file)
+    eval_summary: str = "reports/eval/summary.json"  # evaluate's summary: test-split fingerprint, unit, counts
+    report: str = "reports/promotion.json"  # decision, reason, version and aliases after the run
+    model_card: str = "reports/model_card.md"  # markdown card, also logged with the registered version
+
+
 class Params(_Section):
     """The whole of params.yaml."""
 
@@ -453,6 +466,7 @@ class Params(_Section):
     gan: GanConfig = GanConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    promote: PromoteConfig = PromoteConfig()
 
     @model_validator(mode="after")
     def _target_dataset_exists(self) -> Params:

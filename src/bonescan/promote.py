@@ -2,14 +2,20 @@
 
 A new model only replaces the champion when it is better on the same test split by a margin and
 does not buy that gain by abandoning a class: a classifier that stops finding benign changes must not
-win on macro F1 alone. The decision is a pure function so that the rule is tested without MLflow;
-`tracking.py` applies it to registry aliases.
+win on macro F1 alone. The decision and the alias moves are pure functions so that the rules are
+tested without MLflow; `bonescan.registry` applies them to the registry's aliases.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS_CHAMPION = "previous-champion"
+_INTERVAL_SUFFIXES = ("_ci_low", "_ci_high")
 
 
 @dataclass(frozen=True)
@@ -33,8 +39,16 @@ class Decision:
     reason: str
 
 
-def class_recalls(metrics: Mapping[str, float]) -> dict[str, float]:
-    return {k.removeprefix("recall_"): float(v) for k, v in metrics.items() if k.startswith("recall_")}
+def class_recalls(metrics: Mapping[str, float | None]) -> dict[str, float]:
+    """`recall_<class>` point estimates of flat eval metrics; interval bounds are not recalls.
+
+    An undefined recall (None or NaN: no test sample of that class) is NaN, which no floor accepts.
+    """
+    return {
+        k.removeprefix("recall_"): math.nan if v is None else float(v)
+        for k, v in metrics.items()
+        if k.startswith("recall_") and not k.endswith(_INTERVAL_SUFFIXES)
+    }
 
 
 def decide(
@@ -55,17 +69,23 @@ def decide(
         champion_test_split: fingerprint of the champion's test split; comparing scores from two
             different test sets is meaningless, so a mismatch never promotes.
     """
-    if rule.primary_metric not in challenger:
+    if not _defined(challenger.get(rule.primary_metric)):
         return Decision(False, f"challenger has no metric {rule.primary_metric!r}")
-    low = {c: r for c, r in class_recalls(challenger).items() if r < rule.min_class_recall}
-    if low:
-        listed = ", ".join(f"{c} {r:.3f}" for c, r in sorted(low.items()))
+    low = {c: r for c, r in class_recalls(challenger).items() if not r >= rule.min_class_recall}  # NaN fails
+    if low and rule.min_class_recall > 0:
+        listed = ", ".join(
+            f"{c} {r:.3f}" if math.isfinite(r) else f"{c} undefined" for c, r in sorted(low.items())
+        )
         return Decision(False, f"class recall below the floor {rule.min_class_recall:.3f}: {listed}")
     score = float(challenger[rule.primary_metric])
     if champion is None:
         return Decision(True, f"no champion yet; {rule.primary_metric} {score:.4f}")
     if champion_test_split != challenger_test_split:
-        return Decision(False, "champion was scored on a different test split; re-evaluate it before comparing")
+        return Decision(
+            False, "champion was scored on a different test split; re-evaluate it before comparing"
+        )
+    if not _defined(champion.get(rule.primary_metric)):
+        return Decision(False, f"champion has no {rule.primary_metric}; re-evaluate it before comparing")
     best = float(champion[rule.primary_metric])
     gain = score - best
     if gain < rule.min_improvement or gain <= 0:
@@ -75,3 +95,45 @@ def decide(
             f"{rule.min_improvement:.4f}",
         )
     return Decision(True, f"{rule.primary_metric} {score:.4f} beats champion {best:.4f} by {gain:+.4f}")
+
+
+def _defined(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def aliases_after_promotion(aliases: Mapping[str, str], version: str) -> dict[str, str]:
+    """Alias -> version once `version` is promoted: the old champion is kept as `previous-champion`.
+
+    Re-promoting the current champion changes nothing; other aliases are left as they are.
+    """
+    after = dict(aliases)
+    old = after.get(CHAMPION)
+    if old == version:
+        return after
+    after[CHAMPION] = version
+    if old is not None:
+        after[PREVIOUS_CHAMPION] = old
+    return after
+
+
+def aliases_after_rollback(aliases: Mapping[str, str], earlier: str | None = None) -> dict[str, str]:
+    """Alias -> version once the champion is rolled back to `previous-champion`.
+
+    Args:
+        aliases: the current alias -> version map.
+        earlier: the champion the previous champion had itself replaced (the next rollback target),
+            or None, which drops `previous-champion`.
+
+    Raises:
+        ValueError: there is no previous champion to roll back to.
+    """
+    previous = aliases.get(PREVIOUS_CHAMPION)
+    if previous is None:
+        raise ValueError(f"no {PREVIOUS_CHAMPION!r} version to roll back to")
+    after = dict(aliases)
+    after[CHAMPION] = previous
+    if earlier is None or earlier == previous:
+        after.pop(PREVIOUS_CHAMPION)
+    else:
+        after[PREVIOUS_CHAMPION] = earlier
+    return after

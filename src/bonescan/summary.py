@@ -152,7 +152,8 @@ def promotion_line(path: Path = Path("reports/promotion.json")) -> str:
         return "Model registry: nothing registered yet (`bonescan promote`)."
     version = report.get("version", "?")
     verdict = "promoted to champion" if report.get("promote") or report.get("promoted") else "kept as challenger"
-    return f"Model registry: {report.get('model', 'bonescan-classifier')} version {version} {verdict}: {report.get('reason', '')}"
+    name = report.get("registered_model", "bonescan-classifier")
+    return f"Model registry: {name} version {version} {verdict}: {report.get('reason', '')}"
 
 
 def render_summary(params: Params, console: Console) -> None:

@@ -1,0 +1,277 @@
+"""Specification of the MLflow registry: a version per checkpoint, champion/challenger by alias, rollback,
+a self-contained pyfunc model that predicts what the checkpoint predicts, and a model card per version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bonescan import tracking
+from bonescan.checkpoint import save_checkpoint
+from bonescan.cli import main
+from bonescan.config import ClassifierConfig, PromoteConfig
+from bonescan.models import build
+from bonescan.registry import (
+    TAG_DIGEST,
+    CardSources,
+    current_aliases,
+    example_input,
+    promote,
+    rollback,
+)
+from bonescan.train import load_classifier
+
+CLASSES = ["healthy", "metastasis", "benign"]
+SIZE = (32, 16)
+NAME = "bonescan-classifier"
+CFG = PromoteConfig(min_improvement=0.01, min_class_recall=0.3)
+SPLIT = "5e4e27ab8b4a43c6"
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory):
+    """An initialised, empty MLflow database: its schema migrations take seconds, so tests copy it."""
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, empty_store):
+    """A project folder with its own store (MLFLOW_TRACKING_URI), and no pipeline run around it."""
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for name in (tracking.PARENT_RUN_ENV, tracking.EXPERIMENT_ENV, tracking.TRACKING_ENV, "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def train_and_evaluate(
+    root: Path, seed: int, macro_f1: float, recalls=(0.8, 0.7, 0.6), split: str = SPLIT
+) -> Path:
+    """What clf_finetune and evaluate leave behind: a checkpoint (weights from `seed`) and its metrics."""
+    torch.manual_seed(seed)
+    model = build("soft_threshold_net", len(CLASSES), in_chans=1)
+    ckpt = {
+        "model": model.state_dict(),
+        "model_name": "soft_threshold_net",
+        "num_classes": len(CLASSES),
+        "in_chans": 1,
+        "classes": CLASSES,
+        "image_size": list(SIZE),
+        "config": ClassifierConfig(model="soft_threshold_net").model_dump(mode="json"),
+    }
+    path = save_checkpoint(ckpt, root / "models" / "classifier" / "model.pt")
+    metrics = {"accuracy": macro_f1 + 0.05, "macro_f1": macro_f1, "macro_f1_ci_low": macro_f1 - 0.1,
+               "macro_f1_ci_high": macro_f1 + 0.1, "n_units": 45, "n_patients": 24}  # fmt: skip
+    for name, recall in zip(CLASSES, recalls, strict=True):
+        metrics |= {
+            f"recall_{name}": recall,
+            f"recall_{name}_ci_low": recall / 2,
+            f"recall_{name}_ci_high": 1.0,
+        }
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "metrics" / "eval.json").write_text(json.dumps(metrics))
+    (root / "reports" / "eval").mkdir(parents=True, exist_ok=True)
+    summary = {
+        "unit": "study",
+        "n_units": 45,
+        "n_patients": 24,
+        "n_boot": 200,
+        "ci": 0.95,
+        "fingerprint": split,
+    }
+    (root / "reports" / "eval" / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def run(root: Path, **kwargs):
+    return promote(CFG, "macro_f1", root, **kwargs)
+
+
+def versions(root: Path):
+    return tracking.client(root).search_model_versions(f"name = '{NAME}'")
+
+
+def test_first_model_becomes_champion_and_challenger(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    result = run(project)
+    assert result.promoted and result.version == "1" and result.new_version
+    assert "no champion yet" in result.reason
+    assert current_aliases(tracking.client(project), NAME) == {"champion": "1", "challenger": "1"}
+    report = json.loads((project / CFG.report).read_text())
+    assert report["action"] == "promote" and report["aliases_after"] == {"challenger": "1", "champion": "1"}
+    (version,) = versions(project)
+    assert version.tags["eval.macro_f1"] == "0.6" and version.tags["bonescan.test_split"] == SPLIT
+    assert version.tags["params.clf.model"] == "soft_threshold_net" and "git_commit" in version.tags
+    assert version.tags["bonescan.promotion.decision"] == "promote"
+
+
+def test_a_worse_challenger_stays_challenger(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.8)
+    run(project)
+    train_and_evaluate(project, seed=1, macro_f1=0.7)
+    result = run(project)
+    assert not result.promoted and result.version == "2"
+    assert "below the required" in result.reason
+    assert current_aliases(tracking.client(project), NAME) == {"champion": "1", "challenger": "2"}
+
+
+def test_a_better_challenger_is_promoted_and_the_old_champion_kept_as_previous(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    run(project)
+    train_and_evaluate(project, seed=1, macro_f1=0.8)
+    result = run(project)
+    assert result.promoted and result.champion_value == pytest.approx(0.6)
+    assert current_aliases(tracking.client(project), NAME) == {
+        "champion": "2", "challenger": "2", "previous-champion": "1"
+    }  # fmt: skip
+
+
+def test_a_challenger_abandoning_a_class_is_not_promoted_despite_a_better_score(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    run(project)
+    train_and_evaluate(project, seed=1, macro_f1=0.9, recalls=(0.9, 0.9, 0.1))
+    result = run(project)
+    assert not result.promoted
+    assert "benign 0.100" in result.reason  # the floor is 0.3; the interval bounds are not recalls
+    assert current_aliases(tracking.client(project), NAME)["champion"] == "1"
+
+
+def test_scores_on_a_different_test_split_never_promote(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    run(project)
+    train_and_evaluate(project, seed=1, macro_f1=0.9, split="another-split")
+    result = run(project)
+    assert not result.promoted and "different test split" in result.reason
+
+
+def test_rerunning_on_the_same_checkpoint_reuses_its_version(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    first = run(project)
+    again = run(project)
+    assert again.version == first.version == "1" and not again.new_version
+    assert "already the champion" in again.reason
+    assert len(versions(project)) == 1
+    assert current_aliases(tracking.client(project), NAME) == {"champion": "1", "challenger": "1"}
+
+
+def test_rollback_restores_the_previous_champion_and_a_rerun_does_not_undo_it(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    run(project)
+    train_and_evaluate(project, seed=1, macro_f1=0.8)
+    run(project)
+    result = rollback(CFG, project)
+    assert result.action == "rollback" and result.version == "1" and result.champion_before == "2"
+    assert current_aliases(tracking.client(project), NAME) == {"champion": "1", "challenger": "2"}
+    assert json.loads((project / CFG.report).read_text())["action"] == "rollback"
+    again = run(project)  # the pipeline runs promote again on the rolled-back checkpoint
+    assert not again.promoted and "rolled back" in again.reason
+    assert current_aliases(tracking.client(project), NAME)["champion"] == "1"
+    with pytest.raises(ValueError, match="no 'previous-champion'"):
+        rollback(CFG, project)
+
+
+def test_a_second_rollback_goes_one_more_step_back(project):
+    for seed, f1 in enumerate((0.5, 0.6, 0.7)):
+        train_and_evaluate(project, seed=seed, macro_f1=f1)
+        run(project)
+    assert current_aliases(tracking.client(project), NAME)["previous-champion"] == "2"
+    rollback(CFG, project)
+    assert current_aliases(tracking.client(project), NAME)["previous-champion"] == "1"
+    rollback(CFG, project)
+    assert current_aliases(tracking.client(project), NAME) == {"champion": "1", "challenger": "3"}
+
+
+def test_dry_run_decides_but_changes_nothing(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    result = run(project, dry_run=True)
+    assert result.dry_run and result.promoted and result.version is None
+    assert versions(project) == [] and current_aliases(tracking.client(project), NAME) == {}
+    assert not (project / CFG.report).exists() and not (project / CFG.model_card).exists()
+
+
+def test_the_registered_pyfunc_predicts_the_checkpoints_probabilities(project):
+    import mlflow.pyfunc
+
+    checkpoint = train_and_evaluate(project, seed=0, macro_f1=0.6)
+    run(project)
+    registry = tracking.client(project)
+    local = Path(registry.get_model_version_download_uri(NAME, "1").removeprefix("file://"))
+    assert (local / "artifacts" / "model.pt").read_bytes() == checkpoint.read_bytes()
+    assert (local / "code" / "bonescan" / "registry.py").is_file()
+    assert {"requirements.txt", "input_example.json", "MLmodel"} <= {p.name for p in local.iterdir()}
+    assert (local / "model_card" / "model_card.md").is_file()
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    (spec,) = pyfunc.metadata.get_input_schema().inputs
+    assert spec.shape == (-1, 1, *SIZE) and spec.type == np.dtype("float32")
+    images = np.concatenate([example_input(1, SIZE), np.random.default_rng(0).random((2, 1, *SIZE))]).astype(
+        np.float32
+    )
+    got = pyfunc.predict(images)
+    model, _ = load_classifier(checkpoint)
+    with torch.inference_mode():
+        expected = torch.softmax(model(torch.from_numpy(images)), dim=1).numpy()
+    assert list(got.columns) == [*CLASSES, "prediction"]
+    np.testing.assert_allclose(got[CLASSES].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert list(got["prediction"]) == [CLASSES[i] for i in expected.argmax(axis=1)]
+
+
+def test_the_model_is_logged_under_the_pipeline_runs_promote_stage(project, monkeypatch):
+    parent = tracking.start_pipeline_run(project)
+    monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent.run_id)
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    result = run(project)
+    (version,) = versions(project)
+    stage = tracking.client(project).get_run(version.run_id)
+    assert version.run_id == result.run_id
+    assert (
+        stage.data.tags["mlflow.parentRunId"] == parent.run_id
+        and stage.data.tags["bonescan.stage"] == "promote"
+    )
+    assert stage.data.tags["bonescan.promotion.decision"] == "promote"
+    assert version.tags[TAG_DIGEST] == result.checkpoint_digest
+
+
+def test_model_card_has_counts_metrics_and_decision_but_no_identifiers(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    manifest = pd.DataFrame({
+        "image_id": [f"img{i}" for i in range(6)],
+        "patient_id": ["PATIENT-A", "PATIENT-A", "PATIENT-B", "PATIENT-B", "PATIENT-C", "PATIENT-D"],
+        "study_id": ["s1", "s1", "s2", "s2", "s3", "s4"], "view": ["anterior", "posterior"] * 3,
+        "label": ["healthy", "healthy", "benign", "benign", "metastasis", "healthy"],
+        "split": ["train", "train", "train", "train", "test", "test"], "synthetic": [False] * 6,
+        "source": ["dicom:NM"] * 6, "path": [f"data/processed/images/img{i}.png" for i in range(6)],
+    })  # fmt: skip
+    manifest.to_csv(project / "manifest.csv", index=False)
+    (project / "phi_scan.json").write_text(json.dumps({"files": 6, "leaks": 0, "details": []}))
+    run(project, sources=CardSources(manifest=project / "manifest.csv", phi_scan=project / "phi_scan.json"))
+    card = (project / CFG.model_card).read_text()
+    assert "Not a medical device and not for diagnosis" in card
+    assert "| train | 2 | 0 | 2 | 4 | 2 |" in card  # healthy, metastasis, benign, images, patients
+    assert "| macro_f1 | 0.600 | 0.500 - 0.700 |" in card
+    assert "found 0 leak(s) in 6 anonymized file(s)" in card
+    assert "Decision: **promote**" in card and "## Limitations" in card
+    assert not any(s in card for s in ("PATIENT-", "img0", "s1 ", "data/processed/images"))
+
+
+def test_cli_promote_dry_run_and_rollback_without_history(project, monkeypatch, capsys):
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    shutil.copy(params, project / "params.yaml")
+    monkeypatch.chdir(project)
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    assert main(["promote", "--dry-run"]) == 0
+    assert "dry run, nothing changed" in capsys.readouterr().err
+    assert main(["promote", "--rollback"]) == 1
+    assert "no 'previous-champion' version" in capsys.readouterr().err
+    assert main(["promote"]) == 0
+    assert json.loads(Path("reports/promotion.json").read_text())["aliases_after"]["champion"] == "1"
