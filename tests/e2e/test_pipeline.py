@@ -94,6 +94,37 @@ def test_no_identifying_value_reaches_the_manifest(project):
     assert not any(acc in manifest_text for acc in raw_labels["accession_number"])
 
 
+def test_generated_and_augmented_images_only_join_the_training_split(project):
+    augmented = pd.read_csv(project / "data/augmented/manifest.csv", dtype=str, keep_default_na=False)
+    derived = augmented[(augmented["synthetic"] == "true") | augmented["source"].str.startswith("augment:")]
+    assert len(derived) > 0
+    assert set(derived["split"]) == {"train"}
+    real = pd.read_csv(project / "data/processed/manifest.csv", dtype=str, keep_default_na=False)
+    train_ids = set(real.loc[real["split"] == "train", "image_id"])
+    parents = derived.loc[derived["source"].str.startswith("augment:"), "source"].str.removeprefix("augment:")
+    assert set(parents) <= train_ids | set(derived["image_id"])
+
+
+def test_gan_quality_report_covers_both_architectures(project):
+    report = json.loads((project / "reports/gan_quality.json").read_text())
+    assert set(report["archs"]) == {"mu_acgan", "acgan"}
+    assert (project / "reports/gan_quality.md").is_file()
+
+
+def test_evaluation_reports_metrics_with_intervals_on_real_test_images(project):
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    assert 0.0 <= metrics["macro_f1"] <= 1.0
+    assert metrics["macro_f1_ci_low"] <= metrics["macro_f1"] <= metrics["macro_f1_ci_high"]
+    assert (project / "reports/eval/confusion_matrix.png").is_file()
+
+
+def test_repro_registers_the_classifier_and_records_the_decision(project):
+    promotion = json.loads((project / "reports/promotion.json").read_text())
+    assert promotion["registered_model"] == "bonescan-classifier"
+    assert promotion["aliases_after"]["challenger"] == promotion["version"]
+    assert (project / "reports/model_card.md").is_file()
+
+
 def test_second_repro_does_nothing(project):
     out = _run(["dvc", "repro"], project)
     assert "Running stage" not in out
