@@ -171,5 +171,11 @@ def render_summary(params: Params, console: Console) -> None:
         "Results: manifest "
         f"[bold]{target.out_dir}/manifest.csv[/], images [bold]{target.out_dir}/images/[/], "
         f"reports [bold]{target.reports_dir}/[/], metrics [bold]{target.metrics_dir}/[/] "
-        "(`dvc metrics show`, `dvc dag`)."
+        "(`dvc metrics show`, `dvc plots show`, `dvc dag`)."
+    )
+    console.print(
+        "MLflow UI (runs, registry): [bold]source .venv/bin/activate && mlflow ui --backend-store-uri "
+        "sqlite:///mlflow.db[/] -> http://127.0.0.1:5000\n"
+        "Prefect UI (scheduled retraining): [bold]prefect server start[/] -> http://127.0.0.1:4200, then "
+        "[bold]python -m pipeline.serve[/] in a second shell (README: Scheduled retraining with Prefect)."
     )
