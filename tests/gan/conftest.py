@@ -122,3 +122,29 @@ def cohorts(tmp_path: Path) -> Path:
         1,
     )
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def trained_root(tmp_path_factory) -> Path:
+    """A project root (the `cohorts` layout) whose mu_acgan and acgan went through both GAN stages.
+
+    Module-scoped: training takes a few seconds, and the synthesis tests only read the weights.
+    """
+    from bonescan.gan.train import run_gan_stage
+
+    root = tmp_path_factory.mktemp("trained")
+    write_cohort(
+        root,
+        "target",
+        TARGET_CLASSES,
+        {
+            "train": {"healthy": 6, "metastasis": 4, "benign": 2},
+            "val": {"healthy": 2, "metastasis": 2, "benign": 1},
+            "test": {"healthy": 2, "metastasis": 1, "benign": 1},
+        },
+    )
+    write_cohort(root, "source", SOURCE_CLASSES, {"train": dict.fromkeys(SOURCE_CLASSES, 2)}, 1)
+    params = tiny_params(archs=["mu_acgan", "acgan"])
+    run_gan_stage("pretrain", params, root=root)
+    run_gan_stage("finetune", params, root=root)
+    return root

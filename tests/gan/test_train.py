@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from bonescan.data import dataset as dataset_module
 from bonescan.data.manifest import read_manifest
@@ -62,10 +63,19 @@ def test_training_writes_finite_per_epoch_stats_weights_curves_and_samples(cohor
     weights = load_weights(result.weights)  # torch.load(weights_only=True) underneath
     assert weights["classes"] == TARGET_CLASSES and weights["step"] == 6
     assert weights["ema"] is not None and weights["config"]["train"]["lr"] == pytest.approx(2e-4)
-    curves = pd.read_csv(cohorts / "run/plots/t/mu_acgan.csv")
-    assert list(curves["epoch"]) == [1, 2] and {"g_loss", "d_loss", "d_cls_acc_real"} <= set(curves.columns)
+    curves = pd.read_csv(cohorts / "run/plots/t/mu_acgan.csv")  # the DVC plots of Fig. 8
+    assert list(curves["epoch"]) == [1, 2] and list(curves.columns) == ["epoch", "step", *STAT_KEYS]
+    assert {"g_loss", "d_loss", "d_real_acc", "d_fake_acc", "d_cls_acc_real"} <= set(curves.columns)
+    assert curves[list(STAT_KEYS)].notna().all().all()
     assert (cohorts / "run/plots/t/samples/mu_acgan_epoch0002.png").is_file()
-    assert (cohorts / "run/plots/t/samples/mu_acgan_final.png").is_file()
+    with Image.open(cohorts / "run/plots/t/samples/mu_acgan_final.png") as grid:
+        assert grid.size == (2 * 16 + 3 * 2, 3 * 32 + 4 * 2)  # one row per class, samples_per_class columns
+
+
+def test_fixed_noise_sample_grids_are_saved_every_sample_every_epochs(cohorts, make_params):
+    _train(cohorts, "grids", make_params(train={"sample_every": 2}), epochs=3)
+    saved = sorted(p.name for p in (cohorts / "grids/plots/t/samples").iterdir())
+    assert saved == ["mu_acgan_epoch0002.png", "mu_acgan_final.png"]
 
 
 class _Killed(Exception):
@@ -163,6 +173,26 @@ def test_no_validation_test_or_synthetic_image_reaches_gan_training(cohorts, mon
     )
     train_paths = {cohorts / p for p in manifest.loc[manifest["split"] == "train", "path"]}
     assert read and set(read) <= train_paths
+
+
+def test_gan_stages_never_read_validation_or_test_images(cohorts, monkeypatch, make_params):
+    allowed = set()
+    for out_dir in ("target", "source"):
+        manifest = read_manifest(cohorts / out_dir / "manifest.csv")
+        held_out = manifest[manifest["split"] != "train"]
+        assert not held_out.empty
+        for path in held_out["path"]:
+            (cohorts / path).write_bytes(b"not a png")  # reading one would fail the stage
+        allowed |= {cohorts / p for p in manifest.loc[manifest["split"] == "train", "path"]}
+    read = []
+    original = dataset_module.read_png16
+    monkeypatch.setattr(dataset_module, "read_png16", lambda path: read.append(Path(path)) or original(path))
+    params = make_params()
+    run_gan_stage("pretrain", params, root=cohorts)
+    run_gan_stage("finetune", params, root=cohorts)
+    assert set(read) <= allowed
+    target_train = read_manifest(cohorts / "target" / "manifest.csv").query("split == 'train'")["path"]
+    assert {cohorts / p for p in target_train} & set(read)  # fine-tuning did read target train images
 
 
 def test_balanced_sampling_draws_classes_about_equally():

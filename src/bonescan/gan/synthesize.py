@@ -42,6 +42,8 @@ def needed_counts(
     """Images to generate per class: `count` each, or what brings every class to the majority count."""
     present = {name: 0 for name in classes}
     for label in train_labels:
+        if label not in present:
+            raise ValueError(f"train label {label!r} is not one of the classes {list(classes)}")
         present[label] += 1
     if count is not None:
         return {name: count for name in classes}
@@ -132,10 +134,6 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
     manifest = read_manifest(root / target.out_dir / "manifest.csv")
     train = training_rows(manifest)
     val = load_split(manifest, "val", include_synthetic=False)
-    needed = needed_counts(list(train["label"]), classes, gan.synthesize.count)
-    log.info("images needed per class: %s", needed)
-
-    qcfg = gan.quality
     weights = {arch: GanRun.under(gan, "finetune", arch, root).weights for arch in gan.archs}
     states = {arch: load_weights(path) for arch, path in weights.items()}
     for arch, state in states.items():
@@ -143,6 +141,10 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
             raise ValueError(
                 f"{weights[arch]} was trained for classes {state['classes']}, params say {classes}"
             )
+    needed = needed_counts(list(train["label"]), classes, gan.synthesize.count)
+    log.info("images needed per class: %s", needed)
+
+    qcfg = gan.quality
     gan_size = tuple(next(iter(states.values()))["image_size"])
 
     real_train, y_train = _load_images(train, classes, gan_size, root)

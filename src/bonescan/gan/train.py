@@ -60,6 +60,7 @@ __all__ = [
     "load_weights",
     "run_gan_stage",
     "train_gan",
+    "train_step",
     "training_rows",
     "transfer_weights",
 ]
@@ -471,7 +472,7 @@ def train_gan(
         for real, y_real in loader:
             real = real.to(device, memory_format=memory_format, non_blocking=True)
             y_real = y_real.to(device)
-            stats = _train_step(
+            stats = train_step(
                 g_train,
                 d_train,
                 opt_g,
@@ -572,7 +573,7 @@ def train_gan(
     )
 
 
-def _train_step(
+def train_step(
     g: nn.Module,
     d: nn.Module,
     opt_g: torch.optim.Optimizer,

@@ -1,0 +1,128 @@
+"""`synthesize` stage: majority balancing, manifest rows of synthetic images, quality report and gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bonescan.data import dataset as dataset_module
+from bonescan.data.manifest import read_manifest
+from bonescan.dicom.read import read_png16
+from bonescan.gan import build
+from bonescan.gan.synthesize import file_sha256, generate, needed_counts, run_synthesize
+
+CLASSES = ["healthy", "metastasis", "benign"]
+ADMIT_ALL = {"min_fidelity": 0.0, "max_diversity_ssim": 1.0}
+REJECT_ALL = {"min_fidelity": 1.0, "max_diversity_ssim": 0.0}
+
+
+def _params(make_params, name: str, **quality):
+    """Tiny params whose synthesis writes under its own folder and report (tests share one trained root)."""
+    return make_params(
+        archs=["mu_acgan", "acgan"],
+        synthesize={"out_dir": f"{name}/synthetic"},
+        quality=quality,
+        report=f"{name}/gan_quality.json",
+    )
+
+
+def test_needed_counts_bring_every_class_to_the_majority():
+    labels = ["healthy"] * 6 + ["metastasis"] * 4 + ["benign"] * 2
+    assert needed_counts(labels, CLASSES) == {"healthy": 0, "metastasis": 2, "benign": 4}
+
+
+def test_needed_counts_use_a_fixed_count_when_given_and_cover_absent_classes():
+    assert needed_counts(["healthy"], CLASSES, count=3) == dict.fromkeys(CLASSES, 3)
+    assert needed_counts(["healthy", "healthy"], CLASSES) == {"healthy": 0, "metastasis": 2, "benign": 2}
+
+
+def test_generated_images_are_in_unit_range_and_do_not_depend_on_how_many_are_drawn():
+    torch.manual_seed(0)
+    g, _ = build("acgan", 3, (32, 16), z_dim=16, base_channels=8)
+    five = generate(g, 2, 5, seed=4, batch_size=2)
+    three = generate(g, 2, 3, seed=4, batch_size=2)
+    assert five.shape == (5, 1, 32, 16) and five.min() >= 0.0 and five.max() <= 1.0
+    assert torch.equal(five[:3], three)
+    assert not torch.equal(generate(g, 2, 3, seed=5), three)
+    assert generate(g, 0, 0, seed=4).shape == (0, 1, 32, 16)
+
+
+def test_admitted_classes_are_balanced_with_synthetic_train_rows_naming_generator_and_seed(
+    trained_root, make_params
+):
+    params = _params(make_params, "admit", **ADMIT_ALL)
+    result = run_synthesize(params, root=trained_root)
+    assert result.needed == {"healthy": 0, "metastasis": 2, "benign": 4}  # 6 / 4 / 2 real train images
+    assert result.admitted == dict.fromkeys(CLASSES, True)
+    assert result.written == result.needed
+
+    rows = read_manifest(trained_root / "admit/synthetic/manifest.csv")
+    assert rows.groupby("label").size().to_dict() == {"metastasis": 2, "benign": 4}
+    assert rows["synthetic"].all() and set(rows["split"]) == {"train"}
+    sha = file_sha256(trained_root / "models/gan/finetune/mu_acgan.pt")[:12]
+    assert set(rows["source"]) == {f"mu_acgan:{sha}:seed7"}  # <arch>:<weights sha256[:12]>:seed<seed>
+    assert rows["image_id"].is_unique and rows["patient_id"].str.startswith("synthetic-").all()
+    for path in rows["path"]:
+        image = read_png16(trained_root / path)
+        assert image.shape == (32, 16)  # base.image_size, like the real images they join
+
+
+def test_quality_report_compares_both_archs_per_class_with_stated_ssim_and_gate(trained_root, make_params):
+    params = _params(make_params, "report", **ADMIT_ALL)
+    result = run_synthesize(params, root=trained_root)
+    report = json.loads(result.report.read_text())
+    assert "data_range=1.0" in report["ssim_variant"] and "sigma=1.5" in report["ssim_variant"]
+    assert set(report["archs"]) == {"mu_acgan", "acgan"}
+    for arch, entry in report["archs"].items():
+        assert entry["generator"].startswith(f"{arch}:")
+        assert 0.0 <= entry["tstr_val_accuracy"] <= 1.0
+        assert set(entry["classes"]) == set(CLASSES)
+        for q in entry["classes"].values():
+            assert q["n_generated"] == 4  # gan.quality.samples_per_class
+            assert -1.0 <= q["ssim_to_real"] <= q["ssim_to_nearest_real"] <= 1.0
+            assert -1.0 <= q["diversity_ssim"] <= 1.0
+            assert 0.0 <= q["fidelity"] <= 1.0
+            assert q["admitted"] is True and q["reason"].startswith("admitted")
+    assert report["synthesis"]["decisions"]["benign"].startswith("admitted")
+
+    table = result.report.with_suffix(".md").read_text()
+    assert "data_range=1.0" in table
+    for arch in ("mu_acgan", "acgan"):
+        for name in CLASSES:
+            assert f"| {arch} | {name} | 4 |" in table
+    assert "- benign: admitted" in table
+
+
+def test_gate_rejections_write_no_images_and_are_stated_in_the_report(trained_root, make_params):
+    run_synthesize(_params(make_params, "gate", **ADMIT_ALL), root=trained_root)
+    result = run_synthesize(_params(make_params, "gate", **REJECT_ALL), root=trained_root)
+    assert result.admitted == dict.fromkeys(CLASSES, False)
+    assert result.written == dict.fromkeys(CLASSES, 0)
+    assert read_manifest(result.manifest).empty  # valid and empty: downstream stages still run
+    assert not any((trained_root / "gate/synthetic/images").iterdir())  # the earlier run's images are gone
+    report = json.loads(result.report.read_text())
+    for name in CLASSES:
+        reason = report["synthesis"]["decisions"][name]
+        assert reason.startswith("rejected: ") and "diversity SSIM" in reason  # no class passes a 0.0 bound
+    assert "- metastasis: rejected" in result.report.with_suffix(".md").read_text()
+
+
+def test_synthesis_never_reads_test_images(trained_root, make_params, monkeypatch):
+    read: list[Path] = []
+    original = dataset_module.read_png16
+    monkeypatch.setattr(dataset_module, "read_png16", lambda path: read.append(Path(path)) or original(path))
+    run_synthesize(_params(make_params, "spy", **ADMIT_ALL), root=trained_root)
+    manifest = read_manifest(trained_root / "target/manifest.csv")
+    test_paths = {trained_root / p for p in manifest.loc[manifest["split"] == "test", "path"]}
+    assert read and not test_paths & set(read)  # train (metrics) and val (TSTR) only
+
+
+def test_weights_for_other_classes_are_refused(trained_root, make_params):
+    params = _params(make_params, "refuse", **ADMIT_ALL)
+    other = params.datasets["target"].model_copy(update={"classes": ("healthy", "metastasis", "other")})
+    params = params.model_copy(update={"datasets": {**params.datasets, "target": other}})
+    with pytest.raises(ValueError, match="trained for classes"):
+        run_synthesize(params, root=trained_root)
