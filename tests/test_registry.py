@@ -34,24 +34,9 @@ CFG = PromoteConfig(min_improvement=0.01, min_class_recall=0.3)
 SPLIT = "5e4e27ab8b4a43c6"
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory):
-    """An initialised, empty MLflow database: its schema migrations take seconds, so tests copy it."""
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
-    return db
-
-
 @pytest.fixture
-def project(tmp_path, monkeypatch, empty_store):
-    """A project folder with its own store (MLFLOW_TRACKING_URI), and no pipeline run around it."""
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    for name in (tracking.PARENT_RUN_ENV, tracking.EXPERIMENT_ENV, tracking.TRACKING_ENV, "RANK"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path
+def project(mlflow_store):
+    return mlflow_store
 
 
 def train_and_evaluate(

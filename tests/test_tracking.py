@@ -4,7 +4,6 @@ log config, curves, results and small reports, that can be switched off, and tha
 from __future__ import annotations
 
 import logging
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -22,23 +21,9 @@ from bonescan.cli import main
 CLASSES = ["healthy", "metastasis", "benign"]
 
 
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory):
-    """An initialised, empty MLflow database: its schema migrations take seconds, so tests copy it."""
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
-    return db
-
-
 @pytest.fixture
-def store(tmp_path, monkeypatch, empty_store):
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    for name in (tracking.PARENT_RUN_ENV, tracking.EXPERIMENT_ENV, tracking.TRACKING_ENV, "RANK"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path
+def store(mlflow_store):
+    return mlflow_store
 
 
 def _runs(root, stage: str | None = None):
