@@ -15,7 +15,15 @@ from prefect.artifacts import create_markdown_artifact
 
 from bonescan import tracking
 from bonescan.config import load_params
-from pipeline.stages import FailureKind, StageFailed, StageResult, metrics_markdown, run_stage, stage_order
+from pipeline.stages import (
+    FailureKind,
+    StageFailed,
+    StageResult,
+    metrics_markdown,
+    push_outputs,
+    run_stage,
+    stage_order,
+)
 
 GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu 1` lets one training stage run per GPU
 GPU_STAGE_PREFIXES = ("gan_", "clf_")
@@ -35,6 +43,20 @@ def dvc_stage(stage: str, project_root: str, parent_run_id: str | None, force: b
     return result
 
 
+@task(retries=2, retry_delay_seconds=60, retry_condition_fn=retry_only_transient, task_run_name="dvc push")
+def dvc_push(project_root: str, remote: str | None) -> str:
+    output = push_outputs(project_root, remote)
+    get_run_logger().info("dvc push: %s", output.splitlines()[-1] if output else "nothing to push")
+    return output
+
+
+def _tracking_on(project_root: str) -> bool:
+    """params' tracking.enabled (true for a project without params.yaml), unless BONESCAN_TRACKING=0."""
+    params_file = Path(project_root) / "params.yaml"
+    enabled = load_params(params_file).tracking.enabled if params_file.is_file() else True
+    return tracking.tracking_enabled(enabled)
+
+
 def is_gpu_stage(stage: str) -> bool:
     return stage.startswith(GPU_STAGE_PREFIXES)
 
@@ -47,6 +69,8 @@ def retrain(
     stage_timeout_s: float = 2 * 3600,
     training_timeout_s: float = 24 * 3600,
     track: bool = True,
+    push: bool = False,
+    remote: str | None = None,
 ) -> list[StageResult]:
     """Bring every DVC stage up to date, in order.
 
@@ -57,11 +81,14 @@ def retrain(
         stage_timeout_s: timeout of data stages; training stages get `training_timeout_s`.
         track: open one MLflow parent run for this pipeline run; stages log child runs under it (also off
             when params' tracking.enabled is false or BONESCAN_TRACKING=0).
+        push: after the stages, `dvc push` the outputs to the DVC remote (a worker on another machine
+            otherwise keeps its results in its own cache).
+        remote: the DVC remote to push to; default: the project's default remote.
     """
     root = str(Path(project_root).resolve())
     order = stage_order(root)
     selected = order if stages is None else [s for s in order if s in set(stages) or s.split("@")[0] in set(stages)]
-    track = track and tracking.tracking_enabled(load_params(Path(root) / "params.yaml").tracking.enabled)
+    track = track and _tracking_on(root)
     parent = tracking.start_pipeline_run(root, run_name="retrain") if track else None
     results: list[StageResult] = []
     status = "FAILED"
@@ -73,6 +100,8 @@ def retrain(
             results.append(
                 dvc_stage.with_options(**options)(stage, root, parent.run_id if parent else None, force)
             )
+        if push:
+            dvc_push(root, remote)
         status = "FINISHED"
     finally:
         table = metrics_markdown(root)

@@ -110,6 +110,26 @@ def run_stage(
     return StageResult(stage, ran, time.monotonic() - start, output)
 
 
+def push_outputs(project_root: str | Path = ".", remote: str | None = None, timeout: float | None = None) -> str:
+    """`dvc push [-r REMOTE]`: a worker's results reach the shared artifact store, not only its own cache.
+
+    Outputs marked `push: false` in dvc.yaml (raw data, the quarantine list) are never sent.
+    Raises StageFailed("push", ...) with the failure classified (a lost connection is transient).
+    """
+    cmd = [str(Path(sys.executable).parent / "dvc"), "push", *(["--remote", remote] if remote else [])]
+    try:
+        proc = subprocess.run(
+            cmd, cwd=project_root, env=stage_environment(), capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise StageFailed("push", FailureKind.TRANSIENT, -1, f"timed out after {exc.timeout} s") from None
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-30:])
+        raise StageFailed("push", classify_failure(proc.returncode, output), proc.returncode, tail)
+    return output.strip()
+
+
 def metrics_markdown(project_root: str | Path = ".") -> str:
     """`dvc metrics show --md`: every stage's summary metrics as one markdown table."""
     proc = subprocess.run(

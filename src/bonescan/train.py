@@ -660,7 +660,13 @@ def _train_stage(
     criterion = build_criterion(train_cfg.loss, counts).to(opts.device)
     train_loader = make_loader(train, train_cfg.batch_size, True, opts, seed=cfg.seed)
     val_loader = make_loader(val, train_cfg.batch_size, False, opts) if val is not None else None
-    identity = {"config": cfg.model_dump(mode="json"), "data": fingerprint(frames), **extra_identity}
+    # The process count is part of the run: resuming a 4-process run with 2 would change the batch size.
+    identity = {
+        "config": cfg.model_dump(mode="json"),
+        "data": fingerprint(frames),
+        "world_size": opts.world_size,
+        **extra_identity,
+    }
     if not resume and opts.is_main:
         checkpoint.unlink(missing_ok=True)
     _barrier(opts)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from bonescan.data import dataset as dataset_module
@@ -273,3 +274,19 @@ def test_torchrun_ddp_on_two_cpu_processes(tmp_path, make_cohort):
     assert (
         len(load_weights(tmp_path / "ckpt.pt")["rng"]) == 2
     )  # both processes' RNG states, for an exact resume
+
+
+@pytest.mark.slow
+def test_torchrun_stage_trains_every_architecture_in_one_process_group(tmp_path, make_params, make_cohort):
+    """`torchrun bonescan gan-pretrain` with both archs: re-creating the group between them used to race."""
+    make_cohort(tmp_path, "source", SOURCE_CLASSES, {"train": dict.fromkeys(SOURCE_CLASSES, 4)}, 1)
+    params = make_params(archs=["mu_acgan", "acgan"])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BONESCAN_TRACKING": "0"}
+    bonescan = Path(sys.executable).parent / "bonescan"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(bonescan), "gan-pretrain"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for arch in ("mu_acgan", "acgan"):
+        assert load_weights(tmp_path / params.gan.models_dir / "pretrain" / f"{arch}.pt")["step"] > 0

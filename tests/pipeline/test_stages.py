@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from pipeline.stages import FailureKind, StageFailed, classify_failure, run_stage, stage_order
+from pipeline.stages import (
+    FailureKind,
+    StageFailed,
+    classify_failure,
+    push_outputs,
+    run_stage,
+    stage_environment,
+    stage_order,
+)
 
 
 @pytest.mark.parametrize(
@@ -40,3 +50,20 @@ def test_a_failing_stage_raises_with_its_output(scratch_project):
     with pytest.raises(StageFailed, match="bad input: x.dcm") as info:
         run_stage("broken", scratch_project)
     assert info.value.kind is FailureKind.ERROR
+
+
+def test_push_sends_stage_outputs_to_the_dvc_remote(scratch_project, tmp_path_factory):
+    remote = tmp_path_factory.mktemp("remote")
+    subprocess.run(["dvc", "remote", "add", "-d", "store", str(remote)], cwd=scratch_project, env=stage_environment(),
+                   check=True, capture_output=True)  # fmt: skip
+    run_stage("make_a", scratch_project)
+    push_outputs(scratch_project)
+    pushed = [p for p in remote.rglob("*") if p.is_file()]
+    assert len(pushed) == 1 and pushed[0].read_text() == "1"  # a.txt, content-addressed
+
+
+def test_push_without_a_remote_fails_as_a_data_error_not_a_transient_one(scratch_project):
+    run_stage("make_a", scratch_project)
+    with pytest.raises(StageFailed) as failure:
+        push_outputs(scratch_project)
+    assert failure.value.kind is not FailureKind.TRANSIENT

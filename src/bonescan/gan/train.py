@@ -718,27 +718,44 @@ def run_gan_stage(
     manifest = read_manifest(root / dataset.out_dir / "manifest.csv")
     rows = training_rows(manifest)
     seed = gan.seed if gan.seed is not None else params.base.seed
-    results = []
-    for arch in gan.archs:
-        init = (
-            load_weights(GanRun.under(gan, "pretrain", arch, root).weights) if stage == "finetune" else None
-        )
-        callback = (lambda stats, a=arch: epoch_callback(a, stats)) if epoch_callback else None
-        results.append(
-            train_gan(
-                rows,
-                dataset.classes,
-                arch,
-                gan.model,
-                gan.train,
-                stage_cfg.epochs,
-                GanRun.under(gan, stage, arch, root),
-                image_size=_resolved_image_size(params),
-                seed=seed,
-                init=init,
-                max_steps=stage_cfg.max_steps,
-                root=root,
-                epoch_callback=callback,
-            )
-        )
-    return results
+    # One process group for all architectures: tearing it down and re-creating it between them races
+    # under torchrun (gloo "connection refused" or a hang).
+    ddp = _init_distributed(_pick_device(gan.train.device))
+    try:
+        return [_train_arch(arch, stage, stage_cfg, params, rows, dataset.classes, seed, root, epoch_callback)
+                for arch in gan.archs]
+    finally:
+        if ddp.started_here:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _train_arch(
+    arch: str,
+    stage: str,
+    stage_cfg: GanStageConfig,
+    params: Params,
+    rows: pd.DataFrame,
+    classes: Sequence[str],
+    seed: int,
+    root: Path,
+    epoch_callback: Callable[[str, dict[str, float]], None] | None,
+) -> GanTrainResult:
+    """One architecture of one stage; fine-tuning starts from that architecture's stage-1 weights."""
+    gan = params.gan
+    init = load_weights(GanRun.under(gan, "pretrain", arch, root).weights) if stage == "finetune" else None
+    return train_gan(
+        rows,
+        classes,
+        arch,
+        gan.model,
+        gan.train,
+        stage_cfg.epochs,
+        GanRun.under(gan, stage, arch, root),
+        image_size=_resolved_image_size(params),
+        seed=seed,
+        init=init,
+        max_steps=stage_cfg.max_steps,
+        root=root,
+        epoch_callback=(lambda stats: epoch_callback(arch, stats)) if epoch_callback else None,
+    )
