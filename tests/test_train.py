@@ -22,7 +22,6 @@ from torch.utils.data import TensorDataset
 
 import bonescan.train as train_mod
 from bonescan.config import AugmentConfig, ClassifierConfig, LossConfig, TrainConfig
-from bonescan.data.dataset import ManifestDataset, load_split
 from bonescan.data.manifest import read_manifest, write_manifest
 from bonescan.dicom.read import write_png16
 from bonescan.losses import drw_weights
@@ -441,15 +440,35 @@ def test_preset_optimizers_and_schedulers_are_built_as_configured():
 # --------------------------------------------------------------------------- loading
 
 
+_WORKER_CACHE_SCRIPT = """
+import sys
+from pathlib import Path
+
+from bonescan.data.dataset import ManifestDataset, load_split
+from bonescan.data.manifest import read_manifest
+from bonescan.train import RunOptions, make_loader, set_loader_epoch
+
+project = Path(sys.argv[1])
+rows = load_split(read_manifest(project / "target/manifest.csv"), "train")
+dataset = ManifestDataset(rows, sys.argv[2].split(","), cache=True, root=project)
+loader = make_loader(dataset, 4, True, RunOptions(num_workers=1, progress=False), seed=0)
+for path in dataset.paths:  # every read from here on must come from the cache
+    path.unlink()
+for epoch in range(2):  # workers are recreated each epoch
+    set_loader_epoch(loader, 0, epoch)
+    print("images", sum(len(labels) for _, labels in loader))
+"""
+
+
 def test_worker_processes_inherit_the_image_cache_filled_before_they_start(project):
-    rows = load_split(read_manifest(project / "target/manifest.csv"), "train")
-    dataset = ManifestDataset(rows, CLASSES, cache=True, root=project)
-    loader = make_loader(dataset, 4, True, RunOptions(num_workers=1, progress=False), seed=0)
-    for path in dataset.paths:  # every read from here on must come from the cache
-        path.unlink()
-    for epoch in range(2):  # workers are recreated each epoch
-        train_mod.set_loader_epoch(loader, 0, epoch)
-        assert sum(len(labels) for _, labels in loader) == 12
+    # A fresh interpreter: forked DataLoader workers die (exit code 1) in a process that has run a
+    # Prefect flow in-process, as the pipeline tests do; training never runs inside the flow process.
+    script = project / "worker_cache.py"
+    script.write_text(_WORKER_CACHE_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(project), ",".join(CLASSES)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["images", "12", "images", "12"]
 
 
 def test_the_shuffle_order_depends_only_on_seed_and_epoch():
