@@ -506,7 +506,9 @@ cfg = ClassifierConfig(
 dist.init_process_group("gloo")  # one group for both stages (each joins it instead of starting its own)
 pre = pretrain_classifier(cfg, "source/manifest.csv", source, (32, 16), target, (32, 16), root=root, progress=False)
 tuned = finetune_classifier(cfg, AugmentConfig(mode="none"), target, (32, 16), root=root, progress=False)
-print("RESULT", json.dumps({"rank": dist.get_rank(), "pre": pre.metrics(), "tuned": tuned.metrics()}))
+# One file per rank: two processes printing to one pipe interleave their lines.
+result = {"rank": dist.get_rank(), "pre": pre.metrics(), "tuned": tuned.metrics()}
+(root / f"result_{dist.get_rank()}.json").write_text(json.dumps(result))
 dist.destroy_process_group()
 """
 
@@ -528,14 +530,7 @@ def test_torchrun_ddp_on_two_cpu_processes_trains_both_stages_and_rank_0_writes_
     done = subprocess.run([*cmd, str(project)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    results = sorted(
-        (
-            json.loads(line.removeprefix("RESULT "))
-            for line in done.stdout.splitlines()
-            if line.startswith("RESULT")
-        ),
-        key=lambda r: r["rank"],
-    )
+    results = [json.loads((project / f"result_{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["rank"] for r in results] == [0, 1]
     # Every rank made the same decisions (best epoch, early stop) from the same validation scores.
     for key in ("epochs_run", "best_epoch", "stopped_early", "val_loss", "train_images"):
