@@ -22,7 +22,14 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from bonescan.cli import main
-from bonescan.config import AnonymizeConfig, ClassifierConfig, DatasetConfig, IngestConfig, PhantomConfig
+from bonescan.config import (
+    AnonymizeConfig,
+    ClassifierConfig,
+    DatasetConfig,
+    IngestConfig,
+    PhantomConfig,
+    Preprocessing,
+)
 from bonescan.data.dataset import ManifestDataset
 from bonescan.data.manifest import read_manifest
 from bonescan.dicom.phantom import write_cohort
@@ -43,6 +50,7 @@ BAD_REASONS = {  # phantom bad-file kind -> start of its rejection reason
     "unsupported_modality": "unsupported modality CT",
     "burned_in": "burned-in annotation",
 }
+TRAINED = Preprocessing(ingest=IngestConfig(workers=1), modalities=("NM",), split_views=True, image_size=SIZE)
 RAW_KEYWORDS = ("PatientName", "PatientID", "AccessionNumber", "StudyInstanceUID", "SeriesInstanceUID",
                 "SOPInstanceUID", "PatientBirthDate")  # fmt: skip
 
@@ -76,20 +84,20 @@ def raw_identifiers(root: Path) -> set[str]:
     return values  # shorter values (a header cut inside one) match by chance
 
 
-def save_classifier(path: Path, seed: int = 0) -> Path:
-    """A tiny untrained classifier in the checkpoint format of clf_finetune."""
+def save_classifier(path: Path, seed: int = 0, preprocessing: Preprocessing | None = TRAINED) -> Path:
+    """A tiny untrained classifier in the checkpoint format of clf_finetune (None: as saved before v0.2)."""
     torch.manual_seed(seed)
     model = build("soft_threshold_net", len(CLASSES), in_chans=1)
     record = _model_record(model, "soft_threshold_net", CLASSES, SIZE, ClassifierConfig(model="soft_threshold_net"),
-                           "finetune", False)  # fmt: skip
+                           "finetune", False, preprocessing)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(record, path)
     return path
 
 
 def run_predict(input_path: Path, model: str | Path, out: Path, secret: bytes | None = SECRET, **kwargs):
-    return predict(input_path, str(model), out, ingest=IngestConfig(workers=1), anonymize=AnonymizeConfig(),
-                   secret=secret, project_root=out.parent, **kwargs)  # fmt: skip
+    return predict(input_path, str(model), out, anonymize=AnonymizeConfig(), secret=secret,
+                   project_root=out.parent, **kwargs)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +195,36 @@ def test_summary_records_the_model_and_the_counts(world):
     assert summary["images"] == 2 * summary["studies"]
     assert sum(summary["study_predictions"].values()) == summary["studies"]
     assert summary["preprocessing"]["image_size"] == list(SIZE)
+    assert summary["preprocessing"]["from"] == "checkpoint"
+    assert summary["preprocessing"]["ingest"]["crop_margin"] == TRAINED.ingest.crop_margin
+
+
+def probabilities(out: Path) -> np.ndarray:
+    frame = pd.read_csv(out / "predictions.csv").sort_values(["file_index", "view"])
+    return frame[[f"p_{c}" for c in CLASSES]].to_numpy()
+
+
+def test_the_models_own_preprocessing_wins_over_changed_params(world, tmp_path, caplog):
+    """A registered model keeps seeing what it was trained on after params.yaml moves on."""
+    changed = TRAINED.model_copy(update={"ingest": IngestConfig(workers=1, crop_margin=0.3, intensity_percentile=90)})
+    with caplog.at_level("WARNING", logger="bonescan.predict"):
+        summary = run_predict(world["raw"], world["checkpoint"], tmp_path / "out", preprocessing=changed)
+    assert summary.preprocessing["from"] == "checkpoint"
+    assert np.abs(probabilities(tmp_path / "out") - probabilities(world["out"])).max() < 2e-6
+    warned = caplog.text
+    assert "ingest.crop_margin: 0.02 vs 0.3" in warned and "ingest.intensity_percentile" in warned
+
+
+def test_a_checkpoint_without_a_record_falls_back_to_the_params_preprocessing(world, tmp_path):
+    old = save_classifier(tmp_path / "old" / "model.pt", preprocessing=None)  # same weights as world's
+    same = run_predict(world["raw"], old, tmp_path / "same", preprocessing=TRAINED)
+    assert same.preprocessing["from"] == "params"
+    assert np.abs(probabilities(tmp_path / "same") - probabilities(world["out"])).max() < 2e-6
+    changed = TRAINED.model_copy(update={"ingest": IngestConfig(workers=1, crop_margin=0.3)})
+    run_predict(world["raw"], old, tmp_path / "changed", preprocessing=changed)
+    assert np.abs(probabilities(tmp_path / "changed") - probabilities(world["out"])).max() > 2e-5  # CSV rounding: 1e-6
+    with pytest.raises(ValueError, match="records no preprocessing"):
+        run_predict(world["raw"], old, tmp_path / "none")
 
 
 def test_without_the_key_ids_are_indices_of_the_run_and_probabilities_do_not_change(world, tmp_path):
@@ -262,8 +300,7 @@ def test_mlflow_models_uri_loads_the_registered_checkpoint(world, tmp_path, monk
             f"runs:/{run.info.run_id}/classifier")  # fmt: skip
     for n, uri in enumerate(uris):
         out = tmp_path / f"out{n}"
-        summary = predict(scan, uri, out, ingest=IngestConfig(workers=1), anonymize=AnonymizeConfig(),
-                          secret=SECRET, project_root=tmp_path)  # fmt: skip
+        summary = predict(scan, uri, out, anonymize=AnonymizeConfig(), secret=SECRET, project_root=tmp_path)
         assert summary.model["uri"] == uri and summary.model["run_id"] == run.info.run_id
         assert summary.model["sha"] == local_run.model["sha"]
         got = pd.read_csv(out / "predictions.csv")

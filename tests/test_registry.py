@@ -15,7 +15,7 @@ import torch
 from bonescan import tracking
 from bonescan.checkpoint import save_checkpoint
 from bonescan.cli import main
-from bonescan.config import ClassifierConfig, PromoteConfig
+from bonescan.config import ClassifierConfig, IngestConfig, Preprocessing, PromoteConfig
 from bonescan.models import build
 from bonescan.registry import (
     TAG_DIGEST,
@@ -53,6 +53,8 @@ def train_and_evaluate(
         "classes": CLASSES,
         "image_size": list(SIZE),
         "config": ClassifierConfig(model="soft_threshold_net").model_dump(mode="json"),
+        "preprocessing": Preprocessing(ingest=IngestConfig(crop_margin=0.04), modalities=("NM",), split_views=True,
+                                       image_size=SIZE).model_dump(mode="json"),  # fmt: skip
     }
     path = save_checkpoint(ckpt, root / "models" / "classifier" / "model.pt")
     metrics = {"accuracy": macro_f1 + 0.05, "macro_f1": macro_f1, "macro_f1_ci_low": macro_f1 - 0.1,
@@ -245,6 +247,7 @@ def test_model_card_has_counts_metrics_and_decision_but_no_identifiers(project):
     assert "| train | 2 | 0 | 2 | 4 | 2 |" in card  # healthy, metastasis, benign, images, patients
     assert "| macro_f1 | 0.600 | 0.500 - 0.700 |" in card
     assert "found 0 leak(s) in 6 anonymized file(s)" in card
+    assert "modalities NM, anterior + posterior views" in card and "with margin 0.04" in card  # from the checkpoint
     assert "Decision: **promote**" in card and "## Limitations" in card
     assert not any(s in card for s in ("PATIENT-", "img0", "s1 ", "data/processed/images"))
 

@@ -50,14 +50,15 @@ def test_evaluation_table_shows_each_metric_with_its_interval(params, tmp_path, 
 
 def test_gan_table_lists_both_architectures_and_the_gate_decision(params, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cls = {"ssim_to_real": 0.14, "diversity_ssim": 0.69, "fidelity": 0.97, "tstr_recall": 1.0, "admitted": True}
+    cls = {"ssim_to_real": 0.14, "diversity_ssim": 0.69, "fidelity": 0.97, "judge_real_recall": 0.456,
+           "tstr_recall": 1.0, "admitted": True}
     rejected = {**cls, "fidelity": 0.0, "admitted": False}
     _write(Path(params.gan.report), {
         "archs": {"mu_acgan": {"classes": {"benign": cls}}, "acgan": {"classes": {"benign": rejected}}},
         "synthesis": {"arch": "mu_acgan", "written": {"benign": 12}},
     })
     text = _text(gan_table(params))
-    assert "yes (12 written)" in text
+    assert "yes (12 written)" in text and "0.456" in text  # the judge's recall on real images
     assert "acgan" in text and " no " in text
 
 

@@ -21,7 +21,14 @@ import torchvision.models as tvm
 from torch.utils.data import TensorDataset
 
 import bonescan.train as train_mod
-from bonescan.config import AugmentConfig, ClassifierConfig, LossConfig, TrainConfig
+from bonescan.config import (
+    AugmentConfig,
+    ClassifierConfig,
+    IngestConfig,
+    LossConfig,
+    Preprocessing,
+    TrainConfig,
+)
 from bonescan.data.manifest import read_manifest, write_manifest
 from bonescan.dicom.read import write_png16
 from bonescan.losses import drw_weights
@@ -209,7 +216,9 @@ def test_without_resume_a_matching_checkpoint_is_discarded(project):
 def test_load_classifier_gives_an_eval_mode_model_with_the_trained_logits_and_the_metadata(project):
     cfg = _cfg({"epochs": 1})
     _pretrain(cfg, project)
-    result = _finetune(cfg, project)
+    preprocessing = Preprocessing(ingest=IngestConfig(crop_margin=0.05), modalities=("NM",), split_views=True,
+                                  image_size=SIZE)  # fmt: skip
+    result = _finetune(cfg, project, preprocessing=preprocessing)
     model, meta = load_classifier(project / result.model_path)
 
     assert not model.training
@@ -225,6 +234,7 @@ def test_load_classifier_gives_an_eval_mode_model_with_the_trained_logits_and_th
     )
     assert saved["classes"] == CLASSES and saved["image_size"] == list(SIZE)
     assert saved["config"] == cfg.model_dump(mode="json") == meta["config"]
+    assert Preprocessing.model_validate(saved["preprocessing"]) == preprocessing  # what predict repeats
     json.dumps(result.metrics(), allow_nan=False)  # flat, valid JSON for DVC
 
 
@@ -311,6 +321,13 @@ def test_a_missing_imagenet_file_fails_with_an_error_naming_the_file(project, tm
             _cfg(model="mobilenet_v3_small", pretrain_source="imagenet", imagenet_weights=str(absent)),
             project,
         )
+
+
+def test_finetuning_refuses_a_preprocessing_of_another_image_size(project):
+    cfg = _cfg({"epochs": 1})
+    other = Preprocessing(ingest=IngestConfig(), modalities=("NM",), split_views=True, image_size=(64, 32))
+    with pytest.raises(ValueError, match=r"\(64, 32\) images"):
+        _finetune(cfg, project, preprocessing=other)
 
 
 def test_finetuning_refuses_initial_weights_of_another_model(project):
@@ -482,6 +499,28 @@ def test_the_shuffle_order_depends_only_on_seed_and_epoch():
         return next(iter(loader))[0].tolist()
 
     assert order(2, 0) == order(2, 2) and order(2, 0) != order(1, 0)
+
+
+
+def test_a_training_loader_skips_a_last_batch_of_one_image_and_leaves_out_another_each_epoch():
+    def batches(n: int, epoch: int = 0, shuffle: bool = True) -> list[list[int]]:
+        loader = make_loader(TensorDataset(torch.arange(n)), 4, shuffle, RunOptions(progress=False), seed=3)
+        train_mod.set_loader_epoch(loader, 3, epoch)
+        return [batch[0].tolist() for batch in loader]
+
+    assert [len(b) for b in batches(9)] == [4, 4]  # BatchNorm cannot train on one 1x1 feature
+    assert [len(b) for b in batches(10)] == [4, 4, 2] and [len(b) for b in batches(1)] == [1]
+    assert [len(b) for b in batches(9, shuffle=False)] == [4, 4, 1]  # evaluation sees every image
+    left_out = {(set(range(9)) - {i for b in batches(9, epoch) for i in b}).pop() for epoch in range(6)}
+    assert len(left_out) > 1
+
+
+def test_mobilenet_trains_at_a_size_where_a_single_image_batch_would_crash_batchnorm(project):
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        build("mobilenet_v3_small", 3).train()(torch.rand(1, 1, *SIZE))
+    cfg = _cfg({"epochs": 1, "batch_size": 11}, model="mobilenet_v3_small")  # 12 train images: 11 + 1
+    _pretrain(cfg, project)
+    assert _finetune(cfg, project).best["epoch"] == 1
 
 
 # --------------------------------------------------------------------------- DDP

@@ -270,6 +270,7 @@ def cmd_clf_finetune(args: argparse.Namespace) -> None:
         result = finetune_classifier(
             cfg, params.augment, params.base.classes, params.image_size("target"),
             resume=not args.no_resume, progress=not args.no_progress, callback=track.epoch_callback(),
+            preprocessing=params.preprocessing("target"),
         )
         _write_metrics(Path(cfg.metrics_dir) / "clf_finetune.json", result.metrics())
         track.log_metrics(result.metrics())
@@ -287,7 +288,6 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from bonescan.predict import predict
 
     params = _params(args)
-    target = params.dataset("target")
     anon = params.anonymize
     secret = None
     if os.environ.get(anon.secret_env, "").strip() or Path(anon.secret_file).is_file():
@@ -306,8 +306,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         task = progress.add_task("predict", total=None)
         try:
             summary = predict(
-                args.input, model, args.out, ingest=params.ingest, anonymize=anon, secret=secret,
-                modalities=target.modalities, split_views=target.split_views, batch_size=args.batch_size,
+                args.input, model, args.out, anonymize=anon, secret=secret,
+                preprocessing=params.preprocessing("target"), batch_size=args.batch_size,
                 device=args.device, gradcam=args.gradcam,
                 on_file=lambda done, total: progress.update(task, completed=done, total=total),
             )

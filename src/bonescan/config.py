@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Literal, get_args, get_origin
+from typing import ClassVar, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -97,6 +97,29 @@ class IngestConfig(_Section):
     workers: int = Field(2, ge=1)  # processes
     chunksize: int = Field(4, ge=1)  # files handed to a worker at once
     image_extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+
+
+class Preprocessing(_Section):
+    """What turns an accepted file into model inputs; recorded in every fine-tuned classifier.
+
+    Inference repeats a model's own preprocessing (from its checkpoint), not today's params.yaml, so
+    a registered model keeps predicting on what it was trained on after the params move on.
+    """
+
+    ingest: IngestConfig  # cropping, mirroring, intensity scaling (workers, chunksize: no effect on pixels)
+    modalities: tuple[str, ...]  # accepted DICOM Modality values
+    split_views: bool  # whole-body files -> anterior + posterior images
+    image_size: Size  # (H, W) model input
+
+    PIXEL_KEYS: ClassVar[tuple[str, ...]] = (
+        "mirror_posterior", "crop_threshold", "crop_margin", "intensity_percentile",
+    )  # fmt: skip
+
+    def differences(self, other: Preprocessing) -> list[str]:
+        """`key: self's value vs other's` for every setting that changes what the model sees."""
+        pairs = [(f"ingest.{k}", getattr(self.ingest, k), getattr(other.ingest, k)) for k in self.PIXEL_KEYS]
+        pairs += [(k, getattr(self, k), getattr(other, k)) for k in ("modalities", "split_views", "image_size")]
+        return [f"{key}: {mine!r} vs {theirs!r}" for key, mine, theirs in pairs if mine != theirs]
 
 
 class AnonymizeConfig(_Section):
@@ -483,6 +506,14 @@ class Params(_Section):
 
     def image_size(self, dataset: str) -> Size:
         return self.dataset(dataset).image_size or self.base.image_size
+
+    def preprocessing(self, dataset: str) -> Preprocessing:
+        """How the named dataset's files become model inputs under the current params."""
+        ds = self.dataset(dataset)
+        return Preprocessing(
+            ingest=self.ingest, modalities=ds.modalities, split_views=ds.split_views,
+            image_size=self.image_size(dataset),
+        )  # fmt: skip
 
 
 def _describe(err: dict, model: type[BaseModel]) -> str:

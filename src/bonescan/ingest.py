@@ -193,15 +193,21 @@ def parse_patient_id(stem: str) -> str | None:
     return None
 
 
-def _digest(text: str, secret: bytes | None, length: int = 16) -> str:
+def pseudonym(text: str, secret: bytes | None, length: int = 16) -> str:
     """Short hex id: keyed (HMAC-SHA256) when a secret is given, so names cannot be guessed back."""
     if secret:
         return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()[:length]
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def _image_id(key: str, view: str, index: int) -> str:
-    return _digest(f"{key}|{view}|{index}", None)
+def image_pseudonym(key: str, view: str, index: int) -> str:
+    """The manifest's image_id of view `index` of a file (key: its anonymized SOPInstanceUID or keyed path)."""
+    return pseudonym(f"{key}|{view}|{index}", None)
+
+
+def study_pseudonym(study_uid: str) -> str:
+    """The manifest's study_id of an anonymized StudyInstanceUID (already keyed, so hashed without a key)."""
+    return pseudonym(study_uid, None)
 
 
 # --------------------------------------------------------------------------- per-file work
@@ -212,7 +218,7 @@ def _write_views(ctx: _Context, views, key: str, base: ManifestRow) -> tuple[Man
     images = [(view.name, preprocess_view(view, ctx.ingest, ctx.image_size)) for view in views]
     rows = []
     for index, (name, image) in enumerate(images):
-        image_id = _image_id(key, name, index)
+        image_id = image_pseudonym(key, name, index)
         png = write_png16(image, ctx.images_dir / f"{image_id}.png")
         path = PurePosixPath(Path(os.path.relpath(png, ctx.cwd)).as_posix())
         rows.append(
@@ -303,7 +309,7 @@ def _ingest_dataset_file(ctx: _Context, relpath: str, ds, identifying: frozenset
                 leaks=tuple(leaks),
                 identifying=identifying,
             )
-        study_id = _digest(str(written.StudyInstanceUID), None)
+        study_id = study_pseudonym(str(written.StudyInstanceUID))
         base = ManifestRow("", str(written.PatientID), study_id, "", label, source=f"dicom:{modality}")
         try:
             rows = _write_views(ctx, read_views(written, ctx.dataset.split_views, hints), sop_uid, base)
@@ -346,14 +352,14 @@ def _ingest_image(ctx: _Context, relpath: str) -> FileResult:
             raw_patient = ctx.patients.get(relpath) or parse_patient_id(path.stem) or path.stem
         base = ManifestRow(
             "",
-            "p" + _digest(raw_patient, ctx.secret),
-            "s" + _digest(relpath, ctx.secret),
+            "p" + pseudonym(raw_patient, ctx.secret),
+            "s" + pseudonym(relpath, ctx.secret),
             "",
             label,
             source="image",
         )
         views = read_views(ctx.raw_dir / relpath, ctx.dataset.split_views)
-        rows = _write_views(ctx, views, _digest(relpath, ctx.secret), base)
+        rows = _write_views(ctx, views, pseudonym(relpath, ctx.secret), base)
     except _Rejected as rejected:
         return FileResult(relpath, code=rejected.code, reason=rejected.reason)
     except ImageReadError as exc:

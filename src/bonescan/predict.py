@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from bonescan.checkpoint import file_digest
-from bonescan.config import AnonymizeConfig, IngestConfig, Size
+from bonescan.config import AnonymizeConfig, IngestConfig, Preprocessing, Size
 from bonescan.dicom.anonymize import AnonymizationError, Anonymizer, BurnedInAnnotationError
 from bonescan.dicom.phi_scan import identifying_values
 from bonescan.dicom.read import (
@@ -53,7 +53,7 @@ from bonescan.dicom.read import (
     text_views,
 )
 from bonescan.evaluate import aggregate_by_study, predict_probabilities, resolve_device
-from bonescan.ingest import FileResult, QuarantineWriter, _digest, _image_id, iter_files
+from bonescan.ingest import FileResult, QuarantineWriter, image_pseudonym, iter_files, study_pseudonym
 
 __all__ = [
     "ModelSource",
@@ -61,6 +61,7 @@ __all__ = [
     "PreparedFile",
     "as_training_input",
     "load_model",
+    "model_preprocessing",
     "predict",
     "prepare_file",
     "resolve_model",
@@ -200,6 +201,31 @@ def load_model(
     return model, ckpt, source
 
 
+def model_preprocessing(
+    ckpt: dict, current: Preprocessing | None, uri: str = "model"
+) -> tuple[Preprocessing, str]:
+    """(the preprocessing to apply to new files, "checkpoint" or "params") for a classifier checkpoint.
+
+    A model is fed what it was trained on: its checkpoint's record wins over `current` (params.yaml),
+    and every difference between the two is logged. A checkpoint without a record (older bonescan)
+    falls back to `current` at the checkpoint's image size.
+
+    Raises:
+        ValueError: the checkpoint records no preprocessing and `current` is None.
+    """
+    size = (int(ckpt["image_size"][0]), int(ckpt["image_size"][1]))
+    recorded = ckpt.get("preprocessing")
+    if recorded is None:
+        if current is None:
+            raise ValueError(f"model {uri} records no preprocessing: give the params' (ingest, target dataset)")
+        log.warning("model %s records no preprocessing (older checkpoint): applying params.yaml's", uri)
+        return current.model_copy(update={"image_size": size}), "params"
+    used = Preprocessing.model_validate(recorded)
+    for difference in used.differences(current) if current is not None else []:
+        log.warning("model %s was trained with %s (params.yaml): applying the model's", uri, difference)
+    return used, "checkpoint"
+
+
 # --------------------------------------------------------------------------- one input file
 
 
@@ -314,12 +340,12 @@ class _Ids:
     def study(self, prepared: PreparedFile, file_index: int) -> str:
         key = prepared.study_uid or f"file:{file_index}"  # no study UID: the file is its own study
         if self.keyed and prepared.study_uid:
-            return _digest(prepared.study_uid, None)  # == the manifest's study_id
+            return study_pseudonym(prepared.study_uid)  # == the manifest's study_id
         return self._studies.setdefault(key, f"study-{len(self._studies) + 1:04d}")
 
     def image(self, prepared: PreparedFile, view: str, index: int) -> str:
         if self.keyed:
-            return _image_id(prepared.sop_uid, view, index)  # == the manifest's image_id
+            return image_pseudonym(prepared.sop_uid, view, index)  # == the manifest's image_id
         self._images += 1
         return f"image-{self._images:05d}"
 
@@ -409,11 +435,9 @@ def predict(
     model_uri: str,
     out_dir: str | Path,
     *,
-    ingest: IngestConfig,
     anonymize: AnonymizeConfig,
     secret: bytes | None,
-    modalities: Sequence[str] = ("NM",),
-    split_views: bool = True,
+    preprocessing: Preprocessing | None = None,
     batch_size: int = 32,
     device: str = "auto",
     gradcam: bool = False,
@@ -426,11 +450,12 @@ def predict(
         input_path: a DICOM file or a folder (walked recursively); opened read-only, never modified.
         model_uri: checkpoint path or MLflow URI (see `resolve_model`).
         out_dir: output folder; must not lie inside `input_path`.
-        ingest: preprocessing of the ingest stage the model was trained after (params `ingest`).
         anonymize: anonymization profile (params `anonymize`).
         secret: the project's anonymization key -> keyed ids equal to ingest's; None -> a key drawn for
             this run only and per-run indices as ids.
-        modalities, split_views: of the target dataset (params `datasets.target`).
+        preprocessing: the current params' (`Params.preprocessing("target")`). The model's own, saved in
+            its checkpoint, is what is applied; this one is compared with it (differences are logged)
+            and used only for a checkpoint that records none (saved by an older bonescan).
         batch_size: images per forward pass.
         device: "auto" (cuda when present), "cpu" or "cuda".
         gradcam: also write Grad-CAM overlays of the predicted class (needs `model.gradcam_layers()`).
@@ -439,7 +464,8 @@ def predict(
 
     Raises:
         FileNotFoundError: `input_path` or the model does not exist.
-        ValueError: `out_dir` lies inside `input_path`.
+        ValueError: `out_dir` lies inside `input_path`, or the checkpoint records no preprocessing
+            and none is given.
     """
     start = time.perf_counter()
     input_path, out_dir = Path(input_path), Path(out_dir)
@@ -452,7 +478,9 @@ def predict(
 
     torch_device = resolve_device(device)
     model, ckpt, source = load_model(model_uri, torch_device, project_root)
-    classes, size = list(ckpt["classes"]), (int(ckpt["image_size"][0]), int(ckpt["image_size"][1]))
+    classes = list(ckpt["classes"])
+    used, origin = model_preprocessing(ckpt, preprocessing, model_uri)
+    size = used.image_size
     if gradcam and not hasattr(model, "gradcam_layers"):
         log.warning("%s names no Grad-CAM layers: no overlays are written", ckpt.get("model_name"))
         gradcam = False
@@ -469,8 +497,7 @@ def predict(
         classes=classes,
         ids="keyed" if ids.keyed else "per-run",
         device=str(torch_device),
-        preprocessing={"ingest": ingest.model_dump(mode="json"), "modalities": list(modalities),
-                       "split_views": split_views, "image_size": list(size)},
+        preprocessing={"from": origin, **used.model_dump(mode="json")},
     )  # fmt: skip
     rows: list[dict] = []
     pending: list[_Pending] = []
@@ -493,7 +520,7 @@ def predict(
     with QuarantineWriter(out_dir / "rejected.csv") as rejected:
         for file_index, relpath in enumerate(relpaths):
             result, prepared = prepare_file(
-                root / relpath, relpath, anonymizer, ingest, size, modalities, split_views
+                root / relpath, relpath, anonymizer, used.ingest, size, used.modalities, used.split_views
             )
             if prepared is not None and prepared.sop_uid in seen_instances:
                 reason = "duplicate SOPInstanceUID (an earlier file is the same instance)"

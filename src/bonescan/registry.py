@@ -720,6 +720,19 @@ def _gan_section(report: dict | None) -> list[str]:
     return lines
 
 
+def _preprocessing_line(recorded: dict | None) -> list[str]:
+    if not recorded:
+        return ["- Preprocessing: not recorded in this checkpoint (`bonescan predict` applies params.yaml's)"]
+    ingest = recorded.get("ingest", {})
+    views = "anterior + posterior views" if recorded.get("split_views") else "one view per file"
+    return [
+        f"- Preprocessing (saved in the checkpoint, repeated by `bonescan predict`): modalities "
+        f"{', '.join(recorded.get('modalities', []))}, {views}, body crop at {ingest.get('crop_threshold')} of "
+        f"the robust maximum with margin {ingest.get('crop_margin')}, posterior mirrored: "
+        f"{ingest.get('mirror_posterior')}, counts saturated at percentile {ingest.get('intensity_percentile')}"
+    ]
+
+
 def render_model_card(
     candidate: Candidate,
     result: PromotionResult,
@@ -751,6 +764,7 @@ def render_model_card(
         "",
         f"- Model: `{meta.get('model_name', '?')}`, {len(classes)} classes ({', '.join(classes)}), input "
         f"{meta.get('in_chans', '?')} x {size[0]} x {size[1]} (channels x height x width), float32 in [0, 1]",
+        *_preprocessing_line(meta.get("preprocessing")),
         f"- Checkpoint digest (blake2b): `{candidate.digest}`; MLflow run `{result.run_id}`",
         f"- Aliases after this decision: {aliases or 'none'}",
         "",

@@ -83,10 +83,12 @@ def gan_table(params: Params) -> Table:
     """Yu et al. 2023 Table 3 in brief: per architecture and class, similarity, diversity, fidelity, admission."""
     report = _read_json(Path(params.gan.report))
     table = Table(title="GAN quality (synthetic images per class)")
-    for col in ("generator", "class", "SSIM to real", "pairwise SSIM", "fidelity", "TSTR recall", "admitted"):
+    columns = ("generator", "class", "SSIM to real", "pairwise SSIM", "fidelity", "judge on real", "TSTR recall",
+               "admitted")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="left" if col in ("generator", "class", "admitted") else "right")
     if report is None:
-        table.add_row("not run yet", *["-"] * 6)
+        table.add_row("not run yet", *["-"] * (len(columns) - 1))
         return table
     synthesis = report.get("synthesis", {})
     for arch, entry in report.get("archs", {}).items():
@@ -97,7 +99,7 @@ def gan_table(params: Params) -> Table:
                 admitted += f" ({written} written)"
             table.add_row(
                 arch, cls, _num(q.get("ssim_to_real")), _num(q.get("diversity_ssim")), _num(q.get("fidelity")),
-                _num(q.get("tstr_recall")), admitted,
+                _num(q.get("judge_real_recall")), _num(q.get("tstr_recall")), admitted,
             )  # fmt: skip
     table.caption = f"images written from {synthesis.get('arch', '?')}; details in {params.gan.report}"
     return table

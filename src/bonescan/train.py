@@ -44,7 +44,7 @@ from bonescan.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from bonescan.config import AugmentConfig, ClassifierConfig, LossConfig, Size, TrainConfig
+from bonescan.config import AugmentConfig, ClassifierConfig, LossConfig, Preprocessing, Size, TrainConfig
 from bonescan.data.dataset import ManifestDataset, load_split
 from bonescan.data.manifest import read_manifest
 from bonescan.losses import build_loss, drw_schedule
@@ -178,7 +178,9 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader whose order depends only on (seed, epoch): call `set_loader_epoch` before each epoch.
 
-    With worker processes, a caching dataset (`ManifestDataset(cache=True)`) is filled here, in the
+    A shuffled (training) loader skips a last batch of a single image: BatchNorm cannot normalise one
+    sample whose features are 1x1 (MobileNets at small sizes), and a different image is left out
+    each epoch. With worker processes, a caching dataset (`ManifestDataset(cache=True)`) is filled here, in the
     parent: workers are recreated every epoch (for exact resume), so a cache filled inside them would
     be thrown away each epoch, while one filled before they start is copied into every worker.
     """
@@ -194,6 +196,8 @@ def make_loader(
         if opts.distributed and shuffle
         else None
     )
+    per_process = len(sampler) if sampler is not None else len(dataset)
+    drop_last = drop_last or (shuffle and per_process > 1 and per_process % batch_size == 1)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -559,10 +563,11 @@ def _model_record(
     cfg: ClassifierConfig,
     stage: str,
     normed: bool,
+    preprocessing: Preprocessing | None = None,
 ) -> dict[str, Any]:
     """The saved-model contract read by `load_classifier` (and evaluate/predict)."""
     model = _unwrap(model)
-    return {
+    record = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model_name": name,
         "num_classes": len(classes),
@@ -573,6 +578,9 @@ def _model_record(
         "stage": stage,
         "config": cfg.model_dump(mode="json"),
     }
+    if preprocessing is not None:  # what predict repeats on new files
+        record["preprocessing"] = preprocessing.model_dump(mode="json")
+    return record
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -792,14 +800,18 @@ def finetune_classifier(
     resume: bool = True,
     progress: bool = True,
     callback: Callable[[EpochStats], None] | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> StageResult:
     """Stage 2: fine-tune stage 1's weights on the target training split; write `cfg.out_dir`/model.pt.
 
     The classifier head is reset for `classes`; with `augment.mode` = "online" the training images
-    are augmented in the loader (offline copies are already rows of `cfg.manifest`).
+    are augmented in the loader (offline copies are already rows of `cfg.manifest`). `preprocessing`
+    (how the target's files became the training images) is saved in model.pt for inference.
     """
     from bonescan.data.augment import build_transform  # torchvision.transforms only when training
 
+    if preprocessing is not None and tuple(preprocessing.image_size) != tuple(image_size):
+        raise ValueError(f"preprocessing makes {preprocessing.image_size} images, the model gets {image_size}")
     tic = time.perf_counter()
     root = Path(root)
     opts = RunOptions.from_config(cfg, progress=progress)
@@ -841,7 +853,9 @@ def finetune_classifier(
         out_dir = root / cfg.out_dir
         path = out_dir / "model.pt"
         if opts.is_main:
-            record = _model_record(model, cfg.model, classes, image_size, cfg, "finetune", cfg.normed_head)
+            record = _model_record(
+                model, cfg.model, classes, image_size, cfg, "finetune", cfg.normed_head, preprocessing
+            )
             save_checkpoint({**record, "history": result.history, "best": result.best}, path)
             write_history(
                 result.history,

@@ -83,6 +83,14 @@ def test_gate_admits_only_faithful_and_diverse_classes_and_says_why(fidelity, di
     assert decision is admitted and says in reason
 
 
+def test_a_rejection_says_when_the_judge_fails_on_real_images_of_the_class_too():
+    blamed = quality.gate(0.1, 0.4, 0.5, 0.9, judge_real_recall=0.0)
+    assert blamed[0] is False and "judge also recognises only 0.000 of the real val images" in blamed[1]
+    competent = quality.gate(0.1, 0.4, 0.5, 0.9, judge_real_recall=0.8)
+    assert competent[0] is False and "judge" not in competent[1]
+    assert quality.gate(0.9, 0.4, 0.5, 0.9, judge_real_recall=0.0)[0] is True  # context, not a criterion
+
+
 def test_per_class_recall_and_accuracy_are_computed_against_the_intended_labels():
     predicted, labels = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 1, 1, 2, 0])
     recall = quality.per_class_recall(predicted, labels, 4)
@@ -104,7 +112,8 @@ def test_classifier_training_is_seeded_and_fidelity_is_an_accuracy():
 
 def test_markdown_report_states_the_ssim_variant_each_class_and_the_gate_decisions():
     entry = quality.class_quality(
-        _images(3, 9), _images(2, 10), fidelity=0.2, tstr_recall=0.0, min_fidelity=0.5, max_diversity_ssim=0.9
+        _images(3, 9), _images(2, 10), fidelity=0.2, tstr_recall=0.0, min_fidelity=0.5, max_diversity_ssim=0.9,
+        judge_real_recall=0.75,
     ).as_dict()
     report = {
         "ssim_variant": quality.SSIM_VARIANT,
@@ -134,3 +143,4 @@ def test_markdown_report_states_the_ssim_variant_each_class_and_the_gate_decisio
     assert "| mu_acgan | benign | 3 |" in table and "| acgan | benign | 3 |" in table
     assert "| no |" in table and "- benign: rejected: fidelity 0.200 < 0.5" in table
     assert "`acgan:0123456789ab` | 0.250 |" in table
+    assert "judge recall (real val)" in table and "| 0.200 | 0.750 | 0.000 | no |" in table

@@ -85,6 +85,7 @@ def test_quality_report_compares_both_archs_per_class_with_stated_ssim_and_gate(
             assert -1.0 <= q["ssim_to_real"] <= q["ssim_to_nearest_real"] <= 1.0
             assert -1.0 <= q["diversity_ssim"] <= 1.0
             assert 0.0 <= q["fidelity"] <= 1.0
+            assert q["judge_real_recall"] in (None, *report["classifier"]["real_val_recall"].values())
             assert q["admitted"] is True and q["reason"].startswith("admitted")
     assert report["synthesis"]["decisions"]["benign"].startswith("admitted")
 

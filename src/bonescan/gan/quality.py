@@ -186,6 +186,7 @@ class ClassQuality:
     diversity_ssim: float  # mean SSIM over pairs of generated images (lower = more diverse)
     real_diversity_ssim: float  # the same over pairs of real images, for reference
     fidelity: float  # accuracy of the real-trained classifier on the generated images
+    judge_real_recall: float  # that classifier's recall on REAL val images of the class: fidelity's ceiling
     tstr_recall: float  # recall of this class on the real val split, classifier trained on synthetic images
     admitted: bool  # passed the gate
     reason: str  # why (not) admitted
@@ -195,12 +196,25 @@ class ClassQuality:
 
 
 def gate(
-    fidelity: float, diversity_ssim: float, min_fidelity: float, max_diversity_ssim: float
+    fidelity: float,
+    diversity_ssim: float,
+    min_fidelity: float,
+    max_diversity_ssim: float,
+    judge_real_recall: float = float("nan"),
 ) -> tuple[bool, str]:
-    """Admit a class's images when fidelity >= min_fidelity and diversity SSIM <= max_diversity_ssim."""
+    """Admit a class's images when fidelity >= min_fidelity and diversity SSIM <= max_diversity_ssim.
+
+    The judge's recall on real images of the class does not change the decision; a rejection says
+    when the judge fails on real images too, as the generator is then not the only suspect.
+    """
     problems = []
     if not fidelity >= min_fidelity:  # NaN fails
         problems.append(f"fidelity {fidelity:.3f} < {min_fidelity}")
+        if judge_real_recall < min_fidelity:
+            problems[-1] += (
+                f" (the judge also recognises only {judge_real_recall:.3f} of the real val images of this "
+                "class: train it longer with gan.quality.classifier_epochs)"
+            )
     if not diversity_ssim <= max_diversity_ssim:
         problems.append(f"diversity SSIM {diversity_ssim:.3f} > {max_diversity_ssim}")
     if problems:
@@ -218,11 +232,12 @@ def class_quality(
     tstr_recall: float,
     min_fidelity: float,
     max_diversity_ssim: float,
+    judge_real_recall: float = float("nan"),
 ) -> ClassQuality:
     """All metrics of one class from (N, H, W) generated and (M, H, W) real images in [0, 1]."""
     pairs = ssim_matrix(generated, real) if len(real) else torch.full((len(generated), 1), float("nan"))
     diversity = mean_pairwise_ssim(generated)
-    admitted, reason = gate(fidelity, diversity, min_fidelity, max_diversity_ssim)
+    admitted, reason = gate(fidelity, diversity, min_fidelity, max_diversity_ssim, judge_real_recall)
     return ClassQuality(
         n_generated=len(generated),
         n_real=len(real),
@@ -231,6 +246,7 @@ def class_quality(
         diversity_ssim=diversity,
         real_diversity_ssim=mean_pairwise_ssim(real),
         fidelity=fidelity,
+        judge_real_recall=judge_real_recall,
         tstr_recall=tstr_recall,
         admitted=admitted,
         reason=reason,
@@ -245,20 +261,21 @@ def render_markdown(report: dict) -> str:
         f"SSIM: {report['ssim_variant']}. Images compared at the GAN resolution {tuple(report['image_size'])}.",
         f"Fidelity and TSTR classifier: `{report['classifier']['name']}` "
         f"({report['classifier']['epochs']} epochs); trained on real train images it scores "
-        f"{report['classifier']['real_val_accuracy']:.3f} accuracy on the real val split.",
+        f"{report['classifier']['real_val_accuracy']:.3f} accuracy on the real val split "
+        "(per class: the judge's recall column, the ceiling of fidelity).",
         f"Gate: fidelity >= {report['gate']['min_fidelity']} and diversity SSIM <= "
         f"{report['gate']['max_diversity_ssim']}.",
         "",
         "| arch | class | n gen | SSIM to real (mean) | SSIM to nearest real | diversity SSIM (gen) "
-        "| diversity SSIM (real) | fidelity | TSTR recall | admitted |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| diversity SSIM (real) | fidelity | judge recall (real val) | TSTR recall | admitted |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for arch, entry in report["archs"].items():
         for name, q in entry["classes"].items():
             lines.append(
                 f"| {arch} | {name} | {q['n_generated']} | {q['ssim_to_real']:.3f} | {q['ssim_to_nearest_real']:.3f} "
                 f"| {q['diversity_ssim']:.3f} | {q['real_diversity_ssim']:.3f} | {q['fidelity']:.3f} "
-                f"| {q['tstr_recall']:.3f} | {'yes' if q['admitted'] else 'no'} |"
+                f"| {q.get('judge_real_recall', float('nan')):.3f} | {q['tstr_recall']:.3f} | {'yes' if q['admitted'] else 'no'} |"
             )
     lines += [
         "",

@@ -158,7 +158,9 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
     }
     real_clf = quality.train_classifier(real_train, y_train, len(classes), **clf_kw)
     real_val_acc = quality.classifier_accuracy(real_clf, real_val, y_val)
-    log.info("%s trained on real images: val accuracy %.3f", qcfg.classifier, real_val_acc)
+    judge_recall = quality.per_class_recall(quality.predict(real_clf, real_val), y_val, len(classes))
+    log.info("%s trained on real images: val accuracy %.3f, recall per class %s", qcfg.classifier,
+             real_val_acc, dict(zip(classes, (round(r, 3) for r in judge_recall), strict=True)))  # fmt: skip
 
     report: dict = {
         "ssim_variant": quality.SSIM_VARIANT,
@@ -167,6 +169,7 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
             "name": qcfg.classifier,
             "epochs": qcfg.classifier_epochs,
             "real_val_accuracy": real_val_acc,
+            "real_val_recall": dict(zip(classes, judge_recall, strict=True)),
         },
         "gate": {"min_fidelity": qcfg.min_fidelity, "max_diversity_ssim": qcfg.max_diversity_ssim},
         "archs": {},
@@ -196,6 +199,7 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
                 tstr_recall[k],
                 qcfg.min_fidelity,
                 qcfg.max_diversity_ssim,
+                judge_recall[k],
             )
             per_class[name] = q.as_dict()
             log.info("%s %s: %s", arch, name, q.reason)
