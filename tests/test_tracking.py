@@ -299,7 +299,8 @@ def test_evaluate_command_logs_metrics_tags_and_reports_but_no_per_image_rows(st
 def test_clf_finetune_command_logs_epoch_curves_final_metrics_and_plot(store, monkeypatch):
     import bonescan.train as train
 
-    def fake_finetune(cfg, augment, classes, size, resume=True, progress=True, callback=None):
+    def fake_finetune(cfg, augment, classes, size, resume=True, progress=True, callback=None, preprocessing=None):
+        assert tuple(preprocessing.image_size) == tuple(size)  # the CLI saves the params' preprocessing
         for epoch in (1, 2):
             callback(train.EpochStats(epoch, 1.0 / epoch, 0.9, 0.5, 0.4 * epoch, 1e-3, 100.0, 1.0))
         (store / cfg.plots_dir).mkdir(parents=True, exist_ok=True)
@@ -327,7 +328,7 @@ def test_clf_finetune_command_logs_epoch_curves_final_metrics_and_plot(store, mo
 def test_a_stage_command_without_tracking_writes_its_metrics_and_no_store(tmp_path, monkeypatch):
     import bonescan.train as train
 
-    def fake_finetune(cfg, augment, classes, size, resume=True, progress=True, callback=None):
+    def fake_finetune(cfg, augment, classes, size, resume=True, progress=True, callback=None, preprocessing=None):
         callback(train.EpochStats(1, 1.0, 0.9, 0.5, 0.4, 1e-3, 100.0, 1.0))
         return train.StageResult("clf_finetune", cfg.model, "none", "m.pt", list(classes))
 
