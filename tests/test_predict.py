@@ -35,7 +35,7 @@ from bonescan.data.manifest import read_manifest
 from bonescan.dicom.phantom import write_cohort
 from bonescan.dicom.read import read_png16, write_png16
 from bonescan.evaluate import predict_probabilities
-from bonescan.ingest import ingest_dataset
+from bonescan.ingest import ingest_dataset, iter_files
 from bonescan.models import build
 from bonescan.predict import as_training_input, predict, resolve_model
 from bonescan.train import _model_record, load_classifier
@@ -157,19 +157,37 @@ def test_training_input_quantization_equals_a_png_round_trip(tmp_path):
     assert np.array_equal(as_training_input(image), read_png16(write_png16(image, tmp_path / "x.png")))
 
 
-def test_every_bad_file_is_rejected_with_its_reason(world):
+def listing(root: Path) -> list[str]:
+    """The order predict numbers files in (file_index): each folder's files, then its sub-folders, sorted."""
+    return list(iter_files(root))
+
+
+def test_every_bad_file_is_rejected_with_its_reason_and_its_position_in_the_listing(world):
     rejected = pd.read_csv(world["out"] / "rejected.csv")
-    reasons = dict(zip(rejected["file"], rejected["reason"], strict=True))
+    files = listing(world["raw"])
+    reasons = {files[i]: r for i, r in zip(rejected["file_index"], rejected["reason"], strict=True)}
     for bad in world["cohort"].bad_files:
         assert any(r.startswith(BAD_REASONS[bad.kind]) for r in reasons.values()), bad.kind
     assert reasons["README.txt"] == "not a DICOM file" and reasons["labels.csv"] == "not a DICOM file"
     assert reasons["corrupt/IMG00001.dcm"].startswith("truncated / unreadable")
+    shown = dict(zip(rejected["file_index"], rejected["file"], strict=True))
+    assert shown[files.index("corrupt/IMG00001.dcm")] == "***/***.dcm"  # nothing in its folder to check against
     assert len(rejected) == len(world["cohort"].bad_files) + 3 == world["summary"].rejected
     assert world["summary"].files_seen == world["summary"].rejected + sum(len(s.files) for s in world["cohort"].bone)
 
 
 def test_inputs_are_byte_identical_after_the_run(world):
     assert snapshot(world["raw"]) == world["before"]
+
+
+def test_a_lone_unreadable_file_in_a_folder_named_after_the_patient_leaves_no_trace_of_the_name(tmp_path, world):
+    inputs = tmp_path / "in" / "DOE_JANE_MRN4471" / "20160420_ACC99120"
+    inputs.mkdir(parents=True)
+    (inputs / "IMG00001.dcm").write_bytes(b"not a dicom file")
+    run_predict(tmp_path / "in", world["checkpoint"], tmp_path / "out")
+    rejected = pd.read_csv(tmp_path / "out" / "rejected.csv")
+    assert list(rejected["file"]) == ["***/***/***.dcm"] and list(rejected["file_index"]) == [0]
+    assert not any(v in output_texts(tmp_path / "out") for v in ("DOE", "JANE", "MRN4471", "ACC99120"))
 
 
 def test_no_raw_identifier_reaches_any_output(world):

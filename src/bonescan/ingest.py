@@ -489,6 +489,12 @@ def _mask(relpath: str, values: set[str] | frozenset[str]) -> str:
     return leaks[0].file if leaks else relpath
 
 
+def _mask_all(relpath: str) -> str:
+    """Every part of `relpath` as ***, the file's extension kept: nothing of an unverifiable name survives."""
+    path = PurePosixPath(relpath)
+    return "/".join(["***"] * (len(path.parts) - 1) + [f"***{path.suffix}"])
+
+
 class QuarantineWriter:
     """Streams quarantine.csv (file, reason), masking identifying values out of the file paths.
 
@@ -497,22 +503,31 @@ class QuarantineWriter:
     patient of a typical export) are contiguous: rejected rows of a folder are held until the folder
     ends, then masked with the identifying values of every DICOM file read in it. Memory is bounded
     by one folder; a rejected file whose folder holds no readable DICOM is listed unmasked (the file
-    is `push: false` in dvc.yaml for that reason). The file appears atomically on close.
+    is `push: false` in dvc.yaml for that reason) unless `strict`. The file appears atomically on close.
+
+    Args:
+        path: the CSV to write.
+        strict: for files meant to leave the site (predict's rejected.csv): a rejected file whose
+            folder yields no identifying values to check it against is listed as `***/***.ext`.
+        index: add a `file_index` column, the position of the file among all files `add`ed (the
+            sorted listing), so a fully masked row still points at its file.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, strict: bool = False, index: bool = False):
         self.path = path
+        self.strict, self.index = strict, index
         self.rows = 0
+        self._seen = 0  # files added, accepted or not
         self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self._folder: str | None = None
         self._values: set[str] = set()  # in memory only
-        self._pending: list[tuple[str, str, frozenset[str]]] = []
+        self._pending: list[tuple[int, str, str, frozenset[str]]] = []
 
     def __enter__(self) -> QuarantineWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self._tmp.open("w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file, lineterminator="\n")
-        self._csv.writerow(QUARANTINE_COLUMNS)
+        self._csv.writerow((("file_index",) if self.index else ()) + QUARANTINE_COLUMNS)
         return self
 
     def add(self, result: FileResult) -> None:
@@ -524,12 +539,15 @@ class QuarantineWriter:
         if folder is not None:
             self._values |= result.identifying
         if result.code:
-            self._pending.append((result.relpath, result.reason, result.identifying))
+            self._pending.append((self._seen, result.relpath, result.reason, result.identifying))
             self.rows += 1
+        self._seen += 1
 
     def _flush(self) -> None:
-        for relpath, reason, own in self._pending:
-            self._csv.writerow((_mask(relpath, self._values | own), reason))
+        for position, relpath, reason, own in self._pending:
+            values = self._values | own
+            shown = _mask_all(relpath) if self.strict and not values else _mask(relpath, values)
+            self._csv.writerow(((position,) if self.index else ()) + (shown, reason))
         self._pending.clear()
         self._values.clear()
 

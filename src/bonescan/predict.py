@@ -12,8 +12,10 @@ Outputs never hold raw identifiers. With the project's anonymization key, study 
 the keyed pseudonyms ingest writes into the manifest (a study seen in training has the same id);
 without it, the files are anonymized under a key drawn for this run only and ids are per-run
 indices. Each image row carries the file's position in the sorted listing of INPUT. A file that is
-not a DICOM whole-body bone scan, or cannot be decoded, is a row of rejected.csv (file path relative
-to INPUT, masked like ingest's quarantine.csv) and never stops the run.
+not a DICOM whole-body bone scan, or cannot be decoded, is a row of rejected.csv and never stops the
+run: its file_index, its path relative to INPUT with identifying values masked as in ingest's
+quarantine.csv, or wholly masked (`***/***.dcm`) when nothing in its folder tells which values
+identify (a lone unreadable file in a folder named after the patient), and the reason.
 
 Files in DIR: predictions.csv (per image), study_predictions.csv (per study), rejected.csv,
 summary.json, and with Grad-CAM gradcam/<image_id>_<layer>.png overlays for the predicted class.
@@ -517,7 +519,7 @@ def predict(
             summary.gradcam_overlays += _gradcam(model, pending, prob, classes, torch_device, gradcam_dir)
         pending.clear()
 
-    with QuarantineWriter(out_dir / "rejected.csv") as rejected:
+    with QuarantineWriter(out_dir / "rejected.csv", strict=True, index=True) as rejected:
         for file_index, relpath in enumerate(relpaths):
             result, prepared = prepare_file(
                 root / relpath, relpath, anonymizer, used.ingest, size, used.modalities, used.split_views
