@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bonescan import tracking
-from bonescan.checkpoint import save_checkpoint
+from bonescan.checkpoint import load_checkpoint, save_checkpoint
 from bonescan.cli import main
 from bonescan.config import ClassifierConfig, IngestConfig, Preprocessing, PromoteConfig
 from bonescan.models import build
@@ -149,6 +149,17 @@ def test_rerunning_on_the_same_checkpoint_reuses_its_version(project):
     assert "already the champion" in again.reason
     assert len(versions(project)) == 1
     assert current_aliases(tracking.client(project), NAME) == {"champion": "1", "challenger": "1"}
+
+
+def test_a_retraining_that_reproduces_the_weights_reuses_the_version_whatever_its_timings(project):
+    path = train_and_evaluate(project, seed=0, macro_f1=0.6)
+    first = run(project)
+    retrained = load_checkpoint(path) | {"history": [{"epoch": 1, "images_per_s": 123.4}], "best": {"seconds": 9.9}}
+    save_checkpoint(retrained, path)  # a deterministic re-run: same weights, other wall-clock figures
+    again = run(project)
+    assert again.version == first.version and not again.new_version and len(versions(project)) == 1
+    train_and_evaluate(project, seed=1, macro_f1=0.6)  # other weights: another version
+    assert run(project).new_version and len(versions(project)) == 2
 
 
 def test_rollback_restores_the_previous_champion_and_a_rerun_does_not_undo_it(project):

@@ -18,7 +18,22 @@ from typing import Any
 import pandas as pd
 import torch
 
-__all__ = ["file_digest", "fingerprint", "load_checkpoint", "restore_rng", "rng_state", "save_checkpoint"]
+__all__ = [
+    "MODEL_IDENTITY_KEYS",
+    "file_digest",
+    "fingerprint",
+    "load_checkpoint",
+    "model_digest",
+    "restore_rng",
+    "rng_state",
+    "save_checkpoint",
+]
+
+# What a saved classifier computes and on what input; training history (with wall-clock timings)
+# and the training config are left out, so a deterministic re-run gives the same digest.
+MODEL_IDENTITY_KEYS = (
+    "model_name", "num_classes", "in_chans", "classes", "image_size", "normed_head", "preprocessing",
+)  # fmt: skip
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -61,6 +76,22 @@ def file_digest(path: str | Path) -> str:
     with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def model_digest(checkpoint: dict[str, Any]) -> str:
+    """blake2b of a classifier checkpoint's weights (names, dtypes, shapes, values) and input contract.
+
+    Two files with the same weights and contract get the same digest whatever else they record, so
+    the registry keeps one version per model, not per training run.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(checkpoint["model"].items()):
+        value = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d buffers (num_batches_tracked) too
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    identity = {key: checkpoint.get(key) for key in MODEL_IDENTITY_KEYS}
+    h.update(json.dumps(identity, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from bonescan import tracking
-from bonescan.checkpoint import file_digest
+from bonescan.checkpoint import model_digest
 from bonescan.config import PromoteConfig
 from bonescan.metrics import MACRO_METRICS
 from bonescan.promote import (
@@ -213,7 +213,8 @@ class Candidate:
 
     Attributes:
         checkpoint: path of model.pt.
-        digest: blake2b of its bytes (one registered version per digest).
+        digest: `model_digest` of its weights and input contract (one registered version per digest;
+            a re-run that trains the same weights reuses the version).
         metrics: flat test metrics (evaluate's metrics file).
         test_split: fingerprint of the scored test images; scores compare only on equal fingerprints.
         summary: evaluate's summary (unit, counts, CI coverage), {} when absent.
@@ -252,10 +253,11 @@ def load_candidate(cfg: PromoteConfig, root: str | Path = ".") -> Candidate:
             "with the champion's; re-run `bonescan evaluate`"
         )
     meta = load_checkpoint(checkpoint)
+    digest = model_digest(meta)
     meta.pop("model", None)
     meta.pop("history", None)
     metrics = {k: v for k, v in metrics.items() if v is None or isinstance(v, int | float)}
-    return Candidate(checkpoint, file_digest(checkpoint), metrics, str(test_split), summary, meta)
+    return Candidate(checkpoint, digest, metrics, str(test_split), summary, meta)
 
 
 # --------------------------------------------------------------------------- registry reads
@@ -348,7 +350,7 @@ class PromotionResult:
         challenger_value: the candidate's primary metric.
         champion_value: the champion's primary metric (None without a champion).
         test_split: the candidate's test-split fingerprint.
-        checkpoint_digest: blake2b of the candidate checkpoint.
+        checkpoint_digest: `model_digest` of the candidate checkpoint.
         run_id: the MLflow run that recorded the decision (None in a dry run).
         dry_run: nothing was written.
     """
@@ -765,7 +767,8 @@ def render_model_card(
         f"- Model: `{meta.get('model_name', '?')}`, {len(classes)} classes ({', '.join(classes)}), input "
         f"{meta.get('in_chans', '?')} x {size[0]} x {size[1]} (channels x height x width), float32 in [0, 1]",
         *_preprocessing_line(meta.get("preprocessing")),
-        f"- Checkpoint digest (blake2b): `{candidate.digest}`; MLflow run `{result.run_id}`",
+        f"- Model digest (blake2b of weights and input contract): `{candidate.digest}`; MLflow run "
+        f"`{result.run_id}`",
         f"- Aliases after this decision: {aliases or 'none'}",
         "",
         "## Intended use",
