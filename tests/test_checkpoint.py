@@ -11,9 +11,9 @@ import torch
 
 from bonescan.checkpoint import (
     file_digest,
-    model_digest,
     fingerprint,
     load_checkpoint,
+    model_digest,
     restore_rng,
     rng_state,
     save_checkpoint,
