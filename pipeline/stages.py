@@ -6,6 +6,7 @@ is skipped by DVC's own hashes and dvc.lock is updated as with a plain `dvc repr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -130,13 +131,40 @@ def push_outputs(project_root: str | Path = ".", remote: str | None = None, time
     return output.strip()
 
 
+def _scalars(data: object, prefix: str = "") -> list[tuple[str, object]]:
+    """Dotted keys -> numbers, strings and booleans of nested dicts (lists, e.g. per-file details, are left out)."""
+    if isinstance(data, dict):
+        return [row for key, value in data.items() for row in _scalars(value, f"{prefix}{key}.")]
+    if isinstance(data, list) or data is None:
+        return []
+    return [(prefix.rstrip("."), data)]
+
+
+def render_metrics(files: dict[str, dict]) -> str:
+    """One two-column markdown table per metrics file (DVC's own table is one row per file, thousands wide)."""
+    parts = []
+    for name, data in files.items():
+        rows = _scalars(data)
+        if not rows:
+            continue
+        lines = [f"### {name}", "", "| metric | value |", "|---|---:|"]
+        lines += [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+                  for key, value in rows]  # fmt: skip
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) or "no metrics yet"
+
+
 def metrics_markdown(project_root: str | Path = ".") -> str:
-    """`dvc metrics show --md`: every stage's summary metrics as one markdown table."""
+    """Every stage's summary metrics (`dvc metrics show --json`) as markdown tables, one per file."""
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), "metrics", "show", "--md"],
+        [str(Path(sys.executable).parent / "dvc"), "metrics", "show", "--json"],
         cwd=project_root,
         env=stage_environment(),
         capture_output=True,
         text=True,
     )
-    return proc.stdout if proc.returncode == 0 else f"`dvc metrics show` failed:\n\n```\n{proc.stderr}\n```"
+    if proc.returncode != 0:
+        return f"`dvc metrics show` failed:\n\n```\n{proc.stderr}\n```"
+    workspace = next(iter(json.loads(proc.stdout or "{}").values()), {})
+    files = {name: entry.get("data", {}) for name, entry in workspace.get("data", {}).items()}
+    return render_metrics(files)

@@ -55,7 +55,7 @@ def cmd_phantoms(args: argparse.Namespace) -> None:
     out = Path(args.out or cfg.out_dir)
     summary = write_cohort(cfg, out)
     console.print(f"phantom cohort written to [bold]{out}[/]")
-    console.print_json(json.dumps(_jsonable(summary)))
+    console.print_json(json.dumps(_jsonable(summary.report())))  # aggregates only (the full record lists every study)
 
 
 def cmd_anonymize(args: argparse.Namespace) -> None:

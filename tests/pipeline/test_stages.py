@@ -11,6 +11,7 @@ from pipeline.stages import (
     StageFailed,
     classify_failure,
     push_outputs,
+    render_metrics,
     run_stage,
     stage_environment,
     stage_order,
@@ -67,3 +68,15 @@ def test_push_without_a_remote_fails_as_a_data_error_not_a_transient_one(scratch
     with pytest.raises(StageFailed) as failure:
         push_outputs(scratch_project)
     assert failure.value.kind is not FailureKind.TRANSIENT
+
+
+def test_metrics_artifact_is_a_narrow_table_per_file_with_nested_keys_dotted_and_lists_left_out():
+    text = render_metrics({
+        "metrics/eval.json": {"macro_f1": 0.674204, "n_units": 45},
+        "reports/gan_quality.json": {"archs": {"acgan": {"mean_fidelity": 0.3333}}, "details": [1, 2]},
+        "reports/empty.json": {"details": []},
+    })  # fmt: skip
+    assert "### metrics/eval.json" in text and "| macro_f1 | 0.6742 |" in text and "| n_units | 45 |" in text
+    assert "| archs.acgan.mean_fidelity | 0.3333 |" in text and "details" not in text
+    assert "empty.json" not in text
+    assert max(len(line) for line in text.splitlines()) < 80

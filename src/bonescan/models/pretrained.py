@@ -63,8 +63,8 @@ def imagenet_state_dict(weights: WeightsEnum) -> dict[str, Tensor]:
         raise FileNotFoundError(
             f"ImageNet weights {weights} are not in the local torch cache: expected {path} "
             f"(from {weights.url}). Nothing is downloaded at run time. Either copy that file there "
-            "(or set TORCH_HOME to a cache that has it), or give a weights file with "
-            "`pretrained: path/to/file.pth`, or set the clf-pretrain source to `source` "
+            "(or set TORCH_HOME to a cache that has it), or give the file in params.yaml as "
+            "`clf.imagenet_weights: path/to/file.pth`, or set `clf.pretrain_source` to `source` "
             "(pretrain on the source domain) or `none` (random initialisation)."
         )
     # The file exists, so torchvision's loader reads the cache and never touches the network.
@@ -224,7 +224,7 @@ def apply_pretrained(
     if str(pretrained) == "imagenet":
         if not imagenet:
             raise ValueError(
-                f"{type(model).__name__} has no ImageNet weights; use `pretrained: path/to/file.pth` or none"
+                f"{type(model).__name__} has no ImageNet weights; set `clf.pretrain_source` to `source` or `none`"
             )
         for name, weights in imagenet.items():
             part = model.get_submodule(name) if name else model
