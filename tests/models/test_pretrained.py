@@ -94,7 +94,7 @@ def test_missing_imagenet_file_names_the_expected_path_and_the_alternatives(torc
         build("mobilenet_v3_small", 3, pretrained="imagenet")
     message = str(err.value)
     assert str(expected) in message
-    assert "pretrained: path/to/file.pth" in message and "`source`" in message and "`none`" in message
+    assert "clf.imagenet_weights: path/to/file.pth" in message and "`source`" in message and "`none`" in message
 
 
 def test_caco_model_loads_imagenet_except_its_new_attention(torch_home):
