@@ -53,39 +53,24 @@ def run_one(args: argparse.Namespace) -> dict[str, object]:
     """One configuration, in this process (called in a subprocess by `main`)."""
     import torch
 
-    from bonescan.gan import EMA, DiffAugment, build, count_parameters
-    from bonescan.gan.train import _pick_device, train_step
+    from bonescan.gan import count_parameters
+    from bonescan.gan.train import _pick_device, train_step, training_parts
 
     if args.threads:
         torch.set_num_threads(args.threads)
     params, _ = _load_gan(args.params, args.preset)
-    model, train = params.gan.model, params.gan.train
     device = _pick_device(args.device)
     size = _size(args.size)
     num_classes = len(params.dataset(params.gan.finetune.dataset).classes)
     torch.manual_seed(0)
-    g, d = build(
-        args.arch,
-        num_classes,
-        size,
-        z_dim=model.z_dim,
-        base_channels=model.base_channels,
-        d_base_channels=model.d_base_channels,
-        spectral_norm=model.spectral_norm,
-    )
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    g.to(device, memory_format=memory_format)
-    d.to(device, memory_format=memory_format)
-    ema = EMA(g, decay=train.ema_decay) if train.ema else None
-    opt_g = torch.optim.RAdam(g.parameters(), lr=train.lr, betas=train.betas)
-    opt_d = torch.optim.RAdam(d.parameters(), lr=train.lr, betas=train.betas)
-    augment = DiffAugment(train.diffaugment) if train.diffaugment else None
+    parts = training_parts(args.arch, num_classes, size, params.gan.model, params.gan.train, device)  # as training
+    g, d, ema, memory_format = parts.g, parts.d, parts.ema, parts.memory_format
     noise_gen, aug_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
     real = (torch.rand(args.batch_size, 1, *size) * 2 - 1).to(device, memory_format=memory_format)
     y_real = torch.randint(0, num_classes, (args.batch_size,)).to(device)
 
     def step() -> None:
-        train_step(g, d, opt_g, opt_d, real, y_real, num_classes, augment, noise_gen, aug_gen, device)
+        train_step(g, d, parts.opt_g, parts.opt_d, real, y_real, num_classes, parts.augment, noise_gen, aug_gen, device)
         if ema is not None:
             ema.update()
 

@@ -74,6 +74,11 @@ def _address(stage, root: Path) -> str:
     return stage.name if dvcfile == Path("dvc.yaml") else f"{dvcfile}:{stage.name}"
 
 
+def dvc_command(*args: str) -> list[str]:
+    """`dvc ARGS` of this interpreter's environment (a flow worker's PATH may lack the venv)."""
+    return [str(Path(sys.executable).parent / "dvc"), *args]
+
+
 def stage_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The caller's environment with this interpreter's bin first, so `dvc` and `bonescan` resolve to it."""
     bin_dir = str(Path(sys.executable).parent)
@@ -93,7 +98,7 @@ def run_stage(
     """`dvc repro --single-item STAGE`; raises StageFailed with the failure classified."""
     import time
 
-    cmd = [str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage]
+    cmd = dvc_command("repro", "--single-item", stage)
     if force:
         cmd.append("--force")
     start = time.monotonic()
@@ -117,7 +122,7 @@ def push_outputs(project_root: str | Path = ".", remote: str | None = None, time
     Outputs marked `push: false` in dvc.yaml (raw data, the quarantine list) are never sent.
     Raises StageFailed("push", ...) with the failure classified (a lost connection is transient).
     """
-    cmd = [str(Path(sys.executable).parent / "dvc"), "push", *(["--remote", remote] if remote else [])]
+    cmd = dvc_command("push", *(["--remote", remote] if remote else []))
     try:
         proc = subprocess.run(
             cmd, cwd=project_root, env=stage_environment(), capture_output=True, text=True, timeout=timeout
@@ -157,7 +162,7 @@ def render_metrics(files: dict[str, dict]) -> str:
 def metrics_markdown(project_root: str | Path = ".") -> str:
     """Every stage's summary metrics (`dvc metrics show --json`) as markdown tables, one per file."""
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), "metrics", "show", "--json"],
+        dvc_command("metrics", "show", "--json"),
         cwd=project_root,
         env=stage_environment(),
         capture_output=True,

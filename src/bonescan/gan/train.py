@@ -61,6 +61,7 @@ __all__ = [
     "run_gan_stage",
     "train_gan",
     "train_step",
+    "training_parts",
     "training_rows",
     "transfer_weights",
 ]
@@ -146,6 +147,46 @@ def _derive_seed(*parts: object) -> int:
 
 
 # --------------------------------------------------------------------------- models and weights
+
+
+@dataclass
+class TrainingParts:
+    """G and D on their device with what trains them: shared by `train_gan` and benchmarks/gan.py."""
+
+    g: nn.Module
+    d: nn.Module
+    ema: EMA | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    augment: DiffAugment | None
+    memory_format: torch.memory_format  # channels_last on CUDA
+
+
+def training_parts(
+    arch: str,
+    num_classes: int,
+    image_size: Size,
+    model_cfg: GanModelConfig,
+    train_cfg: GanTrainConfig,
+    device: torch.device,
+    init: dict | None = None,
+) -> TrainingParts:
+    """Build G and D (from `init`'s weights when given), move them, and make EMA, RAdam and DiffAugment."""
+    g, d = build(arch, num_classes, tuple(image_size), **_model_kwargs(model_cfg))
+    if init is not None:
+        transfer_weights(init, g, d)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    g.to(device, memory_format=memory_format)
+    d.to(device, memory_format=memory_format)
+    return TrainingParts(
+        g,
+        d,
+        EMA(g, decay=train_cfg.ema_decay) if train_cfg.ema else None,
+        torch.optim.RAdam(g.parameters(), lr=train_cfg.lr, betas=train_cfg.betas),
+        torch.optim.RAdam(d.parameters(), lr=train_cfg.lr, betas=train_cfg.betas),
+        DiffAugment(train_cfg.diffaugment) if train_cfg.diffaugment else None,
+        memory_format,
+    )
 
 
 def _model_kwargs(model: GanModelConfig) -> dict[str, object]:
@@ -368,16 +409,9 @@ def train_gan(
     fingerprint = _fingerprint(config, rows, init_sha, ddp.world)
 
     torch.manual_seed(seed)
-    g, d = build(arch, len(classes), tuple(image_size), **_model_kwargs(model_cfg))
-    if init is not None:
-        transfer_weights(init, g, d)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    g.to(device, memory_format=memory_format)
-    d.to(device, memory_format=memory_format)
-    ema = EMA(g, decay=train_cfg.ema_decay) if train_cfg.ema else None
-    opt_g = torch.optim.RAdam(g.parameters(), lr=train_cfg.lr, betas=train_cfg.betas)
-    opt_d = torch.optim.RAdam(d.parameters(), lr=train_cfg.lr, betas=train_cfg.betas)
-    augment = DiffAugment(train_cfg.diffaugment) if train_cfg.diffaugment else None
+    parts = training_parts(arch, len(classes), image_size, model_cfg, train_cfg, device, init)
+    g, d, ema, opt_g, opt_d, augment = parts.g, parts.d, parts.ema, parts.opt_g, parts.opt_d, parts.augment
+    memory_format = parts.memory_format
 
     rank_seed = _derive_seed(seed, "rank", ddp.rank)
     noise_gen = torch.Generator().manual_seed(_derive_seed(rank_seed, "noise"))
