@@ -25,7 +25,7 @@ from bonescan.registry import (
     promote,
     rollback,
 )
-from bonescan.train import load_classifier
+from bonescan.train import _model_record, load_classifier
 
 CLASSES = ["healthy", "metastasis", "benign"]
 SIZE = (32, 16)
@@ -45,17 +45,10 @@ def train_and_evaluate(
     """What clf_finetune and evaluate leave behind: a checkpoint (weights from `seed`) and its metrics."""
     torch.manual_seed(seed)
     model = build("soft_threshold_net", len(CLASSES), in_chans=1)
-    ckpt = {
-        "model": model.state_dict(),
-        "model_name": "soft_threshold_net",
-        "num_classes": len(CLASSES),
-        "in_chans": 1,
-        "classes": CLASSES,
-        "image_size": list(SIZE),
-        "config": ClassifierConfig(model="soft_threshold_net").model_dump(mode="json"),
-        "preprocessing": Preprocessing(ingest=IngestConfig(crop_margin=0.04), modalities=("NM",), split_views=True,
-                                       image_size=SIZE).model_dump(mode="json"),  # fmt: skip
-    }
+    preprocessing = Preprocessing(ingest=IngestConfig(crop_margin=0.04), modalities=("NM",), split_views=True,
+                                  image_size=SIZE)  # fmt: skip
+    ckpt = _model_record(model, "soft_threshold_net", CLASSES, SIZE, ClassifierConfig(model="soft_threshold_net"),
+                         "finetune", False, preprocessing)  # fmt: skip
     path = save_checkpoint(ckpt, root / "models" / "classifier" / "model.pt")
     metrics = {"accuracy": macro_f1 + 0.05, "macro_f1": macro_f1, "macro_f1_ci_low": macro_f1 - 0.1,
                "macro_f1_ci_high": macro_f1 + 0.1, "n_units": 45, "n_patients": 24}  # fmt: skip

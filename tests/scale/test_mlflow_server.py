@@ -16,6 +16,7 @@ from bonescan.checkpoint import save_checkpoint
 from bonescan.config import ClassifierConfig, PromoteConfig
 from bonescan.models import build
 from bonescan.registry import CHAMPION, example_input, promote
+from bonescan.train import _model_record
 
 pytestmark = pytest.mark.slow
 
@@ -81,18 +82,9 @@ def _evaluated_checkpoint(root: Path) -> None:
     """What clf_finetune and evaluate leave behind: a tiny checkpoint, its test metrics and split fingerprint."""
     torch.manual_seed(0)
     model = build("soft_threshold_net", len(CLASSES), in_chans=1)
-    save_checkpoint(
-        {
-            "model": model.state_dict(),
-            "model_name": "soft_threshold_net",
-            "num_classes": len(CLASSES),
-            "in_chans": 1,
-            "classes": CLASSES,
-            "image_size": list(SIZE),
-            "config": ClassifierConfig(model="soft_threshold_net").model_dump(mode="json"),
-        },
-        root / "models" / "classifier" / "model.pt",
-    )
+    record = _model_record(model, "soft_threshold_net", CLASSES, SIZE, ClassifierConfig(model="soft_threshold_net"),
+                           "finetune", False)  # the saved-model contract of clf_finetune
+    save_checkpoint(record, root / "models" / "classifier" / "model.pt")
     metrics = {"macro_f1": 0.7, **{f"recall_{c}": 0.7 for c in CLASSES}}
     (root / "metrics").mkdir()
     (root / "metrics" / "eval.json").write_text(json.dumps(metrics))
