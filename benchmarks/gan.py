@@ -63,14 +63,18 @@ def run_one(args: argparse.Namespace) -> dict[str, object]:
     size = _size(args.size)
     num_classes = len(params.dataset(params.gan.finetune.dataset).classes)
     torch.manual_seed(0)
-    parts = training_parts(args.arch, num_classes, size, params.gan.model, params.gan.train, device)  # as training
+    train_cfg = params.gan.train
+    parts = training_parts(args.arch, num_classes, size, params.gan.model, train_cfg, device)  # as training
     g, d, ema, memory_format = parts.g, parts.d, parts.ema, parts.memory_format
     noise_gen, aug_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
     real = (torch.rand(args.batch_size, 1, *size) * 2 - 1).to(device, memory_format=memory_format)
     y_real = torch.randint(0, num_classes, (args.batch_size,)).to(device)
 
     def step() -> None:
-        train_step(g, d, parts.opt_g, parts.opt_d, real, y_real, num_classes, parts.augment, noise_gen, aug_gen, device)
+        train_step(
+            g, d, parts.opt_g, parts.opt_d, real, y_real, num_classes, parts.augment, noise_gen, aug_gen, device,
+            d_fake_class_loss=train_cfg.d_fake_class_loss, mode_seeking=train_cfg.mode_seeking,
+        )  # fmt: skip
         if ema is not None:
             ema.update()
 
@@ -167,6 +171,7 @@ def main() -> None:
                 "model": params.gan.model.model_dump(exclude={"image_size"}),
                 "diffaugment": params.gan.train.diffaugment,
                 "ema": params.gan.train.ema,
+                "mode_seeking": params.gan.train.mode_seeking,
                 "results": results,
             },
             indent=2,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from bonescan.cli import build_parser, main
+from bonescan.cli import _log_level, build_parser, main
 
 COMMANDS = [
     "phantoms",
@@ -47,3 +49,8 @@ def test_secret_is_created_once_and_kept(tmp_path, capsys):
     assert main(["secret", "--path", str(key)]) == 0
     assert key.read_bytes() == first
     assert key.stat().st_mode & 0o077 == 0
+
+
+def test_under_torchrun_only_the_first_rank_logs_progress():
+    assert _log_level(False, {}) == logging.INFO and _log_level(True, {"RANK": "0"}) == logging.DEBUG
+    assert _log_level(True, {"RANK": "1"}) == logging.WARNING  # warnings and errors still reach every log

@@ -85,3 +85,15 @@ def test_typo_inside_a_dataset_is_named_with_its_dataset():
     raw["datasets"]["source"]["raw_dri"] = "x"
     with pytest.raises(ConfigError, match=r"datasets\.source\.raw_dri: unknown key \(did you mean 'raw_dir'\?\)"):
         parse_params(raw)
+
+
+def test_the_gan_paper_preset_restores_the_papers_optimisation_and_keeps_the_other_choices():
+    raw = project_params()
+    raw["gan"]["preset"] = "paper"
+    gan = parse_params(raw).gan
+    assert (gan.train.batch_size, gan.pretrain.epochs, gan.finetune.epochs) == (2, 500, 500)  # Sec. 4.2
+    assert gan.train.lr == 2e-4 and gan.train.d_fake_class_loss and gan.train.mode_seeking == 0  # Eq. 2-4
+    assert gan.model.image_size is None  # full size: base.image_size
+    assert gan.train.diffaugment == raw["gan"]["train"]["diffaugment"]  # beyond-paper switches stay the user's
+    demo = load_params(PROJECT_PARAMS).gan
+    assert not demo.train.d_fake_class_loss and demo.train.mode_seeking > 0

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -481,10 +482,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_level(verbose: bool, env: Mapping[str, str]) -> int:
+    """INFO (DEBUG with -v) on the main process; under torchrun the other ranks log warnings only."""
+    if int(env.get("RANK", "0")) > 0:
+        return logging.WARNING
+    return logging.DEBUG if verbose else logging.INFO
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=_log_level(args.verbose, os.environ),
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
     )

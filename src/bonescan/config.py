@@ -320,7 +320,8 @@ GanArch = Literal["mu_acgan", "acgan"]
 # `gan.preset: paper` replaces these keys with Yu et al. 2023's settings (meant for a GPU).
 GAN_PAPER_PRESET: dict[str, dict[str, object]] = {
     "model": {"image_size": None, "z_dim": 128, "base_channels": None},  # full size, default widths (32)
-    "train": {"batch_size": 2},  # Sec. 4.2: batch size 2
+    # Sec. 4.2: batch size 2, RAdam lr 2e-4; Eq. 2-4: D's class head also learns from generated images
+    "train": {"batch_size": 2, "lr": 2e-4, "d_fake_class_loss": True, "mode_seeking": 0.0},
     "pretrain": {"epochs": 500, "max_steps": None},  # Sec. 4.2: 500 epochs
     "finetune": {"epochs": 500, "max_steps": None},
 }
@@ -340,9 +341,11 @@ class GanTrainConfig(_Section):
     """Optimisation shared by gan_pretrain and gan_finetune."""
 
     batch_size: int = Field(8, ge=1)  # real images per step and process; Yu et al.: 2
-    lr: float = Field(2e-4, gt=0)  # RAdam learning rate of G and D (Yu et al.)
-    betas: tuple[float, float] = (0.5, 0.999)  # RAdam betas; 0.5 is the usual GAN momentum
-    diffaugment: str = "translation,cutout,color"  # DiffAugment policy on real and fake; "" disables
+    lr: float = Field(1e-3, gt=0)  # RAdam learning rate of G and D (Yu et al.: 2e-4 for 500 epochs)
+    betas: tuple[float, float] = (0.5, 0.99)  # RAdam betas; 0.5 is the usual GAN momentum
+    diffaugment: str = "color"  # DiffAugment policy on real and fake ("translation,cutout,color"); "" disables
+    d_fake_class_loss: bool = False  # D's class head also learns from generated images (Eq. 2-4, paper preset)
+    mode_seeking: float = Field(0.3, ge=0)  # weight of the MSGAN mode-seeking term in G's loss; 0 = off
     ema: bool = True  # sample from an exponential moving average of G
     ema_decay: float = Field(0.999, ge=0, lt=1)  # EMA decay, ramped up as min(decay, (1+t)/(10+t))
     balanced_sampling: bool = True  # draw real batches label-balanced (WeightedRandomSampler)
@@ -379,7 +382,9 @@ class GanQualityConfig(_Section):
     classifier_epochs: int = Field(8, ge=1)  # epochs of that classifier (real train or synthetic images)
     classifier_batch_size: int = Field(16, ge=1)
     classifier_lr: float = Field(1e-3, gt=0)  # AdamW
+    classifier_members: int = Field(3, ge=1)  # classifiers (seeds seed, seed+1, ...) whose mean probabilities judge
     min_fidelity: float = Field(0.5, ge=0, le=1)  # admit a class if the real-trained classifier recognises >= this
+    min_label_lift: float = Field(0.2, ge=-1, le=1)  # ... and >= this more often than for images generated as others; -1: off
     max_diversity_ssim: float = Field(0.9, ge=0, le=1)  # ... and its images' mean pairwise SSIM is <= this
     seed: int = 11  # noise of the measured samples and classifier initialisation
 

@@ -139,7 +139,9 @@ def distributed_session(opts: RunOptions) -> Iterator[None]:
         return
     if opts.device.type == "cuda":
         torch.cuda.set_device(opts.device)
-    dist.init_process_group("nccl" if opts.device.type == "cuda" else "gloo")
+    backend = "nccl" if opts.device.type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    log.info("DistributedDataParallel: %d processes (%s); rank 0 logs progress", opts.world_size, backend)
     try:
         yield
     finally:

@@ -101,27 +101,24 @@ def make_cohort():
     return write_cohort
 
 
+TARGET_SPLITS = {
+    "train": {"healthy": 6, "metastasis": 4, "benign": 2},
+    "val": {"healthy": 2, "metastasis": 2, "benign": 1},
+    "test": {"healthy": 2, "metastasis": 1, "benign": 1},
+}
+
+
+def write_cohorts(root: Path, source_splits: dict[str, dict[str, int]]) -> Path:
+    """The imbalanced target cohort (`TARGET_SPLITS`) and a source cohort under `root`."""
+    write_cohort(root, "target", TARGET_CLASSES, TARGET_SPLITS)
+    write_cohort(root, "source", SOURCE_CLASSES, source_splits, 1)
+    return root
+
+
 @pytest.fixture
 def cohorts(tmp_path: Path) -> Path:
     """A project root with an imbalanced target cohort (train/val/test) and a balanced source cohort."""
-    write_cohort(
-        tmp_path,
-        "target",
-        TARGET_CLASSES,
-        {
-            "train": {"healthy": 6, "metastasis": 4, "benign": 2},
-            "val": {"healthy": 2, "metastasis": 2, "benign": 1},
-            "test": {"healthy": 2, "metastasis": 1, "benign": 1},
-        },
-    )
-    write_cohort(
-        tmp_path,
-        "source",
-        SOURCE_CLASSES,
-        {"train": dict.fromkeys(SOURCE_CLASSES, 2), "val": {"normal": 1}},
-        1,
-    )
-    return tmp_path
+    return write_cohorts(tmp_path, {"train": dict.fromkeys(SOURCE_CLASSES, 2), "val": {"normal": 1}})
 
 
 @pytest.fixture(scope="module")
@@ -132,18 +129,7 @@ def trained_root(tmp_path_factory) -> Path:
     """
     from bonescan.gan.train import run_gan_stage
 
-    root = tmp_path_factory.mktemp("trained")
-    write_cohort(
-        root,
-        "target",
-        TARGET_CLASSES,
-        {
-            "train": {"healthy": 6, "metastasis": 4, "benign": 2},
-            "val": {"healthy": 2, "metastasis": 2, "benign": 1},
-            "test": {"healthy": 2, "metastasis": 1, "benign": 1},
-        },
-    )
-    write_cohort(root, "source", SOURCE_CLASSES, {"train": dict.fromkeys(SOURCE_CLASSES, 2)}, 1)
+    root = write_cohorts(tmp_path_factory.mktemp("trained"), {"train": dict.fromkeys(SOURCE_CLASSES, 2)})
     params = tiny_params(archs=["mu_acgan", "acgan"])
     run_gan_stage("pretrain", params, root=root)
     run_gan_stage("finetune", params, root=root)

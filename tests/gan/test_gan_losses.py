@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bonescan.gan.losses import discriminator_loss, generator_loss
+from bonescan.gan.losses import discriminator_loss, generator_loss, mode_seeking_loss
 
 
 def _bce(logit: float, target: int) -> float:
@@ -88,3 +88,27 @@ def test_stats_are_detached_and_the_loss_is_differentiable():
     assert rf.grad is not None and cls.grad is not None
     assert all(not v.requires_grad for v in stats.values())
     assert loss.item() == pytest.approx(math.log(2) + 0.5 * math.log(3), rel=1e-6)
+
+
+def test_discriminator_class_head_can_be_trained_on_real_images_only():
+    real_rf, fake_rf = torch.zeros(2, 1), torch.zeros(2, 1)
+    real_cls = torch.tensor([[1.0, 0.0, -1.0], [0.2, 0.4, 0.1]], requires_grad=True)
+    fake_cls = torch.tensor([[0.0, 2.0, 0.0], [1.0, 1.0, 3.0]], requires_grad=True)
+    y_real, y_fake = torch.tensor([0, 2]), torch.tensor([1, 0])
+    loss, stats = discriminator_loss(
+        real_rf, real_cls, fake_rf, fake_cls, y_real, y_fake, fake_class_loss=False
+    )
+    expected_cls = (_ce([1.0, 0.0, -1.0], 0) + _ce([0.2, 0.4, 0.1], 2)) / 2
+    assert stats["d_cls"].item() == pytest.approx(expected_cls, rel=1e-6)
+    loss.backward()
+    assert real_cls.grad is not None
+    assert fake_cls.grad is None  # fakes never teach the class head
+
+
+def test_mode_seeking_loss_penalises_noise_that_changes_nothing():
+    z_a, z_b = torch.zeros(2, 4), torch.ones(2, 4)
+    same = torch.zeros(2, 1, 8, 8)
+    different = torch.ones(2, 1, 8, 8)
+    assert mode_seeking_loss(same, same, z_a, z_b) > 1e4  # collapsed: ratio 0
+    assert mode_seeking_loss(same, different, z_a, z_b).item() == pytest.approx(1.0, rel=1e-4)
+

@@ -91,6 +91,25 @@ def test_a_rejection_says_when_the_judge_fails_on_real_images_of_the_class_too()
     assert quality.gate(0.9, 0.4, 0.5, 0.9, judge_real_recall=0.0)[0] is True  # context, not a criterion
 
 
+def test_a_class_the_judge_names_for_every_generated_image_is_not_admitted_on_fidelity_alone():
+    # generated for healthy, metastasis, benign; the judge leans to metastasis whatever the label
+    intended = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    judged = torch.tensor([1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 2, 2])
+    fidelity = quality.per_class_recall(judged, intended, 3)
+    off_label = quality.off_label_rates(judged, intended, 3)
+    assert fidelity == pytest.approx([0.0, 0.75, 0.5]) and off_label == pytest.approx([1 / 8, 6 / 8, 0.0])
+    leaning = quality.gate(fidelity[1], 0.4, 0.5, 0.9, off_label_rate=off_label[1], min_label_lift=0.2)
+    assert leaning == (
+        False,
+        "rejected: label lift 0.000 < 0.2 (the judge names this class for 0.750 of the images generated "
+        "for the other classes too)",
+    )
+    faithful = quality.gate(fidelity[2], 0.4, 0.5, 0.9, off_label_rate=off_label[2], min_label_lift=0.2)
+    assert faithful == (True, "admitted: fidelity 0.500 >= 0.5, label lift 0.500 >= 0.2, diversity SSIM 0.400 <= 0.9")
+    assert math.isnan(quality.off_label_rates(torch.tensor([0, 0]), torch.tensor([0, 0]), 1)[0])  # one class
+    assert quality.gate(0.6, 0.4, 0.5, 0.9, min_label_lift=0.2)[0] is True  # no other class: lift not checked
+
+
 def test_per_class_recall_and_accuracy_are_computed_against_the_intended_labels():
     predicted, labels = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 1, 1, 2, 0])
     recall = quality.per_class_recall(predicted, labels, 4)
@@ -110,16 +129,29 @@ def test_classifier_training_is_seeded_and_fidelity_is_an_accuracy():
     assert math.isnan(quality.classifier_accuracy(one, images[:0], labels[:0]))
 
 
+def test_an_ensemble_judge_averages_the_probabilities_of_consecutive_seeds():
+    images = torch.rand(8, 1, 32, 16)
+    labels = torch.tensor([0, 1] * 4)
+    kw = {"name": "soft_threshold_net", "epochs": 1, "batch_size": 4, "lr": 1e-3}
+    ensemble = quality.train_classifier(images, labels, 2, seed=3, members=2, **kw)
+    singles = [quality.train_classifier(images, labels, 2, seed=s, **kw) for s in (3, 4)]
+    with torch.inference_mode():
+        x = (images - 0.5) / 0.5
+        mean = torch.stack([m(x).softmax(1) for m in singles]).mean(0)
+        assert torch.allclose(ensemble(x).exp(), mean, atol=1e-6)
+    assert torch.equal(quality.predict(ensemble, images), mean.argmax(1))
+
+
 def test_markdown_report_states_the_ssim_variant_each_class_and_the_gate_decisions():
     entry = quality.class_quality(
         _images(3, 9), _images(2, 10), fidelity=0.2, tstr_recall=0.0, min_fidelity=0.5, max_diversity_ssim=0.9,
-        judge_real_recall=0.75,
+        judge_real_recall=0.75, off_label_rate=0.1, min_label_lift=0.2,
     ).as_dict()
     report = {
         "ssim_variant": quality.SSIM_VARIANT,
         "image_size": [24, 20],
         "classifier": {"name": "soft_threshold_net", "epochs": 1, "real_val_accuracy": 0.5},
-        "gate": {"min_fidelity": 0.5, "max_diversity_ssim": 0.9},
+        "gate": {"min_fidelity": 0.5, "min_label_lift": 0.2, "max_diversity_ssim": 0.9},
         "archs": {
             arch: {
                 "generator": f"{arch}:0123456789ab",
@@ -143,4 +175,5 @@ def test_markdown_report_states_the_ssim_variant_each_class_and_the_gate_decisio
     assert "| mu_acgan | benign | 3 |" in table and "| acgan | benign | 3 |" in table
     assert "| no |" in table and "- benign: rejected: fidelity 0.200 < 0.5" in table
     assert "`acgan:0123456789ab` | 0.250 |" in table
-    assert "judge recall (real val)" in table and "| 0.200 | 0.750 | 0.000 | no |" in table
+    assert "judge recall (real val)" in table and "| 0.200 | 0.100 | 0.750 | 0.000 | no |" in table
+    assert "fidelity - off-label rate >= 0.2" in table

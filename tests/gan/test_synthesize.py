@@ -12,10 +12,11 @@ from bonescan.data import dataset as dataset_module
 from bonescan.data.manifest import read_manifest
 from bonescan.dicom.read import read_png16
 from bonescan.gan import build
-from bonescan.gan.synthesize import file_sha256, generate, needed_counts, run_synthesize
+from bonescan.gan.synthesize import generate, needed_counts, run_synthesize
+from bonescan.gan.train import generator_digest, load_weights
 
 CLASSES = ["healthy", "metastasis", "benign"]
-ADMIT_ALL = {"min_fidelity": 0.0, "max_diversity_ssim": 1.0}
+ADMIT_ALL = {"min_fidelity": 0.0, "min_label_lift": -1.0, "max_diversity_ssim": 1.0}
 REJECT_ALL = {"min_fidelity": 1.0, "max_diversity_ssim": 0.0}
 
 
@@ -62,8 +63,8 @@ def test_admitted_classes_are_balanced_with_synthetic_train_rows_naming_generato
     rows = read_manifest(trained_root / "admit/synthetic/manifest.csv")
     assert rows.groupby("label").size().to_dict() == {"metastasis": 2, "benign": 4}
     assert rows["synthetic"].all() and set(rows["split"]) == {"train"}
-    sha = file_sha256(trained_root / "models/gan/finetune/mu_acgan.pt")[:12]
-    assert set(rows["source"]) == {f"mu_acgan:{sha}:seed7"}  # <arch>:<weights sha256[:12]>:seed<seed>
+    digest = generator_digest(load_weights(trained_root / "models/gan/finetune/mu_acgan.pt"))[:12]
+    assert set(rows["source"]) == {f"mu_acgan:{digest}:seed7"}  # <arch>:<generator digest[:12]>:seed<seed>
     assert rows["image_id"].is_unique and rows["patient_id"].str.startswith("synthetic-").all()
     for path in rows["path"]:
         image = read_png16(trained_root / path)
@@ -127,3 +128,12 @@ def test_weights_for_other_classes_are_refused(trained_root, make_params):
     params = params.model_copy(update={"datasets": {**params.datasets, "target": other}})
     with pytest.raises(ValueError, match="trained for classes"):
         run_synthesize(params, root=trained_root)
+
+
+def test_synthetic_rows_are_named_by_what_the_generator_generates_not_by_its_training_history(trained_root):
+    weights = load_weights(trained_root / "models/gan/finetune/mu_acgan.pt")
+    rerun = {**weights, "history": [{"epoch": 1, "seconds": 99.0}]}  # a deterministic re-run: other wall clock
+    assert generator_digest(rerun) == generator_digest(weights)
+    changed = {**weights, "ema": {k: v + 1 if v.is_floating_point() else v for k, v in weights["ema"].items()}}
+    assert generator_digest(changed) != generator_digest(weights)
+    assert generator_digest({**weights, "classes": ["a", "b", "c"]}) != generator_digest(weights)

@@ -14,6 +14,7 @@ import torch
 import yaml
 from PIL import Image
 
+from bonescan.config import GanModelConfig, GanTrainConfig
 from bonescan.data import dataset as dataset_module
 from bonescan.data.manifest import read_manifest
 from bonescan.gan import build, class_dependent_keys
@@ -25,6 +26,8 @@ from bonescan.gan.train import (
     load_weights,
     run_gan_stage,
     train_gan,
+    train_step,
+    training_parts,
     training_rows,
     transfer_weights,
 )
@@ -55,7 +58,8 @@ def _train(root: Path, out: str, params, **kw):
 
 
 def test_training_writes_finite_per_epoch_stats_weights_curves_and_samples(cohorts, make_params):
-    result = _train(cohorts, "run", make_params())
+    params = make_params()
+    result = _train(cohorts, "run", params)
     assert result.steps == 6 and result.epochs == 2  # 12 train images, batch 4, 2 epochs
     for epoch in result.history:
         assert set(STAT_KEYS) <= set(epoch)
@@ -63,7 +67,7 @@ def test_training_writes_finite_per_epoch_stats_weights_curves_and_samples(cohor
         assert 0.0 <= epoch["d_real_acc"] <= 1.0 and 0.0 <= epoch["d_cls_acc_real"] <= 1.0
     weights = load_weights(result.weights)  # torch.load(weights_only=True) underneath
     assert weights["classes"] == TARGET_CLASSES and weights["step"] == 6
-    assert weights["ema"] is not None and weights["config"]["train"]["lr"] == pytest.approx(2e-4)
+    assert weights["ema"] is not None and weights["config"]["train"]["lr"] == pytest.approx(params.gan.train.lr)
     curves = pd.read_csv(cohorts / "run/plots/t/mu_acgan.csv")  # the DVC plots of Fig. 8
     assert list(curves["epoch"]) == [1, 2] and list(curves.columns) == ["epoch", "step", *STAT_KEYS]
     assert {"g_loss", "d_loss", "d_real_acc", "d_fake_acc", "d_cls_acc_real"} <= set(curves.columns)
@@ -292,3 +296,34 @@ def test_torchrun_stage_trains_every_architecture_in_one_process_group(tmp_path,
     assert done.returncode == 0, done.stderr[-3000:]
     for arch in ("mu_acgan", "acgan"):
         assert load_weights(tmp_path / params.gan.models_dir / "pretrain" / f"{arch}.pt")["step"] > 0
+
+
+def _step_with_spies(train_cfg: GanTrainConfig, batch: int = 4):
+    """One `train_step` on tiny models; returns D's input batch sizes and the labels G was asked for."""
+    parts = training_parts("mu_acgan", 3, (32, 16), GanModelConfig(z_dim=8, base_channels=4), train_cfg,
+                           torch.device("cpu"))  # fmt: skip
+    d_batches: list[int] = []
+    g_labels: list[torch.Tensor] = []
+    parts.d.register_forward_pre_hook(lambda _m, args: d_batches.append(args[0].shape[0]))
+    parts.g.register_forward_pre_hook(lambda _m, args: g_labels.append(args[1].clone()))
+    real = torch.rand(batch, 1, 32, 16) * 2 - 1
+    stats = train_step(
+        parts.g, parts.d, parts.opt_g, parts.opt_d, real, torch.arange(batch) % 3, 3,
+        parts.augment, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1), torch.device("cpu"),
+        d_fake_class_loss=train_cfg.d_fake_class_loss, mode_seeking=train_cfg.mode_seeking,
+    )  # fmt: skip
+    assert all(math.isfinite(v) for v in stats.values())
+    return d_batches, g_labels
+
+
+def test_the_generator_step_scores_fakes_in_a_batch_with_real_images():
+    # D normalises with batch statistics: fakes scored alone would hide from D what all fakes share
+    d_batches, _ = _step_with_spies(GanTrainConfig(), batch=4)
+    assert d_batches == [8, 8]  # D phase and G phase: 4 real + 4 generated each
+
+
+def test_mode_seeking_pairs_two_noises_with_the_same_label():
+    _, (labels,) = _step_with_spies(GanTrainConfig(mode_seeking=0.3), batch=5)
+    assert torch.equal(labels[:2], labels[2:4])  # pairs (i, i + 2); the odd fifth image draws its own
+    _, (labels,) = _step_with_spies(GanTrainConfig(mode_seeking=0.0), batch=5)
+    assert len(labels) == 5

@@ -16,7 +16,7 @@ from bonescan.gan.acgan import build_acgan
 from bonescan.gan.blocks import class_dependent_keys
 from bonescan.gan.diffaugment import DiffAugment
 from bonescan.gan.ema import EMA
-from bonescan.gan.losses import discriminator_loss, generator_loss
+from bonescan.gan.losses import discriminator_loss, generator_loss, mode_seeking_loss
 from bonescan.gan.mu_acgan import build_mu_acgan
 from bonescan.models.registry import count_parameters  # one implementation, shared with the classifiers
 
@@ -29,6 +29,7 @@ __all__ = [
     "count_parameters",
     "discriminator_loss",
     "generator_loss",
+    "mode_seeking_loss",
 ]
 
 Builder = Callable[..., tuple[nn.Module, nn.Module]]

@@ -6,6 +6,10 @@ L_S + L_C, i.e. minimises
 
     BCE(s(x_real), 1) + BCE(s(G(z, c).detach()), 0) + CE(c(x_real), y_real) + CE(c(G(z, c)), c);
 
+the last term (D's class head trained on fakes) is optional: with it, D and G can agree on a class
+code of G's own invention that no real image carries, while D's class head never learns the real
+classes (short runs on few images: class accuracy on fakes near 1, on reals at chance).
+
 G maximises L_C - L_S in its non-saturating form, i.e. minimises BCE(s(G(z, c)), 1) + CE(c(G(z, c)), c).
 
 Both functions return the loss and named statistics (detached 0-d tensors, so logging them costs
@@ -17,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["discriminator_loss", "generator_loss"]
+__all__ = ["discriminator_loss", "generator_loss", "mode_seeking_loss"]
 
 Stats = dict[str, torch.Tensor]
 
@@ -35,6 +39,7 @@ def discriminator_loss(
     y_fake: torch.Tensor,
     *,
     cls_weight: float = 1.0,
+    fake_class_loss: bool = True,
 ) -> tuple[torch.Tensor, Stats]:
     """Discriminator loss of ACGAN (Eqs. 2-4).
 
@@ -48,6 +53,8 @@ def discriminator_loss(
         y_real: labels of the real images (B,).
         y_fake: labels the images were generated for (B',).
         cls_weight: weight of the class terms (1 in the paper).
+        fake_class_loss: train the class head on generated images too (Eq. 2-4, the paper); False
+            trains it on real images only, so G's class signal is what real images of a class share.
 
     Returns:
         The scalar loss and stats: d_loss, d_adv, d_cls, d_real_acc (real scored real), d_fake_acc
@@ -58,7 +65,7 @@ def discriminator_loss(
     cls_real = F.cross_entropy(real_cls, y_real)
     cls_fake = F.cross_entropy(fake_cls, y_fake)
     adv = adv_real + adv_fake
-    cls = cls_real + cls_fake
+    cls = cls_real + cls_fake if fake_class_loss else cls_real
     loss = adv + cls_weight * cls
     with torch.no_grad():
         stats = {
@@ -104,3 +111,20 @@ def generator_loss(
             "g_cls_acc": _accuracy(fake_cls, y_fake),
         }
     return loss, stats
+
+
+def mode_seeking_loss(
+    fake_a: torch.Tensor, fake_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """Mode-seeking term of MSGAN (Mao et al. 2019, Eq. 3), to be minimised by G.
+
+    The inverse of mean |G(z_a, c) - G(z_b, c)| / mean |z_a - z_b| over pairs generated for the same
+    labels: G is penalised when different noise gives the same image, which the class term of a
+    short ACGAN run otherwise drives it to (one image per class).
+
+    Args:
+        fake_a, fake_b: generated images (P, C, H, W), pair i generated for the same label.
+        z_a, z_b: their noise (P, z_dim).
+    """
+    ratio = (fake_a - fake_b).abs().mean() / (z_a - z_b).abs().mean()
+    return 1.0 / (ratio + eps)

@@ -7,8 +7,11 @@ Metrics, all computed at the GAN's own resolution on images in [0, 1]:
   generated images of the best-matching real image (`ssim_to_nearest_real`, high values flag copies).
 - Diversity: mean SSIM over all pairs of generated images of a class (lower = more diverse; a
   collapsed generator scores near 1). The same number for the real images is given for reference.
-- Fidelity: a classifier trained briefly on the real training images predicts the class of each
-  generated image; the accuracy against the intended class.
+- Fidelity: a classifier (the judge) trained briefly on the real training images predicts the class
+  of each generated image; the accuracy against the intended class.
+- Off-label rate: how often the judge names the class for images generated for the OTHER classes.
+  Fidelity only means something above it: a generator whose label changes nothing, judged by a
+  classifier that leans to one class, scores a high fidelity for that class alone.
 - Train-on-synthetic / test-on-real (TSTR): the same classifier trained on generated images only,
   evaluated on the real validation split.
 
@@ -17,8 +20,8 @@ population covariances, K1 = 0.01, K2 = 0.03, data_range 1.0, mean over the vali
 identical to `skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=1.0)`; computed in batches with torch (tested against skimage).
 
-A class's generated images are admitted to training only if fidelity >= `min_fidelity` and diversity
-SSIM <= `max_diversity_ssim` (`gate`).
+A class's generated images are admitted to training only if fidelity >= `min_fidelity`, fidelity -
+off-label rate >= `min_label_lift` and diversity SSIM <= `max_diversity_ssim` (`gate`).
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ from bonescan.models import build as build_classifier
 __all__ = [
     "SSIM_VARIANT",
     "ClassQuality",
+    "Ensemble",
     "classifier_accuracy",
     "gate",
     "mean_pairwise_ssim",
+    "off_label_rates",
     "render_markdown",
     "ssim_matrix",
     "train_classifier",
@@ -119,6 +124,18 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - 0.5) / 0.5  # [0, 1] -> [-1, 1], the same for real and generated images
 
 
+class Ensemble(torch.nn.Module):
+    """Mean class probabilities of several classifiers; `forward` returns their log (ranks like logits)."""
+
+    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([m(x).softmax(dim=1) for m in self.members]).mean(dim=0)
+        return probs.clamp_min(1e-12).log()
+
+
 def train_classifier(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -129,12 +146,33 @@ def train_classifier(
     batch_size: int,
     lr: float,
     seed: int,
+    members: int = 1,
 ) -> torch.nn.Module:
-    """Train a `bonescan.models` classifier from scratch on (N, 1, H, W) images in [0, 1]; CPU, class-balanced.
+    """Train `bonescan.models` classifiers from scratch on (N, 1, H, W) images in [0, 1]; CPU, class-balanced.
 
     Classes are balanced by a weighted cross-entropy (weight 1 / count), so a small minority class is
-    not simply ignored by a briefly trained model.
+    not simply ignored by a briefly trained model. With `members` > 1, that many models (seeds seed,
+    seed + 1, ...) are averaged (`Ensemble`): one brief run on a few hundred images is a noisy judge,
+    whose per-class recall moves by tens of points with its seed alone.
     """
+    models = [
+        _train_one(images, labels, num_classes, name=name, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed + i)
+        for i in range(members)
+    ]
+    return models[0] if members == 1 else Ensemble(models).eval()
+
+
+def _train_one(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    name: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build_classifier(name, num_classes, in_chans=1)
     counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).double()
@@ -186,6 +224,7 @@ class ClassQuality:
     diversity_ssim: float  # mean SSIM over pairs of generated images (lower = more diverse)
     real_diversity_ssim: float  # the same over pairs of real images, for reference
     fidelity: float  # accuracy of the real-trained classifier on the generated images
+    off_label_rate: float  # how often that classifier names this class for images generated as another
     judge_real_recall: float  # that classifier's recall on REAL val images of the class: fidelity's ceiling
     tstr_recall: float  # recall of this class on the real val split, classifier trained on synthetic images
     admitted: bool  # passed the gate
@@ -201,11 +240,16 @@ def gate(
     min_fidelity: float,
     max_diversity_ssim: float,
     judge_real_recall: float = float("nan"),
+    *,
+    off_label_rate: float = float("nan"),
+    min_label_lift: float = 0.0,
 ) -> tuple[bool, str]:
-    """Admit a class's images when fidelity >= min_fidelity and diversity SSIM <= max_diversity_ssim.
+    """Admit a class's images when they are recognised, recognised because of their label, and diverse.
 
-    The judge's recall on real images of the class does not change the decision; a rejection says
-    when the judge fails on real images too, as the generator is then not the only suspect.
+    Criteria: fidelity >= min_fidelity; fidelity - off_label_rate >= min_label_lift (skipped when there
+    is no other class, i.e. a NaN off-label rate); diversity SSIM <= max_diversity_ssim. The judge's
+    recall on real images of the class does not change the decision; a rejection says when the judge
+    fails on real images too, as the generator is then not the only suspect.
     """
     problems = []
     if not fidelity >= min_fidelity:  # NaN fails
@@ -215,14 +259,31 @@ def gate(
                 f" (the judge also recognises only {judge_real_recall:.3f} of the real val images of this "
                 "class: train it longer with gan.quality.classifier_epochs)"
             )
+    lift = fidelity - off_label_rate
+    if off_label_rate == off_label_rate and not lift >= min_label_lift:
+        problems.append(
+            f"label lift {lift:.3f} < {min_label_lift} (the judge names this class for {off_label_rate:.3f} "
+            "of the images generated for the other classes too)"
+        )
     if not diversity_ssim <= max_diversity_ssim:
         problems.append(f"diversity SSIM {diversity_ssim:.3f} > {max_diversity_ssim}")
     if problems:
         return False, "rejected: " + "; ".join(problems)
+    lifted = f", label lift {lift:.3f} >= {min_label_lift}" if off_label_rate == off_label_rate else ""
     return (
         True,
-        f"admitted: fidelity {fidelity:.3f} >= {min_fidelity}, diversity SSIM {diversity_ssim:.3f} <= {max_diversity_ssim}",
+        f"admitted: fidelity {fidelity:.3f} >= {min_fidelity}{lifted}, "
+        f"diversity SSIM {diversity_ssim:.3f} <= {max_diversity_ssim}",
     )
+
+
+def off_label_rates(predicted: torch.Tensor, intended: torch.Tensor, num_classes: int) -> list[float]:
+    """Per class k: the fraction of images generated for another class that the judge calls k (NaN if none)."""
+    out = []
+    for k in range(num_classes):
+        others = intended != k
+        out.append(float((predicted[others] == k).float().mean()) if others.any() else float("nan"))
+    return out
 
 
 def class_quality(
@@ -233,11 +294,17 @@ def class_quality(
     min_fidelity: float,
     max_diversity_ssim: float,
     judge_real_recall: float = float("nan"),
+    *,
+    off_label_rate: float = float("nan"),
+    min_label_lift: float = 0.0,
 ) -> ClassQuality:
     """All metrics of one class from (N, H, W) generated and (M, H, W) real images in [0, 1]."""
     pairs = ssim_matrix(generated, real) if len(real) else torch.full((len(generated), 1), float("nan"))
     diversity = mean_pairwise_ssim(generated)
-    admitted, reason = gate(fidelity, diversity, min_fidelity, max_diversity_ssim, judge_real_recall)
+    admitted, reason = gate(
+        fidelity, diversity, min_fidelity, max_diversity_ssim, judge_real_recall,
+        off_label_rate=off_label_rate, min_label_lift=min_label_lift,
+    )  # fmt: skip
     return ClassQuality(
         n_generated=len(generated),
         n_real=len(real),
@@ -246,6 +313,7 @@ def class_quality(
         diversity_ssim=diversity,
         real_diversity_ssim=mean_pairwise_ssim(real),
         fidelity=fidelity,
+        off_label_rate=off_label_rate,
         judge_real_recall=judge_real_recall,
         tstr_recall=tstr_recall,
         admitted=admitted,
@@ -260,22 +328,24 @@ def render_markdown(report: dict) -> str:
         "",
         f"SSIM: {report['ssim_variant']}. Images compared at the GAN resolution {tuple(report['image_size'])}.",
         f"Fidelity and TSTR classifier: `{report['classifier']['name']}` "
-        f"({report['classifier']['epochs']} epochs); trained on real train images it scores "
+        f"({report['classifier']['epochs']} epochs, mean of {report['classifier'].get('members', 1)} seeds); trained on real train images it scores "
         f"{report['classifier']['real_val_accuracy']:.3f} accuracy on the real val split "
         "(per class: the judge's recall column, the ceiling of fidelity).",
-        f"Gate: fidelity >= {report['gate']['min_fidelity']} and diversity SSIM <= "
-        f"{report['gate']['max_diversity_ssim']}.",
+        f"Gate: fidelity >= {report['gate']['min_fidelity']}, fidelity - off-label rate >= "
+        f"{report['gate'].get('min_label_lift', 0.0)} and diversity SSIM <= {report['gate']['max_diversity_ssim']} "
+        "(off-label rate: how often the judge names the class for images generated for the other classes).",
         "",
         "| arch | class | n gen | SSIM to real (mean) | SSIM to nearest real | diversity SSIM (gen) "
-        "| diversity SSIM (real) | fidelity | judge recall (real val) | TSTR recall | admitted |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| diversity SSIM (real) | fidelity | off-label rate | judge recall (real val) | TSTR recall | admitted |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for arch, entry in report["archs"].items():
         for name, q in entry["classes"].items():
             lines.append(
                 f"| {arch} | {name} | {q['n_generated']} | {q['ssim_to_real']:.3f} | {q['ssim_to_nearest_real']:.3f} "
                 f"| {q['diversity_ssim']:.3f} | {q['real_diversity_ssim']:.3f} | {q['fidelity']:.3f} "
-                f"| {q.get('judge_real_recall', float('nan')):.3f} | {q['tstr_recall']:.3f} | {'yes' if q['admitted'] else 'no'} |"
+                f"| {_nan(q.get('off_label_rate')):.3f} "
+                f"| {_nan(q.get('judge_real_recall')):.3f} | {q['tstr_recall']:.3f} | {'yes' if q['admitted'] else 'no'} |"
             )
     lines += [
         "",
@@ -296,6 +366,11 @@ def render_markdown(report: dict) -> str:
     for name, reason in synth["decisions"].items():
         lines.append(f"- {name}: {reason}")
     return "\n".join(lines) + "\n"
+
+
+def _nan(value: float | None) -> float:
+    """A report value, NaN when absent (older reports) or None (NaN written as JSON null)."""
+    return float("nan") if value is None else value
 
 
 def per_class_recall(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:

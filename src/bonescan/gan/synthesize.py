@@ -5,7 +5,9 @@ the majority count of the real train split (Yu et al.'s balancing) or `gan.synth
 anything is written every trained architecture is measured (`bonescan.gan.quality`); only classes of
 `gan.synthesize.arch` that pass the gate are written, as 16-bit PNGs at `base.image_size` under
 `<out_dir>/images/` with manifest rows (synthetic=true, split=train,
-source="<arch>:<weights sha256[:12]>:seed<seed>", patient_id/study_id "synthetic-<image_id>").
+source="<arch>:<generator digest[:12]>:seed<seed>", patient_id/study_id "synthetic-<image_id>"). The
+digest (`generator_digest`) covers the sampling weights, not the file's training history, so a
+deterministic re-run writes the same ids.
 A run with nothing to write still writes a valid, empty manifest, so downstream stages always run.
 """
 
@@ -29,9 +31,9 @@ from bonescan.data.dataset import ManifestDataset, load_split
 from bonescan.data.manifest import ManifestRow, ManifestWriter, read_manifest
 from bonescan.dicom.read import write_png16
 from bonescan.gan import quality
-from bonescan.gan.train import GanRun, build_from_weights, load_weights, training_rows
+from bonescan.gan.train import GanRun, build_from_weights, generator_digest, load_weights, training_rows
 
-__all__ = ["SynthesisResult", "file_sha256", "generate", "needed_counts", "run_synthesize"]
+__all__ = ["SynthesisResult", "generate", "needed_counts", "run_synthesize"]
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +51,6 @@ def needed_counts(
         return {name: count for name in classes}
     majority = max(present.values(), default=0)
     return {name: majority - n for name, n in present.items()}
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @torch.inference_mode()
@@ -155,6 +149,7 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
         "batch_size": qcfg.classifier_batch_size,
         "lr": qcfg.classifier_lr,
         "seed": qcfg.seed,
+        "members": qcfg.classifier_members,
     }
     real_clf = quality.train_classifier(real_train, y_train, len(classes), **clf_kw)
     real_val_acc = quality.classifier_accuracy(real_clf, real_val, y_val)
@@ -168,25 +163,30 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
         "classifier": {
             "name": qcfg.classifier,
             "epochs": qcfg.classifier_epochs,
+            "members": qcfg.classifier_members,
             "real_val_accuracy": real_val_acc,
             "real_val_recall": dict(zip(classes, judge_recall, strict=True)),
         },
-        "gate": {"min_fidelity": qcfg.min_fidelity, "max_diversity_ssim": qcfg.max_diversity_ssim},
+        "gate": {
+            "min_fidelity": qcfg.min_fidelity,
+            "min_label_lift": qcfg.min_label_lift,
+            "max_diversity_ssim": qcfg.max_diversity_ssim,
+        },
         "archs": {},
     }
     generators = {}
     for arch, state in states.items():
         g, _ = build_from_weights(state)
         generators[arch] = g
-        sha = file_sha256(weights[arch])[:12]
+        digest = generator_digest(state)
         samples = [
             generate(g, k, qcfg.samples_per_class, _class_seed(qcfg.seed, c)) for k, c in enumerate(classes)
         ]
         fake = torch.cat(samples)  # (K * n, 1, h, w)
         y_fake = torch.arange(len(classes)).repeat_interleave(qcfg.samples_per_class)
-        fidelity = [
-            quality.classifier_accuracy(real_clf, s, torch.full((len(s),), k)) for k, s in enumerate(samples)
-        ]
+        judged = quality.predict(real_clf, fake)
+        fidelity = quality.per_class_recall(judged, y_fake, len(classes))
+        off_label = quality.off_label_rates(judged, y_fake, len(classes))
         tstr_clf = quality.train_classifier(fake, y_fake, len(classes), **clf_kw)
         tstr_pred = quality.predict(tstr_clf, real_val)
         tstr_recall = quality.per_class_recall(tstr_pred, y_val, len(classes))
@@ -200,12 +200,14 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
                 qcfg.min_fidelity,
                 qcfg.max_diversity_ssim,
                 judge_recall[k],
+                off_label_rate=off_label[k],
+                min_label_lift=qcfg.min_label_lift,
             )
             per_class[name] = q.as_dict()
             log.info("%s %s: %s", arch, name, q.reason)
         report["archs"][arch] = {
-            "generator": f"{arch}:{sha}",
-            "weights_sha256": file_sha256(weights[arch]),
+            "generator": f"{arch}:{digest[:12]}",
+            "generator_sha256": digest,
             "tstr_val_accuracy": float((tstr_pred == y_val).float().mean()) if len(y_val) else float("nan"),
             "mean_fidelity": quality.summarise(fidelity),
             "mean_ssim_to_real": quality.summarise([q["ssim_to_real"] for q in per_class.values()]),
@@ -216,7 +218,7 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
     decisions = {name: report["archs"][arch]["classes"][name]["reason"] for name in classes}
     admitted = {name: bool(report["archs"][arch]["classes"][name]["admitted"]) for name in classes}
     written = _write_synthetic(
-        generators[arch], arch, file_sha256(weights[arch])[:12], classes, needed, admitted, params, root
+        generators[arch], arch, generator_digest(states[arch])[:12], classes, needed, admitted, params, root
     )
     report["synthesis"] = {
         "arch": arch,

@@ -49,10 +49,12 @@ from bonescan.gan import (
     count_parameters,
     discriminator_loss,
     generator_loss,
+    mode_seeking_loss,
 )
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "generator_digest",
     "GanRun",
     "GanTrainResult",
     "build_from_weights",
@@ -245,6 +247,17 @@ def load_weights(path: str | Path) -> dict:
     return state
 
 
+def generator_digest(weights: dict) -> str:
+    """SHA-256 of what a weights file generates: the sampling generator's tensors (EMA when present) and shape.
+
+    Unlike the file's hash it ignores the training history (wall-clock figures), so a deterministic
+    re-run names its synthetic images and rows exactly as before and downstream stages stay put.
+    """
+    shape = {k: weights[k] for k in ("arch", "classes", "image_size", "model")}
+    sampler = weights["ema"] if weights.get("ema") is not None else weights["generator"]
+    return hashlib.sha256((json.dumps(shape, sort_keys=True) + _sha_state(sampler)).encode()).hexdigest()
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, DistributedDataParallel) else module
 
@@ -319,7 +332,9 @@ def _init_distributed(device: torch.device) -> _Dist:
         return _Dist()
     started = False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        log.info("DistributedDataParallel: %d processes (%s); rank 0 logs progress", world, backend)
         started = True
     return _Dist(rank=dist.get_rank(), world=dist.get_world_size(), started_here=started)
 
@@ -518,6 +533,8 @@ def train_gan(
                 noise_gen,
                 aug_gen,
                 device,
+                d_fake_class_loss=train_cfg.d_fake_class_loss,
+                mode_seeking=train_cfg.mode_seeking,
             )
             step += 1
             if ema is not None:
@@ -619,23 +636,42 @@ def train_step(
     noise_gen: torch.Generator,
     aug_gen: torch.Generator,
     device: torch.device,
+    *,
+    d_fake_class_loss: bool = False,
+    mode_seeking: float = 0.0,
 ) -> dict[str, float]:
     """One D phase and one G phase on a real batch (B, C, H, W) in [-1, 1]; returns float stats.
 
     D sees real and fake in one forward pass (one DDP reduction per phase); the G phase calls the
-    unwrapped D with its parameters frozen, so only G's gradients are reduced and applied.
+    unwrapped D with its parameters frozen, so only G's gradients are reduced and applied. The G phase
+    scores the fakes in the same real + fake batch as the D phase: D's BatchNorm normalises with batch
+    statistics, and a batch of fakes alone would normalise away what all fakes share (e.g. a grey
+    background), so G would get no gradient to fix it. With `mode_seeking` > 0 the two halves of the
+    fake batch share their labels and G also minimises `mode_seeking_loss` between them.
     """
     b = real.shape[0]
     g_net, d_net = _unwrap(g), _unwrap(d)
     z = torch.randn(b, g_net.z_dim, generator=noise_gen).to(device)
-    y_fake = torch.randint(0, num_classes, (b,), generator=noise_gen).to(device)
+    if mode_seeking > 0:  # pairs (i, i + b // 2) share a label; an odd last image draws its own
+        half = torch.randint(0, num_classes, (b // 2,), generator=noise_gen)
+        y_fake = torch.cat([half, half, torch.randint(0, num_classes, (b % 2,), generator=noise_gen)])
+        y_fake = y_fake.to(device)
+    else:
+        y_fake = torch.randint(0, num_classes, (b,), generator=noise_gen).to(device)
     aug = (lambda x: augment(x, aug_gen)) if augment is not None else (lambda x: x)  # noqa: E731
 
     with _autocast(device):
         fake = g(z, y_fake)  # (B, C, H, W)
-        rf, cls = d(torch.cat([aug(real), aug(fake.detach())]))
+        real_aug = aug(real)
+        rf, cls = d(torch.cat([real_aug, aug(fake.detach())]))
     d_loss, d_stats = discriminator_loss(
-        rf[:b].float(), cls[:b].float(), rf[b:].float(), cls[b:].float(), y_real, y_fake
+        rf[:b].float(),
+        cls[:b].float(),
+        rf[b:].float(),
+        cls[b:].float(),
+        y_real,
+        y_fake,
+        fake_class_loss=d_fake_class_loss,
     )
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
@@ -643,8 +679,12 @@ def train_step(
 
     d_net.requires_grad_(False)
     with _autocast(device):
-        rf, cls = d_net(aug(fake))
-    g_loss, g_stats = generator_loss(rf.float(), cls.float(), y_fake)
+        rf, cls = d_net(torch.cat([real_aug, aug(fake)]))  # (2B, 1), (2B, K): real half only sets BN stats
+    g_loss, g_stats = generator_loss(rf[b:].float(), cls[b:].float(), y_fake)
+    if mode_seeking > 0 and b >= 2:
+        h = b // 2
+        pair = mode_seeking_loss(fake[:h].float(), fake[h : 2 * h].float(), z[:h], z[h : 2 * h])
+        g_loss = g_loss + mode_seeking * pair
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     opt_g.step()
