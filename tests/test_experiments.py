@@ -145,6 +145,14 @@ def test_collector_reads_experiments_states_and_metrics_from_exp_show_json():
     assert "No such file" in with_baselines[1].error
 
 
+def test_an_unchanged_workspace_is_not_listed_twice():
+    exp_show = _exp_show()
+    workspace, commit = exp_show
+    commit["data"] = workspace["data"]  # nothing uncommitted: the same params and metrics
+    names = [r.name for r in collect_results(exp_show, include_baselines=True)]
+    assert "workspace" not in names and "main" in names
+
+
 def test_markdown_table_has_one_row_per_experiment_with_intervals_and_a_pivot():
     text = render_markdown(collect_results(_exp_show()), columns=("accuracy", "macro_f1"))
     table = [line for line in text.splitlines() if line.startswith("| v")]

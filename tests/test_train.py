@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -30,7 +29,6 @@ from bonescan.config import (
     TrainConfig,
 )
 from bonescan.data.manifest import read_manifest, write_manifest
-from bonescan.dicom.read import write_png16
 from bonescan.losses import drw_weights
 from bonescan.models import build
 from bonescan.models.pretrained import hub_checkpoint_path
@@ -48,8 +46,8 @@ from bonescan.train import (
     train_one_epoch,
     write_history,
 )
+from tests.png_cohorts import SIZE, write_cohort
 
-SIZE = (32, 16)
 CLASSES = ["healthy", "metastasis", "benign"]
 SOURCE_CLASSES = ["normal", "covid19", "lung_opacity", "viral_pneumonia"]
 LEARNED = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "lr")  # not timings
@@ -65,37 +63,10 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def _image(k: int, rng: np.random.Generator) -> np.ndarray:
-    """A noisy body-like column with a hot spot whose height depends on the class index."""
-    h, w = SIZE
-    image = np.zeros(SIZE, dtype=np.float32)
-    image[2 : h - 2, w // 4 : 3 * w // 4] = 0.3
-    row = 4 + (k * (h - 8)) // 3
-    image[row : row + 4, w // 2 - 2 : w // 2 + 2] = 1.0
-    return np.clip(image + rng.normal(0, 0.05, SIZE), 0, 1)
-
-
-def _write_cohort(root: Path, name: str, classes: list[str], counts: dict[str, dict[str, int]]) -> Path:
-    """PNGs and a manifest under root/name; counts = {split: {class: n}}."""
-    rng = np.random.default_rng(len(name))
-    rows = []
-    for split, per_class in counts.items():
-        for label, n in per_class.items():
-            for i in range(n):
-                image_id = f"{name}-{split}-{label}-{i}"
-                rel = f"{name}/images/{image_id}.png"
-                write_png16(_image(classes.index(label), rng), root / rel)
-                rows.append(
-                    dict(image_id=image_id, patient_id=f"P-{image_id}", study_id=f"S-{image_id}",
-                         view="anterior", label=label, split=split, synthetic=False, source="test", path=rel)
-                )  # fmt: skip
-    return write_manifest(pd.DataFrame(rows), root / name / "manifest.csv")
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A project root with an imbalanced target cohort (12 train, 5 val) and a 4-class source cohort."""
-    _write_cohort(
+    write_cohort(
         tmp_path,
         "target",
         CLASSES,
@@ -104,7 +75,7 @@ def project(tmp_path: Path) -> Path:
             "val": {"healthy": 2, "metastasis": 2, "benign": 1},
         },
     )
-    _write_cohort(
+    write_cohort(
         tmp_path, "source", SOURCE_CLASSES, {"train": dict.fromkeys(SOURCE_CLASSES, 2), "val": {"normal": 2}}
     )
     return tmp_path

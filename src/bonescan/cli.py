@@ -120,7 +120,7 @@ def _gan_stage(stage: str, args: argparse.Namespace) -> None:
         console.print_json(json.dumps(_jsonable(describe_models(params))))
         return
     with _tracked(f"gan_{stage}", params, "gan") as track:
-        results = run_gan_stage(stage, params, epoch_callback=lambda arch, s: track.log_epoch(s, f"{arch}."))
+        results = run_gan_stage(stage, params, resume=not args.no_resume, epoch_callback=lambda arch, s: track.log_epoch(s, f"{arch}."))
         summary = [
             {"arch": r.arch, "weights": r.weights, "steps": r.steps, "seconds": round(r.seconds, 1),
              "resumed_from_step": r.resumed_from_step, "last_epoch": r.history[-1] if r.history else None}
@@ -426,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = _add(sub, name, func, text)
         p.add_argument("--dry-run", action="store_true", help="print G/D parameter counts and the resolved config")
+        p.add_argument("--no-resume", action="store_true",
+                       help="train from the start even if a checkpoint of this very run exists")
     _add(sub, "synthesize", cmd_synthesize, "balance the target train split with gated GAN images; quality report")
 
     p = _add(sub, "evaluate", cmd_evaluate, "score the classifier on the test split: metrics with patient-bootstrap "

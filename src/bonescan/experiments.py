@@ -283,14 +283,18 @@ def collect_results(
             `experiments`); each experiment range has `revs` (tip first), `executor`, `name`.
         metrics_file: which metrics file to read (the evaluate stage's).
         params_file: which params file to read.
-        include_baselines: also return the workspace and commit rows.
+        include_baselines: also return the commit rows, and the workspace row when it differs
+            from every commit (uncommitted params or results); an unchanged workspace would only
+            repeat its commit's row.
     """
     out: list[ExperimentResult] = []
     for baseline in exp_show:
         if include_baselines:
             rev = str(baseline.get("rev", ""))
             name = baseline.get("name") or (rev if rev == "workspace" else rev[:7])
-            out.append(_state_result(baseline, name, "done", params_file, metrics_file))
+            row = _state_result(baseline, name, "done", params_file, metrics_file)
+            if rev != "workspace" or not _repeats_a_commit(row, exp_show, params_file, metrics_file):
+                out.append(row)
         for exp_range in baseline.get("experiments") or []:
             revs = exp_range.get("revs") or []
             if not revs:
@@ -302,6 +306,17 @@ def collect_results(
             name = exp_range.get("name") or tip.get("name") or str(tip.get("rev", ""))[:7]
             out.append(_state_result(tip, name, state, params_file, metrics_file))
     return out
+
+
+def _repeats_a_commit(workspace: ExperimentResult, exp_show: Sequence[dict], params_file: str,
+                      metrics_file: str) -> bool:
+    for baseline in exp_show:
+        if str(baseline.get("rev", "")) == "workspace":
+            continue
+        commit = _state_result(baseline, "", "done", params_file, metrics_file)
+        if (commit.params, commit.metrics) == (workspace.params, workspace.metrics):
+            return True
+    return False
 
 
 def _cell(metrics: Mapping[str, Any], name: str) -> str:

@@ -4,55 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
 from bonescan.config import Params, parse_params
-from bonescan.data.manifest import write_manifest
-from bonescan.dicom.read import write_png16
+from tests.png_cohorts import SIZE, write_cohort
 
-SIZE = (32, 16)
 TARGET_CLASSES = ["healthy", "metastasis", "benign"]
 SOURCE_CLASSES = ["normal", "covid19", "lung_opacity", "viral_pneumonia"]
-
-
-def class_image(k: int, rng: np.random.Generator, size: tuple[int, int] = SIZE) -> np.ndarray:
-    """A noisy body-like column with a hot spot whose height depends on the class index."""
-    h, w = size
-    image = np.zeros(size, dtype=np.float32)
-    image[2 : h - 2, w // 4 : 3 * w // 4] = 0.3
-    row = 4 + (k * (h - 8)) // 3
-    image[row : row + 4, w // 2 - 2 : w // 2 + 2] = 1.0
-    return np.clip(image + rng.normal(0, 0.05, size), 0, 1).astype(np.float32)
-
-
-def write_cohort(
-    root: Path, out_dir: str, classes: list[str], counts: dict[str, dict[str, int]], seed: int = 0
-) -> Path:
-    """Write PNGs and a manifest under root/out_dir; counts = {split: {class: n}}; returns the manifest path."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for split, per_class in counts.items():
-        for name, n in per_class.items():
-            for i in range(n):
-                image_id = f"{out_dir}-{split}-{name}-{i}"
-                rel = f"{out_dir}/images/{image_id}.png"
-                write_png16(class_image(classes.index(name), rng), root / rel)
-                rows.append(
-                    {
-                        "image_id": image_id,
-                        "patient_id": f"P-{split}-{name}-{i}",
-                        "study_id": f"S-{split}-{name}-{i}",
-                        "view": "anterior",
-                        "label": name,
-                        "split": split,
-                        "synthetic": False,
-                        "source": "test",
-                        "path": rel,
-                    }
-                )
-    return write_manifest(pd.DataFrame(rows), root / out_dir / "manifest.csv")
 
 
 def tiny_params(**gan_overrides) -> Params:

@@ -227,6 +227,18 @@ def test_stages_chain_pretrain_to_finetune_with_target_classes(cohorts, make_par
     assert pre[0].steps == 2
 
 
+def test_a_rerun_of_a_finished_stage_resumes_unless_told_not_to(cohorts, make_params):
+    params = make_params()
+    first = run_gan_stage("pretrain", params, root=cohorts)[0]
+    again = run_gan_stage("pretrain", params, root=cohorts)[0]
+    assert first.resumed_from_step is None
+    assert again.resumed_from_step == first.steps and again.images_seen == 0  # nothing left to train
+    fresh = run_gan_stage("pretrain", params, root=cohorts, resume=False)[0]
+    assert fresh.resumed_from_step is None and fresh.images_seen > 0
+    a, b = load_weights(fresh.weights)["generator"], load_weights(first.weights)["generator"]
+    assert all(torch.equal(a[key], b[key]) for key in a)  # deterministic on CPU: the same weights again
+
+
 def test_describe_models_counts_parameters_of_every_arch(make_params):
     info = describe_models(make_params(archs=["mu_acgan", "acgan"]))
     assert set(info["parameters"]) == {"mu_acgan", "acgan"}

@@ -461,7 +461,17 @@ def train_gan(
             torch.set_rng_state(rng["torch"])
             history = [dict(h) for h in ckpt["history"]]
             acc = _Accumulator.from_state(ckpt["accumulator"])
-            log.info("%s: resuming from step %d of %d (%s)", arch, step, total_steps, run.checkpoint)
+            if step >= total_steps:
+                log.info(
+                    "%s: checkpoint %s already holds this finished run (step %d of %d); nothing to train "
+                    "(pass --no-resume to train again from the start)",
+                    arch,
+                    run.checkpoint,
+                    step,
+                    total_steps,
+                )
+            else:
+                log.info("%s: resuming from step %d of %d (%s)", arch, step, total_steps, run.checkpoint)
         else:
             log.info(
                 "%s: checkpoint %s belongs to another run (config or data changed); starting afresh",
@@ -605,13 +615,14 @@ def train_gan(
         if ddp.started_here:
             dist.destroy_process_group()
     images = (step - start_step) * train_cfg.batch_size * ddp.world
-    log.info(
-        "%s: %d steps in %.1f s (%.1f real images/s)",
-        arch,
-        step - start_step,
-        seconds,
-        images / max(seconds, 1e-9),
-    )
+    if step > start_step:
+        log.info(
+            "%s: %d steps in %.1f s (%.1f real images/s)",
+            arch,
+            step - start_step,
+            seconds,
+            images / max(seconds, 1e-9),
+        )
     return GanTrainResult(
         arch=arch,
         weights=run.weights,
@@ -773,6 +784,7 @@ def run_gan_stage(
     params: Params,
     *,
     root: Path = Path("."),
+    resume: bool = True,
     epoch_callback: Callable[[str, dict[str, float]], None] | None = None,
 ) -> list[GanTrainResult]:
     """`gan_pretrain` or `gan_finetune`: train every architecture of `gan.archs` for one stage.
@@ -784,6 +796,8 @@ def run_gan_stage(
         stage: "pretrain" or "finetune".
         params: the validated params.
         root: the project root (manifest paths and outputs are relative to it).
+        resume: continue each architecture from its checkpoint when it belongs to this very run
+            (False: train from the start and overwrite it).
         epoch_callback: called with (arch, stats) after every epoch.
     """
     stage_cfg = _stage_config(params, stage)
@@ -796,7 +810,7 @@ def run_gan_stage(
     # under torchrun (gloo "connection refused" or a hang).
     ddp = _init_distributed(_pick_device(gan.train.device))
     try:
-        return [_train_arch(arch, stage, stage_cfg, params, rows, dataset.classes, seed, root, epoch_callback)
+        return [_train_arch(arch, stage, stage_cfg, params, rows, dataset.classes, seed, root, resume, epoch_callback)
                 for arch in gan.archs]
     finally:
         if ddp.started_here:
@@ -813,6 +827,7 @@ def _train_arch(
     classes: Sequence[str],
     seed: int,
     root: Path,
+    resume: bool,
     epoch_callback: Callable[[str, dict[str, float]], None] | None,
 ) -> GanTrainResult:
     """One architecture of one stage; fine-tuning starts from that architecture's stage-1 weights."""
@@ -830,6 +845,7 @@ def _train_arch(
         seed=seed,
         init=init,
         max_steps=stage_cfg.max_steps,
+        resume=resume,
         root=root,
         epoch_callback=(lambda stats: epoch_callback(arch, stats)) if epoch_callback else None,
     )
