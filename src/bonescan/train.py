@@ -48,7 +48,7 @@ from bonescan.config import AugmentConfig, ClassifierConfig, LossConfig, Preproc
 from bonescan.data.dataset import ManifestDataset, load_split
 from bonescan.data.manifest import read_manifest
 from bonescan.losses import build_loss, drw_schedule
-from bonescan.models import build
+from bonescan.models import build, count_parameters
 from bonescan.progress import RunningMean, track
 
 __all__ = [
@@ -830,6 +830,7 @@ def finetune_classifier(
             model.reset_classifier(init["num_classes"], normed=True)
         model.load_state_dict(init["model"])
         model.reset_classifier(len(classes), normed=cfg.normed_head)
+        log.info("%s: head reset to %d classes, %s parameters", cfg.model, len(classes), f"{count_parameters(model):,}")
         transform = build_transform(augment) if augment.mode == "online" else None
         manifest = read_manifest(root / cfg.manifest)
         train, val, frames = _datasets(manifest, classes, cfg, root, transform)
