@@ -120,7 +120,9 @@ def _gan_stage(stage: str, args: argparse.Namespace) -> None:
         console.print_json(json.dumps(_jsonable(describe_models(params))))
         return
     with _tracked(f"gan_{stage}", params, "gan") as track:
-        results = run_gan_stage(stage, params, resume=not args.no_resume, epoch_callback=lambda arch, s: track.log_epoch(s, f"{arch}."))
+        results = run_gan_stage(
+            stage, params, resume=not args.no_resume, epoch_callback=lambda arch, s: track.log_epoch(s, f"{arch}.")
+        )
         summary = [
             {"arch": r.arch, "weights": r.weights, "steps": r.steps, "seconds": round(r.seconds, 1),
              "resumed_from_step": r.resumed_from_step, "last_epoch": r.history[-1] if r.history else None}

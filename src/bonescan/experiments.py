@@ -287,14 +287,12 @@ def collect_results(
             from every commit (uncommitted params or results); an unchanged workspace would only
             repeat its commit's row.
     """
-    out: list[ExperimentResult] = []
+    baselines: list[ExperimentResult] = []
+    experiments: list[ExperimentResult] = []
     for baseline in exp_show:
-        if include_baselines:
-            rev = str(baseline.get("rev", ""))
-            name = baseline.get("name") or (rev if rev == "workspace" else rev[:7])
-            row = _state_result(baseline, name, "done", params_file, metrics_file)
-            if rev != "workspace" or not _repeats_a_commit(row, exp_show, params_file, metrics_file):
-                out.append(row)
+        rev = str(baseline.get("rev", ""))
+        name = baseline.get("name") or (rev if rev == "workspace" else rev[:7])
+        baselines.append(_state_result(baseline, name, "done", params_file, metrics_file))
         for exp_range in baseline.get("experiments") or []:
             revs = exp_range.get("revs") or []
             if not revs:
@@ -304,19 +302,12 @@ def collect_results(
             state = executor.get("state") or "done"
             state = "done" if state == "success" else state
             name = exp_range.get("name") or tip.get("name") or str(tip.get("rev", ""))[:7]
-            out.append(_state_result(tip, name, state, params_file, metrics_file))
-    return out
-
-
-def _repeats_a_commit(workspace: ExperimentResult, exp_show: Sequence[dict], params_file: str,
-                      metrics_file: str) -> bool:
-    for baseline in exp_show:
-        if str(baseline.get("rev", "")) == "workspace":
-            continue
-        commit = _state_result(baseline, "", "done", params_file, metrics_file)
-        if (commit.params, commit.metrics) == (workspace.params, workspace.metrics):
-            return True
-    return False
+            experiments.append(_state_result(tip, name, state, params_file, metrics_file))
+    if not include_baselines:
+        return experiments
+    commits = [(b.params, b.metrics) for b in baselines if b.name != "workspace"]
+    shown = [b for b in baselines if b.name != "workspace" or (b.params, b.metrics) not in commits]
+    return shown + experiments
 
 
 def _cell(metrics: Mapping[str, Any], name: str) -> str:

@@ -27,6 +27,7 @@ off-label rate >= `min_label_lift` and diversity SSIM <= `max_diversity_ssim` (`
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -155,42 +156,27 @@ def train_classifier(
     seed + 1, ...) are averaged (`Ensemble`): one brief run on a few hundred images is a noisy judge,
     whose per-class recall moves by tens of points with its seed alone.
     """
-    models = [
-        _train_one(images, labels, num_classes, name=name, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed + i)
-        for i in range(members)
-    ]
-    return models[0] if members == 1 else Ensemble(models).eval()
-
-
-def _train_one(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    *,
-    name: str,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = build_classifier(name, num_classes, in_chans=1)
     counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).double()
     weights = (counts.sum() / (num_classes * counts)).float()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(images), generator=generator)
-        for start in range(0, len(images), batch_size):
-            idx = order[start : start + batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            loss = F.cross_entropy(model(_standardise(images[idx])), labels[idx], weight=weights)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-    return model.eval()
+    models = []
+    for member_seed in range(seed, seed + members):
+        torch.manual_seed(member_seed)
+        model = build_classifier(name, num_classes, in_chans=1)
+        optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
+        generator = torch.Generator().manual_seed(member_seed)
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(images), generator=generator)
+            for start in range(0, len(images), batch_size):
+                idx = order[start : start + batch_size]
+                if len(idx) < 2:  # BatchNorm needs two samples
+                    continue
+                loss = F.cross_entropy(model(_standardise(images[idx])), labels[idx], weight=weights)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+        models.append(model.eval())
+    return models[0] if members == 1 else Ensemble(models).eval()
 
 
 @torch.inference_mode()
@@ -260,7 +246,8 @@ def gate(
                 "class: train it longer with gan.quality.classifier_epochs)"
             )
     lift = fidelity - off_label_rate
-    if off_label_rate == off_label_rate and not lift >= min_label_lift:
+    has_others = not math.isnan(off_label_rate)  # NaN: no other class to compare with
+    if has_others and not lift >= min_label_lift:
         problems.append(
             f"label lift {lift:.3f} < {min_label_lift} (the judge names this class for {off_label_rate:.3f} "
             "of the images generated for the other classes too)"
@@ -269,7 +256,7 @@ def gate(
         problems.append(f"diversity SSIM {diversity_ssim:.3f} > {max_diversity_ssim}")
     if problems:
         return False, "rejected: " + "; ".join(problems)
-    lifted = f", label lift {lift:.3f} >= {min_label_lift}" if off_label_rate == off_label_rate else ""
+    lifted = f", label lift {lift:.3f} >= {min_label_lift}" if has_others else ""
     return (
         True,
         f"admitted: fidelity {fidelity:.3f} >= {min_fidelity}{lifted}, "

@@ -218,7 +218,7 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
     decisions = {name: report["archs"][arch]["classes"][name]["reason"] for name in classes}
     admitted = {name: bool(report["archs"][arch]["classes"][name]["admitted"]) for name in classes}
     written = _write_synthetic(
-        generators[arch], arch, generator_digest(states[arch])[:12], classes, needed, admitted, params, root
+        generators[arch], arch, report["archs"][arch]["generator_sha256"][:12], classes, needed, admitted, params, root
     )
     report["synthesis"] = {
         "arch": arch,
