@@ -54,12 +54,13 @@ def run_one(args: argparse.Namespace) -> dict[str, object]:
     import torch
 
     from bonescan.gan import count_parameters
-    from bonescan.gan.train import _pick_device, train_step, training_parts
+    from bonescan.gan.train import train_step, training_parts
+    from bonescan.runtime import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
     params, _ = _load_gan(args.params, args.preset)
-    device = _pick_device(args.device)
+    device = resolve_device(args.device, "--device")
     size = _size(args.size)
     num_classes = len(params.dataset(params.gan.finetune.dataset).classes)
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ For each model, on the same in-memory images (random, (1, H, W)), the same DataL
 (`bonescan.train.make_loader`), the same initial weights and the same optimizer settings, in the
 same process, it times:
 
-* pipeline: `bonescan.train.train_one_epoch` and `bonescan.train.evaluate` (loss meter, progress
+* pipeline: `bonescan.train.train_one_epoch` and `bonescan.train.validate` (loss meter, progress
   hook, bf16 autocast and channels_last on CUDA, confusion matrix);
 * bare: the textbook loop `zero_grad(); criterion(model(x), y).backward(); step()` and an
   inference loop that computes the loss and the predicted classes, with the same autocast and
@@ -48,10 +48,10 @@ from bonescan.models import build, count_parameters
 from bonescan.train import (
     RunOptions,
     build_optimizer,
-    evaluate,
     make_loader,
     set_loader_epoch,
     train_one_epoch,
+    validate,
 )
 
 DEFAULT_MODELS = ("soft_threshold_net", "mobilenet_v3_small", "di_mobilenet", "mobilenet_v3_caco")
@@ -171,7 +171,7 @@ def bench_model(name: str, args: argparse.Namespace, opts: RunOptions) -> dict:
         return train_one_epoch(model, dl, criterion, optimizer, opts).count
 
     def pipeline_infer(model, dl):
-        evaluate(model, dl, criterion, opts)
+        validate(model, dl, criterion, opts)
         return len(dl.dataset)
 
     def bare_train_(model, optimizer, dl):

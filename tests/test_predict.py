@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
+from bonescan import classifier_file
+from bonescan.classifier_file import predict_probabilities
 from bonescan.cli import main
 from bonescan.config import (
     AnonymizeConfig,
-    ClassifierConfig,
     DatasetConfig,
     IngestConfig,
     PhantomConfig,
@@ -34,11 +34,11 @@ from bonescan.data.dataset import ManifestDataset
 from bonescan.data.manifest import read_manifest
 from bonescan.dicom.phantom import write_cohort
 from bonescan.dicom.read import read_png16, write_png16
-from bonescan.evaluate import predict_probabilities
-from bonescan.ingest import ingest_dataset, iter_files
+from bonescan.ingest import ingest_dataset
+from bonescan.intake import as_training_input, iter_files
 from bonescan.models import build
-from bonescan.predict import as_training_input, predict, resolve_model
-from bonescan.train import _model_record, load_classifier
+from bonescan.predict import predict, resolve_model
+from tests.classifier_files import write_classifier
 
 SECRET = b"predict-test-secret-0123456789abcdef"
 SIZE = (64, 32)
@@ -86,12 +86,7 @@ def raw_identifiers(root: Path) -> set[str]:
 
 def save_classifier(path: Path, seed: int = 0, preprocessing: Preprocessing | None = TRAINED) -> Path:
     """A tiny untrained classifier in the checkpoint format of clf_finetune (None: as saved before v0.2)."""
-    torch.manual_seed(seed)
-    model = build("soft_threshold_net", len(CLASSES), in_chans=1)
-    record = _model_record(model, "soft_threshold_net", CLASSES, SIZE, ClassifierConfig(model="soft_threshold_net"),
-                           "finetune", False, preprocessing)  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(record, path)
+    write_classifier(path, CLASSES, SIZE, seed=seed, preprocessing=preprocessing)
     return path
 
 
@@ -142,7 +137,7 @@ def test_every_study_gets_the_mean_of_its_anterior_and_posterior_probabilities(w
 def test_probabilities_equal_the_model_on_the_images_ingest_wrote(world):
     """Same preprocessing as training: decoding, views, crop, mirror, scale, resize and 16-bit storage."""
     manifest = read_manifest(world["tmp"] / "ingest/interim/manifest.csv")
-    model, _ = load_classifier(world["checkpoint"])
+    model, _ = classifier_file.load(world["checkpoint"])
     expected = predict_probabilities(model, ManifestDataset(manifest, CLASSES, root=world["tmp"]))
     images = pd.read_csv(world["out"] / "predictions.csv").set_index("image_id")
     assert set(images.index) == set(manifest["image_id"])  # the manifest's pseudonymous image ids

@@ -20,6 +20,7 @@ import torchvision.models as tvm
 from torch.utils.data import TensorDataset
 
 import bonescan.train as train_mod
+from bonescan import classifier_file
 from bonescan.config import (
     AugmentConfig,
     ClassifierConfig,
@@ -37,13 +38,12 @@ from bonescan.train import (
     build_criterion,
     build_optimizer,
     build_scheduler,
-    evaluate,
     finetune_classifier,
     fit,
-    load_classifier,
     make_loader,
     pretrain_classifier,
     train_one_epoch,
+    validate,
     write_history,
 )
 from tests.png_cohorts import SIZE, write_cohort
@@ -190,7 +190,7 @@ def test_load_classifier_gives_an_eval_mode_model_with_the_trained_logits_and_th
     preprocessing = Preprocessing(ingest=IngestConfig(crop_margin=0.05), modalities=("NM",), split_views=True,
                                   image_size=SIZE)  # fmt: skip
     result = _finetune(cfg, project, preprocessing=preprocessing)
-    model, meta = load_classifier(project / result.model_path)
+    model, meta = classifier_file.load(project / result.model_path)
 
     assert not model.training
     trained = build(cfg.model, len(CLASSES))
@@ -200,12 +200,11 @@ def test_load_classifier_gives_an_eval_mode_model_with_the_trained_logits_and_th
         torch.testing.assert_close(model(x), trained.eval()(x), rtol=0, atol=0)
 
     saved = _load(project / result.model_path)  # plain tensors and types only
-    assert (
-        saved["model_name"] == "soft_threshold_net" and saved["num_classes"] == 3 and saved["in_chans"] == 1
-    )
+    assert saved["format"] == classifier_file.FORMAT and saved["format_version"] == classifier_file.FORMAT_VERSION
+    assert saved["model_name"] == "soft_threshold_net" and saved["in_chans"] == 1
     assert saved["classes"] == CLASSES and saved["image_size"] == list(SIZE)
-    assert saved["config"] == cfg.model_dump(mode="json") == meta["config"]
-    assert Preprocessing.model_validate(saved["preprocessing"]) == preprocessing  # what predict repeats
+    assert saved["config"] == cfg.model_dump(mode="json") == meta.config
+    assert meta.preprocessing == preprocessing  # what predict repeats
     json.dumps(result.metrics(), allow_nan=False)  # flat, valid JSON for DVC
 
 
@@ -230,15 +229,11 @@ def test_finetuning_resets_the_head_of_a_source_pretrained_model_to_the_target_c
     cfg = _cfg({"epochs": 1, "lr": 1e-12}, pretrain_source="source")  # lr ~0: the trunk stays as loaded
     pre = _pretrain(cfg, project)
     source = _load(project / pre.model_path)
-    assert (
-        pre.init == "source (none init)"
-        and source["num_classes"] == 4
-        and source["classes"] == SOURCE_CLASSES
-    )
+    assert pre.init == "source (none init)" and source["classes"] == SOURCE_CLASSES
 
     result = _finetune(cfg, project)
-    tuned, meta = load_classifier(project / result.model_path)
-    assert meta["num_classes"] == 3 and tuned.get_classifier().out_features == 3
+    tuned, meta = classifier_file.load(project / result.model_path)
+    assert meta.num_classes == 3 and tuned.get_classifier().out_features == 3
     head = tuned.classifier_name
     trunk = {k: v for k, v in tuned.named_parameters() if not k.startswith(head)}
     for key, value in trunk.items():
@@ -316,9 +311,9 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement_and_keep
     scripted_f1 = iter([0.2, 0.5, 0.4, 0.5, 0.3, 0.9])  # best at epoch 2; epochs 3 and 4 do not improve
 
     def scripted_evaluate(*args, **kwargs):
-        return {**evaluate(*args, **kwargs), "macro_f1": next(scripted_f1)}
+        return {**validate(*args, **kwargs), "macro_f1": next(scripted_f1)}
 
-    monkeypatch.setattr(train_mod, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(train_mod, "validate", scripted_evaluate)
     cfg = _cfg({"epochs": 6, "patience": 2, "monitor": "val_macro_f1"})
     _pretrain(cfg, project)
     last = project / cfg.checkpoints_dir / "clf_finetune" / "last.pt"
@@ -547,8 +542,8 @@ def test_torchrun_ddp_on_two_cpu_processes_trains_both_stages_and_rank_0_writes_
         assert results[0]["tuned"][key] == results[1]["tuned"][key], key
     assert results[0]["tuned"]["train_images"] == 12 and results[0]["pre"]["train_images"] == 8
 
-    model, meta = load_classifier(project / "models/classifier/model.pt")
-    assert meta["classes"] == CLASSES and meta["num_classes"] == 3
-    assert len(meta["history"]) == results[0]["tuned"]["epochs_run"]
-    assert all(math.isfinite(row["train_loss"]) for row in meta["history"])
+    model, meta = classifier_file.load(project / "models/classifier/model.pt")
+    assert list(meta.classes) == CLASSES and meta.num_classes == 3
+    assert len(meta.history) == results[0]["tuned"]["epochs_run"]
+    assert all(math.isfinite(row["train_loss"]) for row in meta.history)
     assert _load(project / "models/clf_pretrain/model.pt")["classes"] == SOURCE_CLASSES

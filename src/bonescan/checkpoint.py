@@ -1,4 +1,4 @@
-"""Checkpoints as explicit dicts of tensors and plain Python types, written atomically.
+"""Resumable training checkpoints as explicit dicts of tensors and plain Python types, written atomically.
 
 `torch.load(weights_only=True)` reads every file written here: RNG states are uint8 tensors, the
 config is a plain dict, history is a list of dicts of floats. A checkpoint also carries a
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,32 +17,22 @@ from typing import Any
 import pandas as pd
 import torch
 
+from bonescan.runtime import atomic_path
+
 __all__ = [
-    "MODEL_IDENTITY_KEYS",
     "file_digest",
     "fingerprint",
     "load_checkpoint",
-    "model_digest",
     "restore_rng",
     "rng_state",
     "save_checkpoint",
 ]
 
-# What a saved classifier computes and on what input; training history (with wall-clock timings)
-# and the training config are left out, so a deterministic re-run gives the same digest.
-MODEL_IDENTITY_KEYS = (
-    "model_name", "num_classes", "in_chans", "classes", "image_size", "normed_head", "preprocessing",
-)  # fmt: skip
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """torch.save to a temporary file, then rename: a kill mid-write leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -76,22 +65,6 @@ def file_digest(path: str | Path) -> str:
     with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
-
-
-def model_digest(checkpoint: dict[str, Any]) -> str:
-    """blake2b of a classifier checkpoint's weights (names, dtypes, shapes, values) and input contract.
-
-    Two files with the same weights and contract get the same digest whatever else they record, so
-    the registry keeps one version per model, not per training run.
-    """
-    h = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(checkpoint["model"].items()):
-        value = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d buffers (num_batches_tracked) too
-        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        h.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
-    identity = {key: checkpoint.get(key) for key in MODEL_IDENTITY_KEYS}
-    h.update(json.dumps(identity, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 

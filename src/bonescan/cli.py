@@ -161,9 +161,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     params = _params(args)
     cfg = params.evaluate
     dataset = params.dataset(cfg.dataset)
-    model = Path(args.model or Path(params.clf.out_dir) / "model.pt")
+    model = Path(args.model or params.classifier_file)
     with _tracked("evaluate", params, "evaluate") as track:
-        result = run_evaluate(cfg, dataset.classes, Path(dataset.out_dir) / "manifest.csv", model)
+        result = run_evaluate(cfg, dataset.classes, params.manifest(cfg.dataset), model)
         track.log_metrics(result.metrics)
         track.set_tags({"bonescan.eval.split": cfg.split, "bonescan.eval.unit": result.unit,
                         "bonescan.eval.fingerprint": result.fingerprint, "bonescan.eval.model": model})
@@ -237,13 +237,11 @@ def cmd_augment(args: argparse.Namespace) -> None:
 
 
 def _write_metrics(path: Path, metrics: dict) -> None:
-    """Flat JSON for DVC metrics, written by one process only (rank 0 under torchrun)."""
-    import os
+    """Flat JSON for DVC metrics, written atomically by one process only (rank 0 under torchrun)."""
+    from bonescan.runtime import atomic_write_json, is_main_process
 
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    if is_main_process():
+        atomic_write_json(path, metrics)
 
 
 def cmd_clf_pretrain(args: argparse.Namespace) -> None:
@@ -254,7 +252,7 @@ def cmd_clf_pretrain(args: argparse.Namespace) -> None:
     source = params.dataset(cfg.source_dataset)
     with _tracked("clf_pretrain", params, "clf") as track:
         result = pretrain_classifier(
-            cfg, Path(source.out_dir) / "manifest.csv", source.classes, params.image_size(cfg.source_dataset),
+            cfg, params.manifest(cfg.source_dataset), source.classes, params.image_size(cfg.source_dataset),
             params.base.classes, params.image_size("target"), resume=not args.no_resume,
             progress=not args.no_progress, callback=track.epoch_callback(),
         )
@@ -301,7 +299,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     else:
         log.warning("no anonymization key (%s / %s): ids are indices of this run, not the manifest's pseudonyms",
                     anon.secret_env, anon.secret_file)
-    model = args.model or str(Path(params.clf.out_dir) / "model.pt")
+    model = args.model or str(params.classifier_file)
     if not args.verbose:  # a codec failure is already a rejected.csv reason; pydicom would add a traceback
         logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     columns = (TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -332,7 +330,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from bonescan.registry import CardSources, promote, rollback
+    from bonescan.model_registry import CardSources, promote, rollback
 
     params = _params(args)
     cfg = params.promote
@@ -342,7 +340,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
             result = rollback(cfg)
         else:
             sources = CardSources(
-                manifest=Path(target.out_dir) / "manifest.csv",
+                manifest=params.manifest("target"),
                 phi_scan=Path(target.reports_dir) / "phi_scan.json",
                 gan_quality=Path(params.gan.report),
                 confusion_png=Path(params.evaluate.reports_dir) / "confusion_matrix.png",
@@ -493,6 +491,15 @@ def _log_level(verbose: bool, env: Mapping[str, str]) -> int:
     return logging.DEBUG if verbose else logging.INFO
 
 
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message is the whole story (no traceback): a missing key, residual PHI, a bad model file."""
+    from bonescan.classifier_file import ClassifierFormatError
+    from bonescan.dicom.anonymize import MissingSecretError
+    from bonescan.ingest import ResidualPHIError
+
+    return (MissingSecretError, ResidualPHIError, ClassifierFormatError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -502,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (ConfigError, CommandError, FileNotFoundError, PermissionError) as exc:
+    except (ConfigError, CommandError, FileNotFoundError, PermissionError, *_expected_errors()) as exc:
         if args.verbose:
             raise
         console.print(f"[bold red]error:[/] {exc}")

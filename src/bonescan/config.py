@@ -8,6 +8,7 @@ silently falls back to a default (nanoGPT's "typos fail" rule).
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import ClassVar, Literal, get_args, get_origin
 
@@ -502,6 +503,52 @@ class Params(_Section):
             raise ValueError("datasets needs a 'target' entry (the bone scans to classify)")
         return self
 
+    @model_validator(mode="after")
+    def _paths_said_twice_agree(self) -> Params:
+        """A key that restates another stage's output must name the same file (dvc.yaml reads both)."""
+        for key, value, source, derived in self.restated_paths():
+            if _norm(value) != _norm(derived):
+                raise ValueError(
+                    f"{key} is {value!r} but {source} makes it {derived!r}: the two keys name one file "
+                    f"and must agree (set {key}: {derived})"
+                )
+        return self
+
+    def restated_paths(self) -> list[tuple[str, str, str, str]]:
+        """(key, its value, the keys it restates, the path those give) for every path said twice."""
+        return [
+            ("augment.manifest", self.augment.manifest, "datasets.target.out_dir", str(self.manifest("target"))),
+            ("augment.synthetic_manifest", self.augment.synthetic_manifest, "gan.synthesize.out_dir",
+             str(self.synthetic_manifest)),
+            ("clf.manifest", self.clf.manifest, "augment.out_dir", str(self.augmented_manifest)),
+            ("promote.model_file", self.promote.model_file, "clf.out_dir", str(self.classifier_file)),
+            ("promote.metrics_file", self.promote.metrics_file, "evaluate.metrics_file", self.evaluate.metrics_file),
+            ("promote.eval_summary", self.promote.eval_summary, "evaluate.reports_dir", str(self.eval_summary)),
+        ]  # fmt: skip
+
+    # One derivation per path another stage reads (the CLI and the summary use these, not literals).
+
+    def manifest(self, dataset: str) -> Path:
+        """The split manifest of a dataset (ingest + split write it)."""
+        return Path(self.dataset(dataset).out_dir) / "manifest.csv"
+
+    @property
+    def synthetic_manifest(self) -> Path:
+        return Path(self.gan.synthesize.out_dir) / "manifest.csv"
+
+    @property
+    def augmented_manifest(self) -> Path:
+        return Path(self.augment.out_dir) / "manifest.csv"
+
+    @property
+    def classifier_file(self) -> Path:
+        """The fine-tuned classifier (clf_finetune's output, what evaluate scores and promote registers)."""
+        return Path(self.clf.out_dir) / "model.pt"
+
+    @property
+    def eval_summary(self) -> Path:
+        return Path(self.evaluate.reports_dir) / "summary.json"
+
     def dataset(self, name: str) -> DatasetConfig:
         """The named dataset, with a clear error listing the configured ones."""
         try:
@@ -519,6 +566,10 @@ class Params(_Section):
             ingest=self.ingest, modalities=ds.modalities, split_views=ds.split_views,
             image_size=self.image_size(dataset),
         )  # fmt: skip
+
+
+def _norm(path: str | Path) -> str:
+    return os.path.normpath(str(path))
 
 
 def _describe(err: dict, model: type[BaseModel]) -> str:

@@ -11,7 +11,6 @@ DVC plot, a markdown report, and a Grad-CAM gallery over a few test images per c
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
@@ -22,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
-from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch import nn
 
+from bonescan import classifier_file
+from bonescan.classifier_file import DecisionRule, model_input, predict_probabilities
 from bonescan.config import EvaluateConfig
 from bonescan.data.dataset import ManifestDataset, label_indices, load_split
 from bonescan.gradcam import GalleryItem, gradcam_maps, save_gallery, save_overlays
@@ -39,6 +38,7 @@ from bonescan.metrics import (
     compute_confusion,
     evaluate_predictions,
 )
+from bonescan.runtime import atomic_path, atomic_write, atomic_write_json, resolve_device
 
 __all__ = [
     "EvalResult",
@@ -83,50 +83,15 @@ class EvalResult:
         return self.report.notes
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when present, else cpu; "cuda" without a GPU fails clearly."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("evaluate.device is 'cuda' but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def _prepare(images: Tensor, in_chans: int, image_size: Sequence[int] | None) -> Tensor:
-    """(B, 1, H, W) dataset images -> the model's input channels and size."""
-    if image_size is not None and tuple(images.shape[-2:]) != tuple(image_size):
-        images = F.interpolate(images, size=tuple(image_size), mode="bilinear", align_corners=False)
-    if in_chans != images.shape[1]:
-        images = images.expand(-1, in_chans, -1, -1)
-    return images
-
-
-@torch.inference_mode()
-def predict_probabilities(
-    model: nn.Module,
-    dataset: ManifestDataset,
-    batch_size: int = 32,
-    device: torch.device | str = "cpu",
-    image_size: Sequence[int] | None = None,
-) -> np.ndarray:
-    """Softmax probabilities (N, K) of every item of `dataset`, in dataset order (fp32, eval mode)."""
-    model.eval()
-    device = torch.device(device)
-    in_chans = getattr(model, "in_chans", 1)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    out = []
-    for images, _ in loader:
-        logits = model(_prepare(images.to(device), in_chans, image_size))
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, dataset.num_classes))
-
-
-def aggregate_by_study(predictions: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+def aggregate_by_study(
+    predictions: pd.DataFrame, classes: Sequence[str], decision: DecisionRule | None = None
+) -> pd.DataFrame:
     """Mean view probabilities per study -> one row per study.
 
     Args:
         predictions: per-image rows with study_id, patient_id, label and `p_<class>` columns.
         classes: class names in index order.
+        decision: how a study's mean probabilities become its class (default: argmax).
 
     Returns:
         study_id, patient_id, n_views, label, predicted, p_<class>..., in first-appearance order.
@@ -143,7 +108,8 @@ def aggregate_by_study(predictions: pd.DataFrame, classes: Sequence[str]) -> pd.
     studies = grouped.agg(
         patient_id=("patient_id", "first"), n_views=("label", "size"), label=("label", "first")
     ).join(grouped[prob_cols].mean())
-    studies["predicted"] = [classes[i] for i in studies[prob_cols].to_numpy().argmax(axis=1)]
+    rule = decision or DecisionRule()
+    studies["predicted"] = [classes[i] for i in rule.predict(studies[prob_cols].to_numpy())]
     return studies.reset_index()[["study_id", "patient_id", "n_views", "label", "predicted", *prob_cols]]
 
 
@@ -172,6 +138,8 @@ def evaluate_model(
     root: str | Path = ".",
     image_size: Sequence[int] | None = None,
     model_name: str = "",
+    model_digest: str = "",
+    decision: DecisionRule | None = None,
 ) -> EvalResult:
     """Score `model` on manifest rows and write every output named in `cfg`.
 
@@ -183,12 +151,16 @@ def evaluate_model(
         root: directory the manifest paths and the output paths are relative to.
         image_size: (H, W) the model was trained at; images of another size are resized to it.
         model_name: shown in the report.
+        model_digest: `classifier_file.model_digest` of the scored model, recorded in summary.json so
+            promote can refuse to pair these metrics with any other model.
+        decision: the model's decision rule (default: argmax).
     """
     start = time.perf_counter()
     if images.empty:
         raise ValueError(f"no real images in the {cfg.split} split to evaluate")
     root = Path(root)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "evaluate.device")
+    rule = decision or DecisionRule()
     model = model.to(device).eval()
     images = images.reset_index(drop=True)
     dataset = ManifestDataset(images, classes, root=root)
@@ -197,9 +169,9 @@ def evaluate_model(
 
     prob_cols = [f"p_{c}" for c in classes]
     per_image = images[["image_id", "study_id", "patient_id", "view", "label"]].copy()
-    per_image["predicted"] = [classes[i] for i in prob.argmax(axis=1)]
+    per_image["predicted"] = [classes[i] for i in rule.predict(prob)]
     per_image[prob_cols] = prob
-    units = aggregate_by_study(per_image, classes) if cfg.unit == "study" else per_image
+    units = aggregate_by_study(per_image, classes, rule) if cfg.unit == "study" else per_image
 
     y_true = np.asarray(label_indices(list(units["label"]), classes))
     report = evaluate_predictions(
@@ -221,7 +193,7 @@ def evaluate_model(
     files["confusion_csv"] = _write_csv(
         pd.DataFrame({"actual": units["label"], "predicted": units["predicted"]}), plots_dir / "confusion.csv"
     )
-    cm = compute_confusion(y_true, units[prob_cols].to_numpy().argmax(axis=1), len(classes))
+    cm = compute_confusion(y_true, label_indices(list(units["predicted"]), classes), len(classes))
     files["confusion_png"] = save_confusion_png(cm, classes, reports_dir / "confusion_matrix.png", cfg.unit)
 
     if cfg.gradcam_per_class > 0 and hasattr(model, "gradcam_layers"):
@@ -231,13 +203,12 @@ def evaluate_model(
     flat = report.flat()
     n_patients = int(images["patient_id"].nunique())
     flat.update(n_images=len(images), n_units=len(units))
-    metrics_file = root / cfg.metrics_file
-    metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    metrics_file.write_text(json.dumps(flat, indent=2) + "\n")
-    files["metrics"] = metrics_file
+    files["metrics"] = atomic_write_json(root / cfg.metrics_file, flat)
     seconds = time.perf_counter() - start
     summary = {
         "model": model_name,
+        "model_digest": model_digest,
+        "decision": rule.to_dict(),
         "split": cfg.split,
         "unit": cfg.unit,
         "n_images": len(images),
@@ -251,10 +222,9 @@ def evaluate_model(
         "notes": report.notes,
         "seconds": round(seconds, 2),
     }
-    files["summary"] = reports_dir / "summary.json"
-    files["summary"].write_text(json.dumps(summary, indent=2) + "\n")
-    files["report"] = reports_dir / "report.md"
-    files["report"].write_text(render_report(report, classes, summary))
+    # The report and the metrics first, the summary (which promote pairs with the model) last.
+    files["report"] = atomic_write(reports_dir / "report.md", render_report(report, classes, summary))
+    files["summary"] = atomic_write_json(reports_dir / "summary.json", summary)
     log.info("%s %s = %s (%d %s units, %.1f s)", cfg.split, cfg.primary_metric, flat.get(cfg.primary_metric),
              len(units), cfg.unit, seconds)
     return EvalResult(flat, report, cfg.unit, len(images), len(units), n_patients, fingerprint, seconds, files)
@@ -276,10 +246,8 @@ def run_evaluate(
         model_path: checkpoint written by the fine-tuning stage.
         root: project root (manifest paths and outputs are relative to it).
     """
-    from bonescan.train import load_classifier
-
-    model, meta = load_classifier(model_path)
-    saved = list(meta.get("classes", classes))
+    model, record = classifier_file.load(model_path)
+    saved = list(record.classes)
     if saved != list(classes):
         raise ValueError(f"{model_path} was trained on classes {saved}, params say {list(classes)}")
     images = load_split(manifest, cfg.split, include_synthetic=False)
@@ -289,14 +257,16 @@ def run_evaluate(
         classes,
         cfg,
         root=root,
-        image_size=meta.get("image_size"),
-        model_name=str(meta.get("model_name", "")),
+        image_size=record.image_size,
+        model_name=record.model_name,
+        model_digest=classifier_file.model_digest(record),
+        decision=record.decision,
     )
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=False, float_format="%.6f")
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6f")
     return path
 
 
@@ -329,7 +299,7 @@ def _gradcam(
         return {}
     start = time.perf_counter()
     batch = torch.stack([dataset[i][0] for i in rows]).to(device)  # (B, 1, H, W)
-    inputs = _prepare(batch, getattr(model, "in_chans", 1), image_size)
+    inputs = model_input(batch, getattr(model, "in_chans", 1), image_size)
     predicted = [classes.index(per_image["predicted"][i]) for i in rows]
     maps = gradcam_maps(model, inputs, predicted)
     shown = inputs[:, 0].detach().cpu().numpy()  # (B, H, W) at the model's resolution

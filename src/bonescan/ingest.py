@@ -15,14 +15,9 @@ atomically (temp + rename) from deterministic names, so an interrupted run is re
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import hmac
-import json
 import logging
 import multiprocessing
 import os
-import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -33,30 +28,36 @@ from itertools import islice
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
-from bonescan.config import AnonymizeConfig, DatasetConfig, IngestConfig, Size
+from bonescan.config import AnonymizeConfig, DatasetConfig, IngestConfig, Preprocessing, Size
 from bonescan.data.manifest import ManifestRow, ManifestWriter
-from bonescan.dicom.anonymize import AnonymizationError, Anonymizer, BurnedInAnnotationError
-from bonescan.dicom.phi_scan import Leak, PhiScanReport, identifying_values, scan_dataset
-from bonescan.dicom.read import (
-    ImageReadError,
-    check_pixel_data,
-    preprocess_view,
-    read_dicom,
-    read_views,
-    text_views,
-    write_png16,
+from bonescan.dicom.anonymize import Anonymizer
+from bonescan.dicom.phi_scan import PhiScanReport, scan_dataset
+from bonescan.dicom.read import ImageReadError, read_dicom, write_png16
+from bonescan.intake import (
+    FileRejected,
+    FileResult,
+    QuarantineWriter,
+    anonymize_dicom,
+    check_dicom,
+    check_image_name,
+    check_regular_file,
+    dicom_inputs,
+    image_pseudonym,
+    iter_files,
+    match_class,
+    open_dicom,
+    parse_patient_id,
+    prepare_image,
+    pseudonym,
+    rejection,
+    study_pseudonym,
 )
+from bonescan.runtime import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-QUARANTINE_COLUMNS = ("file", "reason")
 _CONFLICT = "\0conflict"  # label-map marker: the labels file gives one accession two labels
-# Kermany et al. 2018 file names carry the patient: person123_virus_456.png, IM-0001-0001.png,
-# NORMAL2-IM-0777-0001.png (COVID-19 Radiography Database names do not: COVID-1.png -> one patient each).
-_PATIENT_PATTERNS = (re.compile(r"^(person\d+)_"), re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+"))
 
 
 @dataclass(frozen=True)
@@ -100,23 +101,6 @@ class ResidualPHIError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class FileResult:
-    """What a worker sends back for one input file: manifest rows or a quarantine reason, never pixels.
-
-    `identifying` carries the input's identifying values back to the main process (in memory only, for
-    one export folder at a time) so that quarantine.csv can mask them out of paths; never written.
-    """
-
-    relpath: str
-    rows: tuple[ManifestRow, ...] = ()
-    code: str = ""
-    reason: str = ""
-    phi_scanned: bool = False
-    leaks: tuple[Leak, ...] = ()
-    identifying: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
 class _Context:
     """Everything a worker needs, sent once per worker process (the label map can be large)."""
 
@@ -125,6 +109,7 @@ class _Context:
     dataset: DatasetConfig
     ingest: IngestConfig
     image_size: Size
+    preprocessing: Preprocessing
     images_dir: Path
     dicom_dir: Path
     cwd: Path
@@ -132,12 +117,6 @@ class _Context:
     patients: dict[str, str] = field(default_factory=dict)  # relpath -> raw patient id (image_csv)
     anonymizer: Anonymizer | None = None
     secret: bytes | None = None
-
-
-class _Rejected(Exception):
-    def __init__(self, code: str, reason: str):
-        super().__init__(reason)
-        self.code, self.reason = code, reason
 
 
 # --------------------------------------------------------------------------- labels and ids
@@ -166,56 +145,11 @@ def _label_map(keys: Iterable[str], labels: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def match_class(folder: str, classes: Iterable[str]) -> str | None:
-    """Class folder name -> configured class: case/separator-insensitive, else a unique prefix.
-
-    "Viral Pneumonia" -> viral_pneumonia and "COVID" -> covid19, so the COVID-19 Radiography Database
-    works as shipped.
-    """
-
-    def norm(text: str) -> str:
-        return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_")
-
-    key = norm(folder)
-    by_norm = {norm(c): c for c in classes}
-    if key in by_norm:
-        return by_norm[key]
-    prefixed = [c for n, c in by_norm.items() if key and n.startswith(key)]
-    return prefixed[0] if len(prefixed) == 1 else None
-
-
-def parse_patient_id(stem: str) -> str | None:
-    """Patient part of a file name when its naming scheme has one (Kermany et al. 2018), else None."""
-    for pattern in _PATIENT_PATTERNS:
-        match = pattern.match(stem)
-        if match:
-            return match.group(1)
-    return None
-
-
-def pseudonym(text: str, secret: bytes | None, length: int = 16) -> str:
-    """Short hex id: keyed (HMAC-SHA256) when a secret is given, so names cannot be guessed back."""
-    if secret:
-        return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()[:length]
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def image_pseudonym(key: str, view: str, index: int) -> str:
-    """The manifest's image_id of view `index` of a file (key: its anonymized SOPInstanceUID or keyed path)."""
-    return pseudonym(f"{key}|{view}|{index}", None)
-
-
-def study_pseudonym(study_uid: str) -> str:
-    """The manifest's study_id of an anonymized StudyInstanceUID (already keyed, so hashed without a key)."""
-    return pseudonym(study_uid, None)
-
-
 # --------------------------------------------------------------------------- per-file work
 
 
-def _write_views(ctx: _Context, views, key: str, base: ManifestRow) -> tuple[ManifestRow, ...]:
-    """Preprocess each view, write its PNG, return one manifest row per view (all or nothing)."""
-    images = [(view.name, preprocess_view(view, ctx.ingest, ctx.image_size)) for view in views]
+def _write_views(ctx: _Context, images, key: str, base: ManifestRow) -> tuple[ManifestRow, ...]:
+    """Write each prepared view's PNG, return one manifest row per view (all or nothing)."""
     rows = []
     for index, (name, image) in enumerate(images):
         image_id = image_pseudonym(key, name, index)
@@ -232,65 +166,36 @@ def _write_views(ctx: _Context, views, key: str, base: ManifestRow) -> tuple[Man
 def _dicom_label(ctx: _Context, ds) -> str:
     accession = str(ds.get("AccessionNumber", "") or "").strip()
     if not accession:
-        raise _Rejected("no_label", "no label for this study (no accession number)")
+        raise FileRejected("no_label", "no label for this study (no accession number)")
     label = ctx.labels.get(accession)
     if label is None:
-        raise _Rejected("no_label", "no label for this study")
+        raise FileRejected("no_label", "no label for this study")
     if label == _CONFLICT:
-        raise _Rejected("no_label", "conflicting labels for this study in the labels file")
+        raise FileRejected("no_label", "conflicting labels for this study in the labels file")
     if label not in ctx.dataset.classes:
-        raise _Rejected(
+        raise FileRejected(
             "unknown_label", f"label {label!r} is not one of the classes {list(ctx.dataset.classes)}"
         )
     return label
 
 
 def _ingest_dicom(ctx: _Context, relpath: str) -> FileResult:
+    identifying: frozenset[str] = frozenset()
     try:
-        ds = read_dicom(ctx.raw_dir / relpath)
-    except InvalidDicomError:
-        return FileResult(relpath, code="not_dicom", reason="not a DICOM file")
-    except Exception as exc:  # pydicom signals damage with many types; the name is enough (no values)
-        return FileResult(relpath, code="unreadable", reason=f"truncated / unreadable: {type(exc).__name__}")
-    try:
-        identifying = frozenset(identifying_values(ds))
-    except Exception as exc:  # a half-parsed header: cannot know what to scan for, so it cannot pass
-        return FileResult(
-            relpath, code="unreadable", reason=f"truncated / unreadable header ({type(exc).__name__})"
-        )
-    try:
+        path = ctx.raw_dir / relpath
+        check_regular_file(path, ctx.raw_dir)
+        ds, identifying = open_dicom(path)
         return _ingest_dataset_file(ctx, relpath, ds, identifying)
-    except _Rejected as rejected:
-        return FileResult(relpath, code=rejected.code, reason=rejected.reason, identifying=identifying)
-    except ImageReadError as exc:
-        return FileResult(relpath, code=exc.code, reason=exc.reason, identifying=identifying)
     except Exception as exc:  # never let one file stop the stage; the type name carries no patient data
-        log.debug("unexpected %s while ingesting a file", type(exc).__name__)
-        return FileResult(
-            relpath,
-            code="unexpected",
-            reason=f"unexpected error ({type(exc).__name__})",
-            identifying=identifying,
-        )
+        if not isinstance(exc, FileRejected | ImageReadError):
+            log.debug("unexpected %s while ingesting a file", type(exc).__name__)
+        return rejection(relpath, exc, identifying)
 
 
 def _ingest_dataset_file(ctx: _Context, relpath: str, ds, identifying: frozenset[str]) -> FileResult:
-    modality = str(ds.get("Modality", "") or "").strip().upper()
-    if modality not in ctx.dataset.modalities:
-        accepted = ", ".join(ctx.dataset.modalities)
-        raise _Rejected(
-            "unsupported_modality", f"unsupported modality {modality or '(none)'} (accepted: {accepted})"
-        )
-    check_pixel_data(ds)  # a truncated transfer is reported as such, even when it also lacks a label
+    modality = check_dicom(ds, ctx.preprocessing)  # a truncated transfer is reported as such, even unlabelled
     label = _dicom_label(ctx, ds)
-    hints = text_views(ds)  # anonymization removes the free text that names views (ImageComments ...)
-    try:
-        anonymized = ctx.anonymizer.anonymize(ds)
-    except BurnedInAnnotationError:
-        raise _Rejected("burned_in", "burned-in annotation") from None
-    except AnonymizationError as exc:
-        raise _Rejected("anonymization", f"anonymization refused: {exc}") from None
-
+    anonymized, hints = anonymize_dicom(ds, ctx.anonymizer)
     sop_uid = str(anonymized.SOPInstanceUID)
     target = ctx.dicom_dir / f"{sop_uid}.dcm"
     # Written under a temp name and renamed only when everything below succeeded: a failing file can
@@ -312,12 +217,13 @@ def _ingest_dataset_file(ctx: _Context, relpath: str, ds, identifying: frozenset
         study_id = study_pseudonym(str(written.StudyInstanceUID))
         base = ManifestRow("", str(written.PatientID), study_id, "", label, source=f"dicom:{modality}")
         try:
-            rows = _write_views(ctx, read_views(written, ctx.dataset.split_views, hints), sop_uid, base)
+            views = dicom_inputs(written, ctx.preprocessing, hints)  # decoded from what was scanned
         except ImageReadError as exc:  # scanned, then found undecodable: counted in phi_scan.json
             return FileResult(
                 relpath, code=exc.code, reason=exc.reason, phi_scanned=True, identifying=identifying
             )
-        os.replace(tmp, target)
+        rows = _write_views(ctx, views, sop_uid, base)
+        os.replace(tmp, target)  # committed only now: a leak above leaves no output under the final name
     finally:
         tmp.unlink(missing_ok=True)
     return FileResult(relpath, rows=rows, phi_scanned=True, identifying=identifying)
@@ -326,27 +232,27 @@ def _ingest_dataset_file(ctx: _Context, relpath: str, ds, identifying: frozenset
 def _ingest_image(ctx: _Context, relpath: str) -> FileResult:
     path = PurePosixPath(relpath)
     try:
-        if path.suffix.lower() not in ctx.ingest.image_extensions:
-            raise _Rejected("not_image", f"not an image file ({path.suffix or 'no extension'})")
+        check_regular_file(ctx.raw_dir / relpath, ctx.raw_dir)
+        check_image_name(path, ctx.preprocessing)
         if ctx.format == "image_folder":
             if len(path.parts) < 2:
-                raise _Rejected("no_label", "not inside a class folder")
+                raise FileRejected("no_label", "not inside a class folder")
             if any(part.lower() == "masks" for part in path.parts[1:-1]):
-                raise _Rejected("mask", "segmentation mask, not an image")
+                raise FileRejected("mask", "segmentation mask, not an image")
             label = match_class(path.parts[0], ctx.dataset.classes)
             if label is None:
-                raise _Rejected(
+                raise FileRejected(
                     "no_label", f"class folder {path.parts[0]!r} matches none of {list(ctx.dataset.classes)}"
                 )
             raw_patient = parse_patient_id(path.stem) or path.stem
         else:
             label = ctx.labels.get(relpath)
             if label is None:
-                raise _Rejected("no_label", "no label for this image")
+                raise FileRejected("no_label", "no label for this image")
             if label == _CONFLICT:
-                raise _Rejected("no_label", "conflicting labels for this image in the labels file")
+                raise FileRejected("no_label", "conflicting labels for this image in the labels file")
             if label not in ctx.dataset.classes:
-                raise _Rejected(
+                raise FileRejected(
                     "unknown_label", f"label {label!r} is not one of the classes {list(ctx.dataset.classes)}"
                 )
             raw_patient = ctx.patients.get(relpath) or parse_patient_id(path.stem) or path.stem
@@ -358,14 +264,10 @@ def _ingest_image(ctx: _Context, relpath: str) -> FileResult:
             label,
             source="image",
         )
-        views = read_views(ctx.raw_dir / relpath, ctx.dataset.split_views)
+        views = prepare_image(ctx.raw_dir / relpath, ctx.preprocessing)
         rows = _write_views(ctx, views, pseudonym(relpath, ctx.secret), base)
-    except _Rejected as rejected:
-        return FileResult(relpath, code=rejected.code, reason=rejected.reason)
-    except ImageReadError as exc:
-        return FileResult(relpath, code=exc.code, reason=exc.reason)
-    except Exception as exc:
-        return FileResult(relpath, code="unexpected", reason=f"unexpected error ({type(exc).__name__})")
+    except Exception as exc:  # one bad file never stops the stage
+        return rejection(relpath, exc)
     return FileResult(relpath, rows=rows)
 
 
@@ -471,104 +373,8 @@ def _crashed(relpath: str) -> FileResult:
 # --------------------------------------------------------------------------- the stage
 
 
-def iter_files(root: Path, skip: Iterable[Path] = ()) -> Iterator[str]:
-    """Relative POSIX paths of all files under `root`, in sorted (deterministic) order, lazily."""
-    skip_set = {p.resolve() for p in skip}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if path.resolve() in skip_set:
-                continue
-            yield path.relative_to(root).as_posix()
-
-
-def _mask(relpath: str, values: set[str] | frozenset[str]) -> str:
-    """`relpath` with every identifying value replaced by *** (phi_scan's token matching)."""
-    leaks = scan_dataset(Dataset(), set(values), relpath) if values else []
-    return leaks[0].file if leaks else relpath
-
-
-def _mask_all(relpath: str) -> str:
-    """Every part of `relpath` as ***, the file's extension kept: nothing of an unverifiable name survives."""
-    path = PurePosixPath(relpath)
-    return "/".join(["***"] * (len(path.parts) - 1) + [f"***{path.suffix}"])
-
-
-class QuarantineWriter:
-    """Streams quarantine.csv (file, reason), masking identifying values out of the file paths.
-
-    Export folders are often named after the patient, and a non-DICOM file in such a folder has no
-    header to say so. Inputs arrive in sorted order, so the files under one top-level folder (one
-    patient of a typical export) are contiguous: rejected rows of a folder are held until the folder
-    ends, then masked with the identifying values of every DICOM file read in it. Memory is bounded
-    by one folder; a rejected file whose folder holds no readable DICOM is listed unmasked (the file
-    is `push: false` in dvc.yaml for that reason) unless `strict`. The file appears atomically on close.
-
-    Args:
-        path: the CSV to write.
-        strict: for files meant to leave the site (predict's rejected.csv): a rejected file whose
-            folder yields no identifying values to check it against is listed as `***/***.ext`.
-        index: add a `file_index` column, the position of the file among all files `add`ed (the
-            sorted listing), so a fully masked row still points at its file.
-    """
-
-    def __init__(self, path: Path, *, strict: bool = False, index: bool = False):
-        self.path = path
-        self.strict, self.index = strict, index
-        self.rows = 0
-        self._seen = 0  # files added, accepted or not
-        self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        self._folder: str | None = None
-        self._values: set[str] = set()  # in memory only
-        self._pending: list[tuple[int, str, str, frozenset[str]]] = []
-
-    def __enter__(self) -> QuarantineWriter:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self._tmp.open("w", newline="", encoding="utf-8")
-        self._csv = csv.writer(self._file, lineterminator="\n")
-        self._csv.writerow((("file_index",) if self.index else ()) + QUARANTINE_COLUMNS)
-        return self
-
-    def add(self, result: FileResult) -> None:
-        """Record one processed file (accepted files only contribute identifying values)."""
-        folder = result.relpath.split("/", 1)[0] if "/" in result.relpath else None
-        if folder != self._folder:
-            self._flush()
-            self._folder = folder
-        if folder is not None:
-            self._values |= result.identifying
-        if result.code:
-            self._pending.append((self._seen, result.relpath, result.reason, result.identifying))
-            self.rows += 1
-        self._seen += 1
-
-    def _flush(self) -> None:
-        for position, relpath, reason, own in self._pending:
-            values = self._values | own
-            shown = _mask_all(relpath) if self.strict and not values else _mask(relpath, values)
-            self._csv.writerow(((position,) if self.index else ()) + (shown, reason))
-        self._pending.clear()
-        self._values.clear()
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._flush()
-        self._file.close()
-        if exc_type is None:
-            os.replace(self._tmp, self.path)
-        else:
-            self._tmp.unlink(missing_ok=True)
-
-
 def _is_within(path: Path, root: Path) -> bool:
     return path.resolve() == root.resolve() or root.resolve() in path.resolve().parents
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _context(
@@ -591,6 +397,9 @@ def _context(
         dataset=dataset,
         ingest=ingest,
         image_size=tuple(image_size),
+        preprocessing=Preprocessing(
+            ingest=ingest, modalities=dataset.modalities, split_views=dataset.split_views, image_size=image_size
+        ),
         images_dir=(Path(dataset.out_dir) / "images").resolve(),
         dicom_dir=(Path(dataset.interim_dir) / "dicom").resolve(),
         cwd=Path.cwd().resolve(),
@@ -694,7 +503,7 @@ def ingest_dataset(
                 log.info("%s: %d files, %d images, %d quarantined", name, seen, written, quarantine.rows)
 
     # Written for image datasets too (files: 0), so every dataset's stage has the same outputs.
-    _write_json(reports_dir / "phi_scan.json", phi.to_dict())
+    atomic_write_json(reports_dir / "phi_scan.json", phi.to_dict())
     summary = IngestSummary(
         dataset=name,
         files_seen=seen,
@@ -710,7 +519,7 @@ def ingest_dataset(
         manifest=manifest_path.as_posix(),
         quarantine=quarantine_path.as_posix(),
     )
-    _write_json(reports_dir / "ingest.json", summary.metrics())
+    atomic_write_json(reports_dir / "ingest.json", summary.metrics())
     log.info(
         "%s: %d files -> %d images, %d quarantined (%s)", name, seen, written, quarantine.rows, dict(reasons)
     )

@@ -23,9 +23,7 @@ summary.json, and with Grad-CAM gradcam/<image_id>_<layer>.png overlays for the 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import secrets
 import tempfile
@@ -38,30 +36,33 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from pydicom.errors import InvalidDicomError
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from bonescan import classifier_file
 from bonescan.checkpoint import file_digest
-from bonescan.config import AnonymizeConfig, IngestConfig, Preprocessing, Size
-from bonescan.dicom.anonymize import AnonymizationError, Anonymizer, BurnedInAnnotationError
-from bonescan.dicom.phi_scan import identifying_values
-from bonescan.dicom.read import (
-    ImageReadError,
-    check_pixel_data,
-    preprocess_view,
-    read_dicom,
-    read_views,
-    text_views,
+from bonescan.classifier_file import ClassifierFile, predict_probabilities
+from bonescan.config import AnonymizeConfig, Preprocessing
+from bonescan.dicom.anonymize import Anonymizer
+from bonescan.evaluate import aggregate_by_study
+from bonescan.intake import (
+    FileResult,
+    QuarantineWriter,
+    as_training_input,
+    check_regular_file,
+    image_pseudonym,
+    iter_files,
+    open_dicom,
+    prepare_dicom,
+    rejection,
+    study_pseudonym,
 )
-from bonescan.evaluate import aggregate_by_study, predict_probabilities, resolve_device
-from bonescan.ingest import FileResult, QuarantineWriter, image_pseudonym, iter_files, study_pseudonym
+from bonescan.runtime import atomic_path, atomic_write_json, resolve_device
 
 __all__ = [
     "ModelSource",
     "PredictSummary",
     "PreparedFile",
-    "as_training_input",
     "load_model",
     "model_preprocessing",
     "predict",
@@ -73,7 +74,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "model.pt"
 MLFLOW_SCHEMES = ("models:/", "runs:/")
-_WHOLE_BODY = "WHOLE BODY"  # NM Image Type value 3 (PS3.3 C.8.4.7) of a whole-body sweep
 
 
 # --------------------------------------------------------------------------- the model
@@ -192,19 +192,16 @@ def resolve_model(uri: str, dst: Path, project_root: str | Path = ".") -> tuple[
 
 def load_model(
     uri: str, device: torch.device | str = "cpu", project_root: str | Path = "."
-) -> tuple[nn.Module, dict, ModelSource]:
-    """`load_classifier` on the checkpoint `uri` resolves to: (model in eval mode, checkpoint dict, source)."""
-    from bonescan.train import load_classifier
-
+) -> tuple[nn.Module, ClassifierFile, ModelSource]:
+    """The classifier file `uri` resolves to: (model in eval mode, its record, source)."""
     with tempfile.TemporaryDirectory(prefix="bonescan-model-") as tmp:
         checkpoint, source = resolve_model(uri, Path(tmp), project_root)
-        model, ckpt = load_classifier(checkpoint, device)
-    ckpt.pop("model", None)  # the weights live in the module now
-    return model, ckpt, source
+        model, record = classifier_file.load(checkpoint, device)
+    return model, record, source
 
 
 def model_preprocessing(
-    ckpt: dict, current: Preprocessing | None, uri: str = "model"
+    record: ClassifierFile, current: Preprocessing | None, uri: str = "model"
 ) -> tuple[Preprocessing, str]:
     """(the preprocessing to apply to new files, "checkpoint" or "params") for a classifier checkpoint.
 
@@ -215,14 +212,13 @@ def model_preprocessing(
     Raises:
         ValueError: the checkpoint records no preprocessing and `current` is None.
     """
-    size = (int(ckpt["image_size"][0]), int(ckpt["image_size"][1]))
-    recorded = ckpt.get("preprocessing")
-    if recorded is None:
+    size = record.image_size
+    used = record.preprocessing
+    if used is None:
         if current is None:
             raise ValueError(f"model {uri} records no preprocessing: give the params' (ingest, target dataset)")
         log.warning("model %s records no preprocessing (older checkpoint): applying params.yaml's", uri)
         return current.model_copy(update={"image_size": size}), "params"
-    used = Preprocessing.model_validate(recorded)
     for difference in used.differences(current) if current is not None else []:
         log.warning("model %s was trained with %s (params.yaml): applying the model's", uri, difference)
     return used, "checkpoint"
@@ -246,86 +242,24 @@ class PreparedFile:
     views: tuple[tuple[str, np.ndarray], ...]
 
 
-class _Rejected(Exception):
-    def __init__(self, code: str, reason: str):
-        super().__init__(reason)
-        self.code, self.reason = code, reason
-
-
-def as_training_input(image: np.ndarray) -> np.ndarray:
-    """[0, 1] image -> the values `read_png16(write_png16(image))` gives, i.e. what training saw."""
-    return np.round(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16).astype(np.float32) / 65535.0
-
-
-def _check_whole_body(ds) -> None:
-    image_type = ds.get("ImageType")
-    values = [image_type] if isinstance(image_type, str) else list(image_type or [])
-    kind = str(values[2]).strip().upper() if len(values) > 2 else ""
-    if str(ds.get("Modality", "")).upper() == "NM" and kind and kind != _WHOLE_BODY:
-        raise _Rejected("not_whole_body", f"not a whole-body acquisition (NM image type {kind})")
-
-
-def _prepare_dataset(
-    ds, anonymizer: Anonymizer, ingest: IngestConfig, size: Size, modalities: Sequence[str], split_views: bool
-) -> PreparedFile:
-    modality = str(ds.get("Modality", "") or "").strip().upper()
-    if not modality and "PixelData" not in ds:  # pydicom reads a header cut short without complaint
-        raise _Rejected("unreadable", "truncated / unreadable: no Modality and no pixel data")
-    if modality not in modalities:
-        accepted = ", ".join(modalities)
-        raise _Rejected(
-            "unsupported_modality", f"unsupported modality {modality or '(none)'} (accepted: {accepted})"
-        )
-    _check_whole_body(ds)
-    check_pixel_data(ds)
-    hints = text_views(ds)  # anonymization removes the free text that names views (as in ingest)
-    try:
-        anonymized = anonymizer.anonymize(ds)
-    except BurnedInAnnotationError:
-        raise _Rejected("burned_in", "burned-in annotation") from None
-    except AnonymizationError as exc:
-        raise _Rejected("anonymization", f"anonymization refused: {exc}") from None
-    views = read_views(anonymized, split_views, hints)
-    images = tuple((view.name, as_training_input(preprocess_view(view, ingest, size))) for view in views)
-    return PreparedFile(
-        str(anonymized.get("StudyInstanceUID", "") or ""), str(anonymized.SOPInstanceUID), images
-    )
-
-
 def prepare_file(
-    path: Path,
-    relpath: str,
-    anonymizer: Anonymizer,
-    ingest: IngestConfig,
-    size: Size,
-    modalities: Sequence[str] = ("NM",),
-    split_views: bool = True,
+    path: Path, relpath: str, anonymizer: Anonymizer, preprocessing: Preprocessing, root: Path | None = None
 ) -> tuple[FileResult, PreparedFile | None]:
     """One input file -> (its quarantine record, its model inputs or None when rejected). Never raises.
 
-    The record carries the file's identifying values in memory only, so rejected paths can be masked.
+    The intake's DICOM path (`bonescan.intake.prepare_dicom`, the one ingest takes), then the 16-bit
+    quantization of ingest's PNGs. The record carries the file's identifying values in memory only,
+    so rejected paths can be masked.
     """
+    identifying: frozenset[str] = frozenset()
     try:
-        ds = read_dicom(path)
-    except InvalidDicomError:
-        return FileResult(relpath, code="not_dicom", reason="not a DICOM file"), None
-    except Exception as exc:  # pydicom signals damage with many types; the name is enough (no values)
-        return FileResult(
-            relpath, code="unreadable", reason=f"truncated / unreadable: {type(exc).__name__}"
-        ), None
-    try:
-        identifying = frozenset(identifying_values(ds))
-    except Exception as exc:  # a half-parsed header
-        reason = f"truncated / unreadable header ({type(exc).__name__})"
-        return FileResult(relpath, code="unreadable", reason=reason), None
-    try:
-        prepared = _prepare_dataset(ds, anonymizer, ingest, size, modalities, split_views)
-    except (_Rejected, ImageReadError) as exc:
-        return FileResult(relpath, code=exc.code, reason=exc.reason, identifying=identifying), None
+        check_regular_file(path, root if root is not None else path.parent)
+        ds, identifying = open_dicom(path)
+        prepared = prepare_dicom(ds, anonymizer, preprocessing)
     except Exception as exc:  # one bad file never stops the run; the type name carries no patient data
-        reason = f"unexpected error ({type(exc).__name__})"
-        return FileResult(relpath, code="unexpected", reason=reason, identifying=identifying), None
-    return FileResult(relpath, identifying=identifying), prepared
+        return rejection(relpath, exc, identifying), None
+    views = tuple((name, as_training_input(image)) for name, image in prepared.views)
+    return FileResult(relpath, identifying=identifying), PreparedFile(prepared.study_uid, prepared.sop_uid, views)
 
 
 # --------------------------------------------------------------------------- ids
@@ -401,6 +335,7 @@ def _gradcam(
     model: nn.Module,
     batch: list[_Pending],
     prob: np.ndarray,
+    predicted: np.ndarray,
     classes: Sequence[str],
     device: torch.device,
     out: Path,
@@ -409,7 +344,7 @@ def _gradcam(
 
     inputs = torch.stack([torch.from_numpy(p.image)[None] for p in batch]).to(device)  # (B, 1, H, W)
     inputs = inputs.expand(-1, getattr(model, "in_chans", 1), -1, -1)
-    predicted = [int(i) for i in prob.argmax(axis=1)]
+    predicted = [int(i) for i in predicted]
     maps = gradcam_maps(model, inputs, predicted)
     items = [
         GalleryItem(
@@ -421,9 +356,8 @@ def _gradcam(
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6f")
     return path
 
 
@@ -478,13 +412,13 @@ def predict(
         raise ValueError(f"output folder {out_dir} lies inside the input {input_path}: inputs are read-only")
     relpaths = list(iter_files(root)) if input_path.is_dir() else [input_path.name]
 
-    torch_device = resolve_device(device)
-    model, ckpt, source = load_model(model_uri, torch_device, project_root)
-    classes = list(ckpt["classes"])
-    used, origin = model_preprocessing(ckpt, preprocessing, model_uri)
+    torch_device = resolve_device(device, "--device")
+    model, record, source = load_model(model_uri, torch_device, project_root)
+    classes = list(record.classes)
+    used, origin = model_preprocessing(record, preprocessing, model_uri)
     size = used.image_size
     if gradcam and not hasattr(model, "gradcam_layers"):
-        log.warning("%s names no Grad-CAM layers: no overlays are written", ckpt.get("model_name"))
+        log.warning("%s names no Grad-CAM layers: no overlays are written", record.model_name)
         gradcam = False
     anonymizer = Anonymizer(secret or secrets.token_bytes(32), anonymize)  # ephemeral key: nothing linkable
     ids = _Ids(keyed=secret is not None)
@@ -494,8 +428,8 @@ def predict(
     for stale in gradcam_dir.glob("*.png"):  # overlays of an earlier run into the same folder
         stale.unlink()
     summary = PredictSummary(
-        model={**asdict(source), "model_name": ckpt.get("model_name"), "image_size": list(size),
-               "stage": ckpt.get("stage")},
+        model={**asdict(source), "model_name": record.model_name, "image_size": list(size),
+               "stage": record.stage, "decision": record.decision.to_dict()},
         classes=classes,
         ids="keyed" if ids.keyed else "per-run",
         device=str(torch_device),
@@ -511,19 +445,18 @@ def predict(
             return
         dataset = _Images([p.image for p in pending], len(classes))
         prob = predict_probabilities(model, dataset, batch_size, torch_device)  # (B, K)
-        for p, row in zip(pending, prob, strict=True):
+        predicted = record.decision.predict(prob)
+        for p, row, k in zip(pending, prob, predicted, strict=True):
             rows.append({"file_index": p.file_index, "study_id": p.study_id, "image_id": p.image_id,
-                         "view": p.view, "predicted": classes[int(row.argmax())],
+                         "view": p.view, "predicted": classes[int(k)],
                          **{f"p_{c}": float(v) for c, v in zip(classes, row, strict=True)}})  # fmt: skip
         if gradcam:
-            summary.gradcam_overlays += _gradcam(model, pending, prob, classes, torch_device, gradcam_dir)
+            summary.gradcam_overlays += _gradcam(model, pending, prob, predicted, classes, torch_device, gradcam_dir)
         pending.clear()
 
     with QuarantineWriter(out_dir / "rejected.csv", strict=True, index=True) as rejected:
         for file_index, relpath in enumerate(relpaths):
-            result, prepared = prepare_file(
-                root / relpath, relpath, anonymizer, used.ingest, size, used.modalities, used.split_views
-            )
+            result, prepared = prepare_file(root / relpath, relpath, anonymizer, used, root)
             if prepared is not None and prepared.sop_uid in seen_instances:
                 reason = "duplicate SOPInstanceUID (an earlier file is the same instance)"
                 result = FileResult(relpath, code="duplicate", reason=reason, identifying=result.identifying)
@@ -550,7 +483,7 @@ def predict(
     tagged = per_image.assign(
         label="", patient_id=""
     )  # aggregate_by_study checks these; nothing to check here
-    studies = aggregate_by_study(tagged, classes).drop(columns=["label", "patient_id"])
+    studies = aggregate_by_study(tagged, classes, record.decision).drop(columns=["label", "patient_id"])
     views = per_image.groupby("study_id", sort=False)["view"].agg(lambda v: "+".join(sorted(v)))
     studies.insert(2, "views", studies["study_id"].map(views))
 
@@ -568,9 +501,7 @@ def predict(
     summary.seconds = round(time.perf_counter() - start, 3)
     summary_path = out_dir / "summary.json"
     summary.files["summary"] = summary_path.as_posix()
-    tmp = summary_path.with_name(f".{summary_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(summary), indent=2) + "\n")
-    os.replace(tmp, summary_path)
+    atomic_write_json(summary_path, asdict(summary))
     log.info(
         "predict: %d files -> %d images of %d studies, %d rejected (%s) in %.1f s",
         summary.files_seen, summary.images, summary.studies, summary.rejected, summary.rejected_reasons,

@@ -147,7 +147,7 @@ def evaluation_table(params: Params) -> Table:
     return table
 
 
-def promotion_line(path: Path = Path("reports/promotion.json")) -> str:
+def promotion_line(path: Path) -> str:
     """The registry decision of the last `bonescan promote`."""
     report = _read_json(path)
     if report is None:
@@ -167,11 +167,11 @@ def render_summary(params: Params, console: Console) -> None:
     console.print(gan_table(params))
     console.print(training_table(params))
     console.print(evaluation_table(params))
-    console.print(promotion_line())
+    console.print(promotion_line(Path(params.promote.report)))
     target = params.dataset("target")
     console.print(
         "Results: manifest "
-        f"[bold]{target.out_dir}/manifest.csv[/], images [bold]{target.out_dir}/images/[/], "
+        f"[bold]{params.manifest('target').as_posix()}[/], images [bold]{target.out_dir}/images/[/], "
         f"reports [bold]{target.reports_dir}/[/], metrics [bold]{target.metrics_dir}/[/] "
         "(`dvc metrics show`, `dvc plots show`, `dvc dag`)."
     )

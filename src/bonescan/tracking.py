@@ -1,4 +1,7 @@
-"""MLflow helpers: the only module that imports mlflow.
+"""MLflow run tracking: one parent run per pipeline run, one child run per stage.
+
+With `bonescan.model_registry` (the registered model, the promote stage) this is the only code that
+imports mlflow; stage functions report through callbacks and return values.
 
 Run structure: one parent run per pipeline run (created by the Prefect flow or by hand), one child
 run per stage. The parent run id travels explicitly, as an argument or through the
@@ -24,6 +27,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from bonescan.runtime import is_main_process
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -75,11 +80,6 @@ def client(project_root: str | Path = ".") -> MlflowClient:
 def tracking_enabled(enabled: bool = True) -> bool:
     """Whether stage runs are tracked: params' `tracking.enabled`, switched off by `BONESCAN_TRACKING=0`."""
     return enabled and os.environ.get(TRACKING_ENV, "").strip().lower() not in _OFF
-
-
-def is_main_process() -> bool:
-    """Rank 0 under torchrun (or no torchrun): the one process that logs."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def flatten(params: Mapping[str, object], prefix: str = "") -> dict[str, str]:

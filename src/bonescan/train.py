@@ -6,7 +6,7 @@ seeded random initialisation ("training directly"). Stage 2 (`finetune_classifie
 loads them, resets the classifier for the target classes and fine-tunes on the bone-scan training
 split (augmented offline, or online in the loader), selecting the best epoch on the validation split.
 
-The loop follows torchvision's reference: `train_one_epoch()`, `evaluate()` under
+The loop follows torchvision's reference: `train_one_epoch()`, `validate()` under
 `torch.inference_mode()`, and `fit()` wiring them with the optimizer, scheduler, early stopping and a
 checkpoint per epoch (`last.pt`). A killed run resumes exactly: the checkpoint holds model,
 optimizer, scheduler, early-stopping state, history and torch's RNG state, and each epoch's shuffle
@@ -21,10 +21,9 @@ import csv
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from bonescan import classifier_file
 from bonescan.checkpoint import (
     file_digest,
     fingerprint,
@@ -44,12 +44,14 @@ from bonescan.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from bonescan.classifier_file import ClassifierFile
 from bonescan.config import AugmentConfig, ClassifierConfig, LossConfig, Preprocessing, Size, TrainConfig
 from bonescan.data.dataset import ManifestDataset, load_split
 from bonescan.data.manifest import read_manifest
 from bonescan.losses import build_loss, drw_schedule
 from bonescan.models import build, count_parameters
 from bonescan.progress import RunningMean, track
+from bonescan.runtime import autocast, barrier, dist_env, process_group, resolve_device, unwrap
 
 __all__ = [
     "EpochStats",
@@ -61,10 +63,8 @@ __all__ = [
     "build_scheduler",
     "classification_summary",
     "confusion_matrix",
-    "evaluate",
     "finetune_classifier",
     "fit",
-    "load_classifier",
     "make_loader",
     "pretrain_classifier",
     "set_loader_epoch",
@@ -121,36 +121,18 @@ class RunOptions:
     @classmethod
     def from_config(cls, cfg: ClassifierConfig, progress: bool = True) -> RunOptions:
         """Options for this process: cuda when asked for or present, rank/world size from torchrun's env."""
-        rank, world, local = (
-            int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
-        )
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("clf.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
-        return cls(device, cfg.amp, cfg.channels_last, cfg.num_workers, progress, rank, world)
+        env = dist_env()
+        device = resolve_device(cfg.device, "clf.device")
+        return cls(device, cfg.amp, cfg.channels_last, cfg.num_workers, progress, env.rank, env.world_size)
 
 
 @contextmanager
 def distributed_session(opts: RunOptions) -> Iterator[None]:
     """Join torchrun's process group for the duration of a stage (no-op for a single process)."""
-    if not opts.distributed or dist.is_initialized():
+    with process_group(opts.device) as env:
+        if env.distributed and env.is_main:
+            log.info("DistributedDataParallel: %d processes; rank 0 logs progress", env.world_size)
         yield
-        return
-    if opts.device.type == "cuda":
-        torch.cuda.set_device(opts.device)
-    backend = "nccl" if opts.device.type == "cuda" else "gloo"
-    dist.init_process_group(backend)
-    log.info("DistributedDataParallel: %d processes (%s); rank 0 logs progress", opts.world_size, backend)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def _barrier(opts: RunOptions) -> None:
-    if opts.distributed:
-        dist.barrier()
 
 
 def _broadcast_buffers(model: nn.Module) -> None:
@@ -309,12 +291,11 @@ def train_one_epoch(
     """One pass over `loader`; returns the sample-weighted mean loss meter (local to this process)."""
     model.train()
     meter = RunningMean()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if opts.autocast else nullcontext()
     show = opts.progress and opts.is_main  # one bar under torchrun, not one per process
     for images, target in track(loader, description, meter, total=len(loader), enabled=show):
         images = images.to(opts.device, non_blocking=True, memory_format=opts.memory_format)
         target = target.to(opts.device, non_blocking=True)
-        with autocast:
+        with autocast(opts.device, opts.amp):
             loss = criterion(model(images).float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -324,17 +305,16 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, opts: RunOptions) -> dict[str, Any]:
-    """Loss, accuracy, macro F1 and the confusion matrix of `model` over `loader`."""
+def validate(model: nn.Module, loader: DataLoader, criterion: nn.Module, opts: RunOptions) -> dict[str, Any]:
+    """Loss, accuracy, macro F1 and the confusion matrix of `model` over `loader` (model selection)."""
     model.eval()
     meter = RunningMean()
     num_classes = getattr(model, "num_classes", None)
     preds, targets = [], []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if opts.autocast else nullcontext()
     for images, target in loader:
         images = images.to(opts.device, non_blocking=True, memory_format=opts.memory_format)
         target = target.to(opts.device, non_blocking=True)
-        with autocast:
+        with autocast(opts.device, opts.amp):
             logits = model(images).float()
         meter.update(criterion(logits, target), images.shape[0])
         num_classes = num_classes or logits.shape[1]
@@ -376,12 +356,8 @@ def _score(stats: EpochStats, monitor: str) -> float:
     return stats.val_macro_f1
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def _state_dict_copy(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
 
 
 def fit(
@@ -461,7 +437,7 @@ def fit(
         train_loss = (sums[0] / sums[1].clamp_min(1)).item()
         if scheduler is not None:
             scheduler.step()
-        val = evaluate(model, val_loader, criterion, opts) if val_loader is not None else None
+        val = validate(model, val_loader, criterion, opts) if val_loader is not None else None
         if val is not None and opts.distributed:
             val = _broadcast_scores(val, opts.device)
         stats = EpochStats(
@@ -506,7 +482,7 @@ def fit(
                 },
                 checkpoint,
             )
-        _barrier(opts)
+        barrier()
         if callback is not None and opts.is_main:
             callback(stats)
         if stopped_early:
@@ -555,48 +531,6 @@ class StageResult:
             if key in self.best and math.isfinite(self.best[key]):  # NaN (no validation) is not JSON
                 flat[key] = round(float(self.best[key]), 4)
         return flat
-
-
-def _model_record(
-    model: nn.Module,
-    name: str,
-    classes: Sequence[str],
-    size: Size,
-    cfg: ClassifierConfig,
-    stage: str,
-    normed: bool,
-    preprocessing: Preprocessing | None = None,
-) -> dict[str, Any]:
-    """The saved-model contract read by `load_classifier` (and evaluate/predict)."""
-    model = _unwrap(model)
-    record = {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "model_name": name,
-        "num_classes": len(classes),
-        "in_chans": int(getattr(model, "in_chans", 1)),
-        "classes": list(classes),
-        "image_size": [int(size[0]), int(size[1])],
-        "normed_head": normed,
-        "stage": stage,
-        "config": cfg.model_dump(mode="json"),
-    }
-    if preprocessing is not None:  # what predict repeats on new files
-        record["preprocessing"] = preprocessing.model_dump(mode="json")
-    return record
-
-
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a classifier saved by clf_pretrain / clf_finetune, in eval mode on `device`.
-
-    Returns:
-        (model, checkpoint dict with model_name, num_classes, in_chans, classes, image_size, config, ...).
-    """
-    ckpt = load_checkpoint(path, map_location="cpu")
-    model = build(ckpt["model_name"], ckpt["num_classes"], in_chans=ckpt["in_chans"])
-    if ckpt.get("normed_head", False):
-        model.reset_classifier(ckpt["num_classes"], normed=True)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
 
 
 def _stage_result(
@@ -679,7 +613,7 @@ def _train_stage(
     }
     if not resume and opts.is_main:
         checkpoint.unlink(missing_ok=True)
-    _barrier(opts)
+    barrier()
     log.info("%s: %d training images %s, %d validation images", stage, len(train), counts, len(val or []))
     return fit(
         model, train_loader, val_loader, criterion, train_cfg, opts, cfg.seed, checkpoint, identity, counts,
@@ -737,13 +671,14 @@ def pretrain_classifier(
         path = out_dir / "model.pt"
         with distributed_session(opts):  # under torchrun: no rank returns before rank 0 has written
             if opts.is_main:
-                record = _model_record(
-                    model, cfg.model, target_classes, target_size, cfg, "pretrain", cfg.normed_head
+                record = ClassifierFile.from_model(
+                    model, cfg.model, target_classes, target_size, normed_head=cfg.normed_head,
+                    stage="pretrain", config=cfg.model_dump(mode="json"),
                 )
-                save_checkpoint(record, path)
+                classifier_file.save(record, path)
                 _clear_checkpoints(root / cfg.checkpoints_dir / "clf_pretrain")
                 write_history([], [root / cfg.plots_dir / "pretrain.csv"])
-            _barrier(opts)
+            barrier()
         seconds = time.perf_counter() - tic
         return StageResult(
             "clf_pretrain", cfg.model, cfg.pretrain_source, str(path), list(target_classes), seconds=seconds
@@ -774,12 +709,13 @@ def pretrain_classifier(
         )
         path = out_dir / "model.pt"
         if opts.is_main:
-            record = _model_record(
-                model, cfg.model, source_classes, source_size, cfg, "pretrain", cfg.normed_head
+            record = ClassifierFile.from_model(
+                model, cfg.model, source_classes, source_size, normed_head=cfg.normed_head,
+                stage="pretrain", config=cfg.model_dump(mode="json"), history=result.history,
             )
-            save_checkpoint({**record, "history": result.history}, path)
+            classifier_file.save(record, path)
             write_history(result.history, [root / cfg.plots_dir / "pretrain.csv"])
-        _barrier(opts)
+        barrier()
     return _stage_result(
         "clf_pretrain",
         cfg,
@@ -818,17 +754,14 @@ def finetune_classifier(
     root = Path(root)
     opts = RunOptions.from_config(cfg, progress=progress)
     init_path = root / cfg.pretrain_dir / "model.pt"
-    init = load_checkpoint(init_path)
-    if init["model_name"] != cfg.model:
+    init = classifier_file.read(init_path)
+    if init.model_name != cfg.model:
         raise ValueError(
-            f"{init_path} holds a {init['model_name']!r} but clf.model is {cfg.model!r}; re-run clf_pretrain"
+            f"{init_path} holds a {init.model_name!r} but clf.model is {cfg.model!r}; re-run clf_pretrain"
         )
     with distributed_session(opts):
         torch.manual_seed(cfg.seed)
-        model = build(cfg.model, init["num_classes"], in_chans=init["in_chans"])
-        if init.get("normed_head", False):
-            model.reset_classifier(init["num_classes"], normed=True)
-        model.load_state_dict(init["model"])
+        model = init.build()
         model.reset_classifier(len(classes), normed=cfg.normed_head)
         log.info("%s: head reset to %d classes, %s parameters", cfg.model, len(classes), f"{count_parameters(model):,}")
         transform = build_transform(augment) if augment.mode == "online" else None
@@ -856,14 +789,15 @@ def finetune_classifier(
         out_dir = root / cfg.out_dir
         path = out_dir / "model.pt"
         if opts.is_main:
-            record = _model_record(
-                model, cfg.model, classes, image_size, cfg, "finetune", cfg.normed_head, preprocessing
+            record = ClassifierFile.from_model(
+                model, cfg.model, classes, image_size, normed_head=cfg.normed_head, preprocessing=preprocessing,
+                stage="finetune", config=cfg.model_dump(mode="json"), history=result.history, best=result.best,
             )
-            save_checkpoint({**record, "history": result.history, "best": result.best}, path)
+            classifier_file.save(record, path)
             write_history(
                 result.history,
                 [out_dir / "history.csv", root / cfg.plots_dir / "finetune.csv"],
                 out_dir / "history.json",
             )
-        _barrier(opts)
+        barrier()
     return _stage_result("clf_finetune", cfg, cfg.pretrain_source, path, classes, train, val, result, tic)

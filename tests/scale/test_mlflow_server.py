@@ -9,14 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from bonescan import tracking
-from bonescan.checkpoint import save_checkpoint
-from bonescan.config import ClassifierConfig, PromoteConfig
-from bonescan.models import build
-from bonescan.registry import CHAMPION, example_input, promote
-from bonescan.train import _model_record
+from bonescan import classifier_file, tracking
+from bonescan.config import PromoteConfig
+from bonescan.model_registry import CHAMPION, example_input, promote
+from tests.classifier_files import write_classifier
 
 pytestmark = pytest.mark.slow
 
@@ -80,16 +77,14 @@ def test_stage_runs_and_their_artifacts_land_on_the_server(project, server):
 
 def _evaluated_checkpoint(root: Path) -> None:
     """What clf_finetune and evaluate leave behind: a tiny checkpoint, its test metrics and split fingerprint."""
-    torch.manual_seed(0)
-    model = build("soft_threshold_net", len(CLASSES), in_chans=1)
-    record = _model_record(model, "soft_threshold_net", CLASSES, SIZE, ClassifierConfig(model="soft_threshold_net"),
-                           "finetune", False)  # the saved-model contract of clf_finetune
-    save_checkpoint(record, root / "models" / "classifier" / "model.pt")
+    record = write_classifier(root / "models" / "classifier" / "model.pt", CLASSES, SIZE)
     metrics = {"macro_f1": 0.7, **{f"recall_{c}": 0.7 for c in CLASSES}}
     (root / "metrics").mkdir()
     (root / "metrics" / "eval.json").write_text(json.dumps(metrics))
     (root / "reports" / "eval").mkdir(parents=True)
-    (root / "reports" / "eval" / "summary.json").write_text(json.dumps({"fingerprint": "0123456789abcdef"}))
+    (root / "reports" / "eval" / "summary.json").write_text(json.dumps(
+        {"fingerprint": "0123456789abcdef", "model_digest": classifier_file.model_digest(record)}
+    ))
 
 
 def test_promoted_model_loads_back_from_the_shared_registry(project, server):

@@ -12,7 +12,6 @@ Three properties matter for small medical datasets and are guaranteed here:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -23,6 +22,7 @@ import pandas as pd
 
 from bonescan.config import DatasetConfig, SplitConfig
 from bonescan.data.manifest import read_manifest, write_manifest
+from bonescan.runtime import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,6 @@ def run_split(name: str, dataset: DatasetConfig, cfg: SplitConfig) -> SplitResul
     updated.to_csv(ledger_path, index=False)
     metrics_path = Path(dataset.metrics_dir) / "split.json"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_json(metrics_path, metrics)
     log.info("split %s: %s", name, {s: metrics[f"{s}_patients"] for s in SPLITS})
     return SplitResult(manifest, updated, metrics)

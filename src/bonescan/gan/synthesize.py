@@ -14,7 +14,6 @@ A run with nothing to write still writes a valid, empty manifest, so downstream 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import shutil
@@ -32,6 +31,7 @@ from bonescan.data.manifest import ManifestRow, ManifestWriter, read_manifest
 from bonescan.dicom.read import write_png16
 from bonescan.gan import quality
 from bonescan.gan.train import GanRun, build_from_weights, generator_digest, load_weights, training_rows
+from bonescan.runtime import atomic_write, atomic_write_json
 
 __all__ = ["SynthesisResult", "generate", "needed_counts", "run_synthesize"]
 
@@ -230,9 +230,8 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
         "output_size": list(params.image_size(gan.finetune.dataset)),
     }
     report_path = root / gan.report
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(_finite(report), indent=2) + "\n")
-    report_path.with_suffix(".md").write_text(quality.render_markdown(report))
+    atomic_write(report_path.with_suffix(".md"), quality.render_markdown(report))
+    atomic_write_json(report_path, _finite(report))
     return SynthesisResult(
         manifest=root / gan.synthesize.out_dir / "manifest.csv",
         report=report_path,

@@ -20,10 +20,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 from torchvision.utils import make_grid
 
+from bonescan.checkpoint import save_checkpoint
 from bonescan.config import GanConfig, GanModelConfig, GanStageConfig, GanTrainConfig, Params, Size
 from bonescan.data.dataset import ManifestDataset, load_split
 from bonescan.data.manifest import read_manifest
@@ -51,6 +50,7 @@ from bonescan.gan import (
     generator_loss,
     mode_seeking_loss,
 )
+from bonescan.runtime import autocast, dist_env, resolve_device, unwrap
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -258,17 +258,6 @@ def generator_digest(weights: dict) -> str:
     return hashlib.sha256((json.dumps(shape, sort_keys=True) + _sha_state(sampler)).encode()).hexdigest()
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, DistributedDataParallel) else module
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _sha_state(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for key in sorted(state):
@@ -326,29 +315,22 @@ class _Dist:
 
 
 def _init_distributed(device: torch.device) -> _Dist:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the process group torchrun describes (WORLD_SIZE > 1); single process otherwise.
+
+    Unlike `runtime.process_group` (one block), the GAN stage keeps the group across its
+    architectures: the caller that started it destroys it once (re-creating it raced under torchrun).
+    """
+    env = dist_env()
+    if not env.distributed:
         return _Dist()
     started = False
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend)
-        log.info("DistributedDataParallel: %d processes (%s); rank 0 logs progress", world, backend)
+        if env.is_main:
+            log.info("DistributedDataParallel: %d processes (%s); rank 0 logs progress", env.world_size, backend)
         started = True
     return _Dist(rank=dist.get_rank(), world=dist.get_world_size(), started_here=started)
-
-
-def _pick_device(choice: str) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("gan.train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def _autocast(device: torch.device) -> AbstractContextManager:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def _fingerprint(config: dict, rows: pd.DataFrame, init_sha: str | None, world: int) -> str:
@@ -406,7 +388,7 @@ def train_gan(
         A `GanTrainResult`; `run.weights` holds G, D, EMA weights, the config and the history.
     """
     rows = training_rows(rows)
-    device = _pick_device(train_cfg.device)
+    device = resolve_device(train_cfg.device, "gan.train.device")
     ddp = _init_distributed(device)
     config = _jsonable(
         {
@@ -499,7 +481,7 @@ def train_gan(
             rngs = [None] * ddp.world
             dist.all_gather_object(rngs, rng)
         if ddp.main:
-            _save_atomic(
+            save_checkpoint(
                 {
                     "format": CHECKPOINT_FORMAT,
                     "fingerprint": fingerprint,
@@ -593,7 +575,7 @@ def train_gan(
     if ddp.main:
         _save_grid(sampler_net, fixed_z, fixed_y, device, run.samples_dir / f"{arch}_final.png", len(classes))
         _write_history(history, run.history_csv)
-        _save_atomic(
+        save_checkpoint(
             {
                 "format": CHECKPOINT_FORMAT,
                 "arch": arch,
@@ -661,7 +643,7 @@ def train_step(
     fake batch share their labels and G also minimises `mode_seeking_loss` between them.
     """
     b = real.shape[0]
-    g_net, d_net = _unwrap(g), _unwrap(d)
+    g_net, d_net = unwrap(g), unwrap(d)
     z = torch.randn(b, g_net.z_dim, generator=noise_gen).to(device)
     if mode_seeking > 0:  # pairs (i, i + b // 2) share a label; an odd last image draws its own
         half = torch.randint(0, num_classes, (b // 2,), generator=noise_gen)
@@ -671,7 +653,7 @@ def train_step(
         y_fake = torch.randint(0, num_classes, (b,), generator=noise_gen).to(device)
     aug = (lambda x: augment(x, aug_gen)) if augment is not None else (lambda x: x)  # noqa: E731
 
-    with _autocast(device):
+    with autocast(device):
         fake = g(z, y_fake)  # (B, C, H, W)
         real_aug = aug(real)
         rf, cls = d(torch.cat([real_aug, aug(fake.detach())]))
@@ -689,7 +671,7 @@ def train_step(
     opt_d.step()
 
     d_net.requires_grad_(False)
-    with _autocast(device):
+    with autocast(device):
         rf, cls = d_net(torch.cat([real_aug, aug(fake)]))  # (2B, 1), (2B, K): real half only sets BN stats
     g_loss, g_stats = generator_loss(rf[b:].float(), cls[b:].float(), y_fake)
     if mode_seeking > 0 and b >= 2:
@@ -739,7 +721,7 @@ def _save_grid(
     """One row per class of images from fixed noise, as an 8-bit PNG (for eyes, not for training)."""
     was_training = g.training
     g.eval()
-    with _autocast(device):
+    with autocast(device):
         images = g(z.to(device), y.to(device)).float().cpu()  # (K * n, C, H, W) in [-1, 1]
     g.train(was_training)
     grid = make_grid((images + 1) / 2, nrow=len(y) // rows, padding=2, pad_value=1.0)  # (3, H', W')
@@ -808,7 +790,7 @@ def run_gan_stage(
     seed = gan.seed if gan.seed is not None else params.base.seed
     # One process group for all architectures: tearing it down and re-creating it between them races
     # under torchrun (gloo "connection refused" or a hang).
-    ddp = _init_distributed(_pick_device(gan.train.device))
+    ddp = _init_distributed(resolve_device(gan.train.device, "gan.train.device"))
     try:
         return [_train_arch(arch, stage, stage_cfg, params, rows, dataset.classes, seed, root, resume, epoch_callback)
                 for arch in gan.archs]

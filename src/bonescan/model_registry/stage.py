@@ -1,17 +1,10 @@
-"""The MLflow model registry: the classifier as a pyfunc, one version per checkpoint, promotion by alias.
+"""The promote stage: register the evaluated classifier in MLflow and move aliases by the rule.
 
-`bonescan promote` registers the evaluated checkpoint as a version of `bonescan-classifier` (a version
-per distinct checkpoint: re-running on the same weights reuses it), points `challenger` at it, and
-applies `bonescan.promote.decide` against the current `champion`, whose metrics and test-split
-fingerprint are read back from its version tags. A promotion moves `champion` and keeps the old one
-as `previous-champion`; `rollback` undoes it. Every version carries a model card.
-
-The logged model is self-contained: an MLflow pyfunc whose directory holds the checkpoint at
-`artifacts/model.pt` (what `bonescan predict --model models:/...` loads), the bonescan code under
-`code/`, a tensor signature, an input example and pinned pip requirements taken from this
-environment, so logging never resolves anything over the network. Its input is the training
-preprocessing's output, (B, in_chans, H, W) float32 in [0, 1]; its output is one probability column
-per class plus `prediction`.
+`bonescan promote` registers the evaluated classifier file as a version of `bonescan-classifier` (a
+version per distinct model digest: re-running on the same weights reuses it), points `challenger` at
+it, and applies `bonescan.model_registry.rules.decide` against the current `champion`, whose metrics
+and test-split fingerprint are read back from its version tags. A promotion moves `champion` and keeps
+the old one as `previous-champion`; `rollback` undoes it. Every version carries a model card.
 
 Runs and the registry are reached through one explicit `MlflowClient` (`bonescan.tracking.client`);
 the fluent, process-global `mlflow.start_run` state is never used.
@@ -19,29 +12,22 @@ the fluent, process-global `mlflow.start_run` state is never used.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, astuple, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow.pyfunc
-import numpy as np
-import pandas as pd
-import torch
-
-from bonescan import tracking
-from bonescan.checkpoint import model_digest
+from bonescan import classifier_file, tracking
 from bonescan.config import PromoteConfig
-from bonescan.metrics import MACRO_METRICS
-from bonescan.promote import (
+from bonescan.model_registry.card import CardSources, card_summary, render_model_card
+from bonescan.model_registry.pyfunc import MODEL_ARTIFACT_PATH, save_pyfunc
+from bonescan.model_registry.rules import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION,
@@ -51,33 +37,25 @@ from bonescan.promote import (
     aliases_after_rollback,
     decide,
 )
+from bonescan.runtime import atomic_write_json
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
 __all__ = [
-    "CardSources",
     "Candidate",
-    "ClassifierPyfunc",
     "PromotionResult",
     "current_aliases",
-    "example_input",
     "find_version",
-    "inference_requirements",
     "load_candidate",
     "promote",
-    "render_model_card",
     "rollback",
-    "save_pyfunc",
     "version_metrics",
 ]
 
 log = logging.getLogger(__name__)
 
-MODEL_ARTIFACT_PATH = "classifier"  # run artifact folder of the pyfunc model (the version's source)
-CHECKPOINT_KEY = "checkpoint"  # pyfunc artifact name: the model dir holds artifacts/model.pt
-PREDICTION_COLUMN = "prediction"
 TAG_DIGEST = "bonescan.checkpoint_digest"
 TAG_TEST_SPLIT = "bonescan.test_split"
 TAG_DECISION = "bonescan.promotion.decision"
@@ -87,122 +65,6 @@ TAG_ROLLED_BACK = "bonescan.rolled_back"
 EVAL_TAG_PREFIX = "eval."
 PARAMS_TAG_PREFIX = "params.clf."
 _MAX_TAG_VALUE = 5000  # MLflow's limit for a model version tag value
-# What `load_classifier` imports (bonescan.train and its imports), pinned to this environment's
-# versions: an explicit list, so that logging never runs MLflow's requirement inference.
-_INFERENCE_PACKAGES = (
-    "mlflow",
-    "cloudpickle",
-    "torch",
-    "torchvision",
-    "numpy",
-    "pandas",
-    "pydantic",
-    "pyyaml",
-    "pillow",
-    "scipy",
-    "scikit-image",
-    "pydicom",
-    "pylibjpeg",
-    "pylibjpeg-openjpeg",
-    "pylibjpeg-libjpeg",
-    "rich",
-)
-
-
-# --------------------------------------------------------------------------- the pyfunc model
-
-
-class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
-    """A bonescan checkpoint served through MLflow: preprocessed images in, class probabilities out.
-
-    The checkpoint (the `checkpoint` artifact) is rebuilt with `bonescan.train.load_classifier`, so
-    the served model is exactly the one `evaluate` scored. Inference runs on the CPU in fp32.
-    """
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from bonescan.train import load_classifier
-
-        self._model, ckpt = load_classifier(context.artifacts[CHECKPOINT_KEY])
-        self._classes = list(ckpt["classes"])
-
-    def predict(
-        self, context: mlflow.pyfunc.PythonModelContext, model_input: np.ndarray, params: dict | None = None
-    ) -> pd.DataFrame:
-        """Softmax probabilities of (B, in_chans, H, W) images -> (B, classes + `prediction`) frame."""
-        images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        with torch.inference_mode():
-            prob = torch.softmax(self._model(images).float(), dim=1).numpy().astype(np.float64)  # (B, K)
-        out = pd.DataFrame(prob, columns=self._classes)
-        out[PREDICTION_COLUMN] = [self._classes[i] for i in prob.argmax(axis=1)]
-        return out
-
-
-def example_input(in_chans: int, image_size: Sequence[int]) -> np.ndarray:
-    """A synthetic, identity-free model input (1, in_chans, H, W) float32 in [0, 1].
-
-    A smooth elongated body with one hot spot, quantised to the 16-bit steps of the PNGs training
-    read: the value range and resolution the model saw, without any patient's image in the registry.
-    """
-    h, w = int(image_size[0]), int(image_size[1])
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    y, x = yy / max(h - 1, 1), xx / max(w - 1, 1)
-    body = 0.35 * np.exp(-((((x - 0.5) / 0.2) ** 2 + ((y - 0.5) / 0.42) ** 2) ** 2))
-    spot = 0.6 * np.exp(-(((x - 0.4) / 0.05) ** 2 + ((y - 0.3) / 0.03) ** 2))
-    image = np.round(np.clip(body + spot, 0.0, 1.0) * 65535.0) / 65535.0
-    return np.broadcast_to(image, (1, in_chans, h, w)).astype(np.float32)
-
-
-def inference_requirements() -> list[str]:
-    """`name==version` of the packages the model needs at load time, as installed here."""
-    pins = []
-    for name in _INFERENCE_PACKAGES:
-        try:
-            pins.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            log.debug("%s is not installed; left out of the model's requirements", name)
-    return pins
-
-
-def _stage_code(dst: Path) -> Path:
-    """A copy of the bonescan package's sources (no caches) for the model's `code/` folder."""
-    import bonescan
-
-    src = Path(bonescan.__file__).parent
-    target = dst / "bonescan"
-    shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return target
-
-
-def save_pyfunc(checkpoint: str | Path, dst: str | Path) -> Path:
-    """Write the checkpoint as an MLflow pyfunc model directory at `dst` (which must not exist).
-
-    The directory holds `artifacts/model.pt`, `code/bonescan/`, MLmodel with a tensor signature
-    (float32, (-1, in_chans, H, W)) and an input example, and pinned requirements.
-    """
-    from mlflow.models import infer_signature
-
-    from bonescan.train import load_classifier
-
-    checkpoint, dst = Path(checkpoint), Path(dst)
-    model, ckpt = load_classifier(checkpoint)
-    classes = list(ckpt["classes"])
-    example = example_input(int(ckpt["in_chans"]), ckpt["image_size"])
-    with torch.inference_mode():
-        prob = torch.softmax(model(torch.from_numpy(example)).float(), dim=1).numpy().astype(np.float64)
-    output = pd.DataFrame(prob, columns=classes)
-    output[PREDICTION_COLUMN] = [classes[i] for i in prob.argmax(axis=1)]
-    with tempfile.TemporaryDirectory(prefix="bonescan-code-") as tmp:
-        mlflow.pyfunc.save_model(
-            path=str(dst),
-            python_model=ClassifierPyfunc(),
-            artifacts={CHECKPOINT_KEY: str(checkpoint)},
-            code_paths=[str(_stage_code(Path(tmp)))],
-            signature=infer_signature(example, output),
-            input_example=example,
-            pip_requirements=inference_requirements(),
-        )
-    return dst
-
 
 # --------------------------------------------------------------------------- the candidate
 
@@ -229,19 +91,24 @@ class Candidate:
     checkpoint_meta: dict[str, Any]
 
 
-def load_candidate(cfg: PromoteConfig, root: str | Path = ".") -> Candidate:
-    """Read the checkpoint, its test metrics and its test-split fingerprint.
+def load_candidate(
+    checkpoint: str | Path, metrics_file: str | Path, summary_file: str | Path, root: str | Path = "."
+) -> Candidate:
+    """Read the classifier file, its test metrics and its test-split fingerprint.
+
+    Args:
+        checkpoint: the fine-tuned classifier file (`promote.model_file`).
+        metrics_file: evaluate's flat test metrics (`promote.metrics_file`).
+        summary_file: evaluate's summary (`promote.eval_summary`), which names the model it scored.
+        root: the paths above are relative to it.
 
     Raises:
-        FileNotFoundError: the checkpoint or the metrics file is missing.
-        ValueError: no test-split fingerprint (neither in the metrics nor in the evaluate summary).
+        FileNotFoundError: the classifier file or the metrics file is missing.
+        ValueError: no test-split fingerprint, or the metrics were computed for another model than
+            the classifier file on disk (evaluate did not run after the last training).
     """
-    from bonescan.checkpoint import load_checkpoint
-
     root = Path(root)
-    checkpoint, metrics_file, summary_file = (
-        root / p for p in (cfg.model_file, cfg.metrics_file, cfg.eval_summary)
-    )
+    checkpoint, metrics_file, summary_file = (root / Path(p) for p in (checkpoint, metrics_file, summary_file))
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{metrics_file}: no test metrics; run `bonescan evaluate` first")
     metrics = json.loads(metrics_file.read_text())
@@ -252,25 +119,42 @@ def load_candidate(cfg: PromoteConfig, root: str | Path = ".") -> Candidate:
             f"no test-split fingerprint in {metrics_file} or {summary_file}: scores cannot be compared "
             "with the champion's; re-run `bonescan evaluate`"
         )
-    meta = load_checkpoint(checkpoint)
-    digest = model_digest(meta)
-    meta.pop("model", None)
-    meta.pop("history", None)
+    record = classifier_file.read(checkpoint)
+    digest = classifier_file.model_digest(record)
+    scored = summary.get("model_digest")
+    if scored != digest:
+        found = f"model {scored[:12]}" if scored else "no model digest (written by an older bonescan)"
+        raise ValueError(
+            f"{summary_file} records the test metrics of {found}, but {checkpoint} is model {digest[:12]}: "
+            "these metrics were not computed for this model; run `bonescan evaluate` first (`dvc repro evaluate`)"
+        )
     metrics = {k: v for k, v in metrics.items() if v is None or isinstance(v, int | float)}
-    return Candidate(checkpoint, digest, metrics, str(test_split), summary, meta)
+    return Candidate(checkpoint, digest, metrics, str(test_split), summary, record.summary())
 
 
 # --------------------------------------------------------------------------- registry reads
 
 
+def _not_found(exc: Exception) -> bool:
+    """Whether an MLflow error says "does not exist" (any other error is a fault of the store)."""
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
 def current_aliases(mlflow: MlflowClient, name: str) -> dict[str, str]:
-    """Alias -> version of the registered model; {} when it does not exist yet."""
+    """Alias -> version of the registered model; {} only when the model does not exist yet.
+
+    Raises:
+        MlflowException: any other error of the store (locked database, unreachable server): an
+            unreadable registry must never read as "no champion yet".
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         model = mlflow.get_registered_model(name)
-    except MlflowException:
-        return {}
+    except MlflowException as exc:
+        if _not_found(exc):
+            return {}
+        raise
     return {alias: str(version) for alias, version in (model.aliases or {}).items()}
 
 
@@ -309,27 +193,6 @@ def version_metrics(
 
 
 # --------------------------------------------------------------------------- the stage
-
-
-@dataclass(frozen=True)
-class CardSources:
-    """Optional reports the model card summarises (missing files are left out of the card).
-
-    Attributes:
-        manifest: the target dataset's manifest (counts per split and class; no identifier is copied).
-        phi_scan: ingest's residual-PHI scan of the anonymized files.
-        gan_quality: the GAN quality report (which classes' synthetic images were admitted).
-        confusion_png: evaluate's confusion matrix, logged next to the card.
-    """
-
-    manifest: Path | None = None
-    phi_scan: Path | None = None
-    gan_quality: Path | None = None
-    confusion_png: Path | None = None
-
-    def under(self, root: Path) -> CardSources:
-        """Relative paths taken relative to `root` (the project), like the paths of PromoteConfig."""
-        return CardSources(*(None if p is None else root / p for p in astuple(self)))
 
 
 @dataclass(frozen=True)
@@ -453,7 +316,9 @@ def _register(
 
     try:
         mlflow.get_registered_model(cfg.registered_model)
-    except MlflowException:
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
         mlflow.create_registered_model(
             cfg.registered_model,
             description="bonescan classifier of whole-body bone scintigraphy "
@@ -496,7 +361,7 @@ def promote(
     """
     root = Path(project_root)
     sources = (sources or CardSources()).under(root)
-    candidate = load_candidate(cfg, root)
+    candidate = load_candidate(cfg.model_file, cfg.metrics_file, cfg.eval_summary, root)
     mlflow = tracking.client(root)
     name = cfg.registered_model
     aliases = current_aliases(mlflow, name)
@@ -556,7 +421,7 @@ def promote(
             **common,
         )  # fmt: skip
         _write_card(mlflow, run, version, candidate, result, cfg, sources, root / cfg.model_card)
-        mlflow.update_model_version(name, number, description=_card_summary(result, candidate))
+        mlflow.update_model_version(name, number, description=card_summary(result, candidate))
     _write_report(result, root / cfg.report)
     log.info("%s version %s: %s", action, number, decision.reason)
     return result
@@ -612,14 +477,15 @@ def _exists(mlflow: MlflowClient, name: str, version: str) -> bool:
 
     try:
         mlflow.get_model_version(name, version)
-    except MlflowException:
-        return False
+    except MlflowException as exc:
+        if _not_found(exc):
+            return False
+        raise
     return True
 
 
 def _write_report(result: PromotionResult, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    atomic_write_json(path, result.to_json())
 
 
 def _write_card(
@@ -645,211 +511,3 @@ def _write_card(
                 mlflow.log_artifact(version.run_id, str(file), f"{MODEL_ARTIFACT_PATH}/model_card")
             if version.run_id != run.run_id:  # and on the run that took this decision
                 run.log_artifact(file, "model_card")
-
-
-def _card_summary(result: PromotionResult, candidate: Candidate) -> str:
-    value = result.challenger_value
-    shown = "n/a" if value is None else f"{value:.3f}"
-    low, high = (candidate.metrics.get(f"{result.primary_metric}_ci_{s}") for s in ("low", "high"))
-    ci = f" ({low:.3f} - {high:.3f})" if isinstance(low, float) and isinstance(high, float) else ""
-    return (
-        f"{candidate.checkpoint_meta.get('model_name', 'classifier')}: {result.primary_metric} {shown}{ci} "
-        f"on test split {result.test_split}. Decision: {result.action} ({result.reason}). "
-        "Research use only, not diagnosis; "
-        f"see model_card/model_card.md."
-    )
-
-
-# --------------------------------------------------------------------------- the model card
-
-
-def _fmt(value: object) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _read_json(path: Path | None) -> dict | None:
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        log.warning("%s is not valid JSON; left out of the model card", path.name)
-        return None
-
-
-def _data_section(manifest: Path | None, classes: Sequence[str]) -> list[str]:
-    if manifest is None or not manifest.is_file():
-        return ["Data counts unavailable (no manifest at the configured path)."]
-    frame = pd.read_csv(manifest, usecols=lambda c: c in {"label", "split", "synthetic", "patient_id"})
-    if "synthetic" in frame:
-        frame = frame[~frame["synthetic"].astype(str).str.lower().isin({"true", "1"})]
-    counts = frame.groupby(["split", "label"]).size().unstack(fill_value=0)
-    counts = counts.reindex(
-        columns=[c for c in classes if c in counts.columns] + sorted(set(counts.columns) - set(classes))
-    )
-    splits = [s for s in ("train", "val", "test") if s in counts.index] + sorted(
-        set(counts.index) - {"train", "val", "test"}
-    )
-    lines = [
-        "Real images per split and class (anonymized, ingested; synthetic and augmented images excluded):",
-        "",
-    ]
-    lines += ["| split | " + " | ".join(counts.columns) + " | images | patients |",
-              "|---" * (len(counts.columns) + 3) + "|"]  # fmt: skip
-    patients = frame.groupby("split")["patient_id"].nunique() if "patient_id" in frame else {}
-    for split in splits:
-        row = counts.loc[split]
-        lines.append(f"| {split} | " + " | ".join(str(int(row[c])) for c in counts.columns)
-                     + f" | {int(row.sum())} | {int(patients.get(split, 0))} |")  # fmt: skip
-    return lines
-
-
-def _gan_section(report: dict | None) -> list[str]:
-    if not report:
-        return []
-    lines = [
-        "",
-        "Synthetic oversampling (GAN quality gate; admitted classes' images were added to training):",
-        "",
-    ]
-    lines += ["| arch | class | fidelity | diversity SSIM | admitted |", "|---|---|---|---|---|"]
-    for arch, values in (report.get("archs") or {}).items():
-        for name, c in (values.get("classes") or {}).items():
-            lines.append(f"| {arch} | {name} | {_fmt(c.get('fidelity'))} | {_fmt(c.get('diversity_ssim'))} | "
-                         f"{'yes' if c.get('admitted') else 'no'} |")  # fmt: skip
-    return lines
-
-
-def _preprocessing_line(recorded: dict | None) -> list[str]:
-    if not recorded:
-        return ["- Preprocessing: not recorded in this checkpoint (`bonescan predict` applies params.yaml's)"]
-    ingest = recorded.get("ingest", {})
-    views = "anterior + posterior views" if recorded.get("split_views") else "one view per file"
-    return [
-        f"- Preprocessing (saved in the checkpoint, repeated by `bonescan predict`): modalities "
-        f"{', '.join(recorded.get('modalities', []))}, {views}, body crop at {ingest.get('crop_threshold')} of "
-        f"the robust maximum with margin {ingest.get('crop_margin')}, posterior mirrored: "
-        f"{ingest.get('mirror_posterior')}, counts saturated at percentile {ingest.get('intensity_percentile')}"
-    ]
-
-
-def render_model_card(
-    candidate: Candidate,
-    result: PromotionResult,
-    cfg: PromoteConfig,
-    sources: CardSources | None = None,
-    *,
-    confusion_link: str | None = None,
-) -> str:
-    """Markdown model card of one registered version: use, data, metrics with CIs, decision, config, limits.
-
-    Only counts, metrics and configuration appear; no identifier, path of a patient's file or image.
-
-    Args:
-        candidate: the registered checkpoint and its test metrics.
-        result: the decision taken on it.
-        cfg: the promotion rule's settings.
-        sources: reports summarised in the data section.
-        confusion_link: relative link to the confusion-matrix PNG, shown as an image when given.
-    """
-    sources = sources or CardSources()
-    meta, metrics, summary = candidate.checkpoint_meta, candidate.metrics, candidate.summary
-    classes = list(meta.get("classes", []))
-    size = meta.get("image_size", ["?", "?"])
-    ci = summary.get("ci")
-    ci_text = f"{round(100 * ci)} %" if isinstance(ci, float) else "bootstrap"
-    aliases = ", ".join(f"{a} = v{v}" for a, v in result.aliases_after.items())
-    lines = [
-        f"# Model card: {result.registered_model} version {result.version}",
-        "",
-        f"- Model: `{meta.get('model_name', '?')}`, {len(classes)} classes ({', '.join(classes)}), input "
-        f"{meta.get('in_chans', '?')} x {size[0]} x {size[1]} (channels x height x width), float32 in [0, 1]",
-        *_preprocessing_line(meta.get("preprocessing")),
-        f"- Model digest (blake2b of weights and input contract): `{candidate.digest}`; MLflow run "
-        f"`{result.run_id}`",
-        f"- Aliases after this decision: {aliases or 'none'}",
-        "",
-        "## Intended use",
-        "",
-        "Research on automated classification of whole-body bone scintigraphy (healthy / metastasis / benign "
-        "change) and on oversampling and transfer learning for small, imbalanced medical image sets. **Not a "
-        "medical device and not for diagnosis**: outputs must not inform the care of a patient. Inputs are "
-        "anterior/posterior whole-body views preprocessed exactly as in training (`bonescan predict`).",
-        "",
-        "## Data",
-        "",
-        *_data_section(sources.manifest, classes),
-    ]
-    phi = _read_json(sources.phi_scan)
-    if phi is not None:
-        lines += ["", "Anonymization: DICOM PS3.15 Annex E Basic Profile with retained longitudinal "
-                      "information "
-                      f"(modified dates); the residual-PHI scan found {phi.get('leaks', 'n/a')} leak(s) in "
-                      f"{phi.get('files', 'n/a')} anonymized file(s)."]  # fmt: skip
-    lines += _gan_section(_read_json(sources.gan_quality))
-    unit = summary.get("unit", "unit")
-    lines += [
-        "",
-        "## Evaluation",
-        "",
-        f"Test split `{candidate.test_split}` (fingerprint of its image ids and labels): "
-        f"{_fmt(summary.get('n_units', metrics.get('n_units')))} {unit} unit(s) of "
-        f"{_fmt(summary.get('n_patients', metrics.get('n_patients')))} patients; {ci_text} intervals from "
-        f"{_fmt(summary.get('n_boot', metrics.get('n_boot')))} patient-level bootstrap resamples.",
-        "",
-        f"| metric | value | {ci_text} CI |",
-        "|---|---|---|",
-    ]
-    for name in MACRO_METRICS:
-        if name in metrics:
-            lines.append(f"| {name} | {_fmt(metrics[name])} | {_fmt(metrics.get(f'{name}_ci_low'))} - "
-                         f"{_fmt(metrics.get(f'{name}_ci_high'))} |")  # fmt: skip
-    lines += ["", "| class | precision | recall | f1 |", "|---|---|---|---|"]
-    for name in classes:
-        cells = [
-            f"{_fmt(metrics.get(f'{m}_{name}'))} ({_fmt(metrics.get(f'{m}_{name}_ci_low'))} - "
-            f"{_fmt(metrics.get(f'{m}_{name}_ci_high'))})"
-            for m in ("precision", "recall", "f1")
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if confusion_link:
-        lines += ["", f"![confusion matrix]({confusion_link})"]
-    lines += [
-        "",
-        "## Promotion decision",
-        "",
-        f"- Decision: **{result.action}**: {result.reason}",
-        f"- Rule: {result.primary_metric} must beat the champion by at least {cfg.min_improvement} on the "
-        "same "
-        f"test split, and every class recall must reach {cfg.min_class_recall}.",
-        f"- Champion before: {('version ' + result.champion_before) if result.champion_before else 'none'}"
-        + (
-            f" ({result.primary_metric} {_fmt(result.champion_value)})"
-            if result.champion_value is not None
-            else ""
-        ),
-        "",
-        "## Training configuration",
-        "",
-        "| key | value |",
-        "|---|---|",
-        *[
-            f"| {k} | {v} |"
-            for k, v in tracking.flatten(meta.get("config") or {}).items()
-            if not k.endswith("_dir")
-        ],
-        "",
-        "## Limitations",
-        "",
-        "- Small test set: the intervals above are wide; differences between versions inside them are not "
-        "evidence.",
-        "- Trained and tested on one data source; performance on other cameras, protocols, tracers or "
-        "populations is unknown. The embedded demo data are synthetic phantoms, not patients.",
-        "- Training data may include GAN-generated images; their realism is judged only by the quality gate "
-        "above.",
-        "- Probabilities are not calibrated; Grad-CAM maps show what drove a score, not where a lesion is.",
-        "- Single-label classification per study: co-existing findings and other diseases are out of scope.",
-    ]
-    return "\n".join(lines) + "\n"

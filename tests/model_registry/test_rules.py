@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from bonescan.promote import (
+from bonescan.model_registry.rules import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION,

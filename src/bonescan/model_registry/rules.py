@@ -3,7 +3,7 @@
 A new model only replaces the champion when it is better on the same test split by a margin and
 does not buy that gain by abandoning a class: a classifier that stops finding benign changes must not
 win on macro F1 alone. The decision and the alias moves are pure functions so that the rules are
-tested without MLflow; `bonescan.registry` applies them to the registry's aliases.
+tested without MLflow; `bonescan.model_registry.stage` applies them to the registry's aliases.
 """
 
 from __future__ import annotations

@@ -12,20 +12,19 @@ import pandas as pd
 import pytest
 import torch
 
-from bonescan import tracking
+from bonescan import classifier_file, tracking
 from bonescan.checkpoint import load_checkpoint, save_checkpoint
 from bonescan.cli import main
-from bonescan.config import ClassifierConfig, IngestConfig, Preprocessing, PromoteConfig
-from bonescan.models import build
-from bonescan.registry import (
-    TAG_DIGEST,
+from bonescan.config import IngestConfig, Preprocessing, PromoteConfig
+from bonescan.model_registry import (
     CardSources,
     current_aliases,
     example_input,
     promote,
     rollback,
 )
-from bonescan.train import _model_record, load_classifier
+from bonescan.model_registry.stage import TAG_DIGEST
+from tests.classifier_files import write_classifier
 
 CLASSES = ["healthy", "metastasis", "benign"]
 SIZE = (32, 16)
@@ -43,13 +42,10 @@ def train_and_evaluate(
     root: Path, seed: int, macro_f1: float, recalls=(0.8, 0.7, 0.6), split: str = SPLIT
 ) -> Path:
     """What clf_finetune and evaluate leave behind: a checkpoint (weights from `seed`) and its metrics."""
-    torch.manual_seed(seed)
-    model = build("soft_threshold_net", len(CLASSES), in_chans=1)
     preprocessing = Preprocessing(ingest=IngestConfig(crop_margin=0.04), modalities=("NM",), split_views=True,
                                   image_size=SIZE)  # fmt: skip
-    ckpt = _model_record(model, "soft_threshold_net", CLASSES, SIZE, ClassifierConfig(model="soft_threshold_net"),
-                         "finetune", False, preprocessing)  # fmt: skip
-    path = save_checkpoint(ckpt, root / "models" / "classifier" / "model.pt")
+    path = root / "models" / "classifier" / "model.pt"
+    record = write_classifier(path, CLASSES, SIZE, seed=seed, preprocessing=preprocessing)
     metrics = {"accuracy": macro_f1 + 0.05, "macro_f1": macro_f1, "macro_f1_ci_low": macro_f1 - 0.1,
                "macro_f1_ci_high": macro_f1 + 0.1, "n_units": 45, "n_patients": 24}  # fmt: skip
     for name, recall in zip(CLASSES, recalls, strict=True):
@@ -68,6 +64,7 @@ def train_and_evaluate(
         "n_boot": 200,
         "ci": 0.95,
         "fingerprint": split,
+        "model_digest": classifier_file.model_digest(record),  # evaluate names the model it scored
     }
     (root / "reports" / "eval" / "summary.json").write_text(json.dumps(summary))
     return path
@@ -198,7 +195,7 @@ def test_the_registered_pyfunc_predicts_the_checkpoints_probabilities(project):
     registry = tracking.client(project)
     local = Path(registry.get_model_version_download_uri(NAME, "1").removeprefix("file://"))
     assert (local / "artifacts" / "model.pt").read_bytes() == checkpoint.read_bytes()
-    assert (local / "code" / "bonescan" / "registry.py").is_file()
+    assert (local / "code" / "bonescan" / "classifier_file.py").is_file()  # the code that loads it
     assert {"requirements.txt", "input_example.json", "MLmodel"} <= {p.name for p in local.iterdir()}
     assert (local / "model_card" / "model_card.md").is_file()
 
@@ -209,7 +206,7 @@ def test_the_registered_pyfunc_predicts_the_checkpoints_probabilities(project):
         np.float32
     )
     got = pyfunc.predict(images)
-    model, _ = load_classifier(checkpoint)
+    model, _ = classifier_file.load(checkpoint)
     with torch.inference_mode():
         expected = torch.softmax(model(torch.from_numpy(images)), dim=1).numpy()
     assert list(got.columns) == [*CLASSES, "prediction"]
@@ -257,7 +254,7 @@ def test_model_card_has_counts_metrics_and_decision_but_no_identifiers(project):
 
 
 def test_cli_promote_dry_run_and_rollback_without_history(project, monkeypatch, capsys):
-    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
     shutil.copy(params, project / "params.yaml")
     monkeypatch.chdir(project)
     train_and_evaluate(project, seed=0, macro_f1=0.6)

@@ -1,0 +1,107 @@
+"""Specification of the saved classifier: a versioned record that round-trips, names its format when it
+cannot be read, keys the model digest on weights + input contract + decision rule, and applies its rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bonescan import classifier_file
+from bonescan.classifier_file import ClassifierFile, ClassifierFormatError, DecisionRule
+from bonescan.config import IngestConfig, Preprocessing
+from bonescan.models import build
+from tests.classifier_files import write_classifier
+
+CLASSES = ("healthy", "metastasis", "benign")
+SIZE = (32, 16)
+PRE = Preprocessing(ingest=IngestConfig(crop_margin=0.05), modalities=("NM",), split_views=True, image_size=SIZE)
+
+
+def test_a_saved_classifier_loads_back_as_the_same_record_and_the_same_function(tmp_path):
+    record = write_classifier(tmp_path / "model.pt", CLASSES, SIZE, seed=3, preprocessing=PRE)
+    model, loaded = classifier_file.load(tmp_path / "model.pt")
+
+    assert not model.training
+    assert (loaded.model_name, loaded.classes, loaded.image_size, loaded.preprocessing) == (
+        record.model_name, CLASSES, SIZE, PRE
+    )  # fmt: skip
+    assert classifier_file.model_digest(loaded) == classifier_file.model_digest(record)
+    x = torch.rand(2, 1, *SIZE)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), record.build()(x), rtol=0, atol=0)
+
+
+def test_the_file_is_versioned_and_stores_the_image_size_once(tmp_path):
+    write_classifier(tmp_path / "model.pt", CLASSES, SIZE, preprocessing=PRE)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)  # plain tensors and types only
+    assert state["format"] == classifier_file.FORMAT and state["format_version"] == classifier_file.FORMAT_VERSION
+    assert state["image_size"] == list(SIZE) and "image_size" not in state["preprocessing"]
+
+
+def test_a_format_1_file_of_earlier_bonescan_loads_with_its_preprocessing(tmp_path):
+    torch.manual_seed(0)
+    model = build("soft_threshold_net", len(CLASSES))
+    legacy = {  # what train._model_record wrote: no format key, image size inside preprocessing too
+        "model": model.state_dict(), "model_name": "soft_threshold_net", "num_classes": 3, "in_chans": 1,
+        "classes": list(CLASSES), "image_size": list(SIZE), "normed_head": False, "stage": "finetune",
+        "config": {"model": "soft_threshold_net"}, "preprocessing": PRE.model_dump(mode="json"),
+    }  # fmt: skip
+    torch.save(legacy, tmp_path / "old.pt")
+    loaded = classifier_file.read(tmp_path / "old.pt")
+    assert loaded.preprocessing == PRE and loaded.decision == DecisionRule() and loaded.classes == CLASSES
+
+
+def test_a_file_of_a_newer_format_fails_with_a_message_naming_the_version_found(tmp_path):
+    write_classifier(tmp_path / "model.pt", CLASSES, SIZE)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    torch.save({**state, "format_version": 99}, tmp_path / "future.pt")
+    with pytest.raises(ClassifierFormatError, match="format version 99"):
+        classifier_file.read(tmp_path / "future.pt")
+
+
+def test_a_file_that_is_not_a_classifier_is_named_as_such(tmp_path):
+    torch.save({"generator": {}, "arch": "mu_acgan"}, tmp_path / "gan.pt")
+    with pytest.raises(ClassifierFormatError, match="not a bonescan classifier file"):
+        classifier_file.read(tmp_path / "gan.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00not a torch file")
+    with pytest.raises(ClassifierFormatError, match="junk.pt"):
+        classifier_file.read(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        classifier_file.read(tmp_path / "absent.pt")
+
+
+def test_the_digest_follows_weights_contract_and_rule_not_history_or_config(tmp_path):
+    record = write_classifier(tmp_path / "model.pt", CLASSES, SIZE, preprocessing=PRE)
+    digest = classifier_file.model_digest(record)
+    same = ClassifierFile(**{**record.__dict__, "history": ({"images_per_s": 99.0},), "config": {"lr": 1}})
+    assert classifier_file.model_digest(same) == digest
+    other_size = ClassifierFile(**{**record.__dict__, "image_size": (16, 8), "preprocessing": None})
+    assert classifier_file.model_digest(other_size) != digest
+    ruled = record.with_decision(DecisionRule("offsets", (0.0, 0.5, 0.0), chosen_on="val"))
+    assert classifier_file.model_digest(ruled) != digest
+    changed = dict(record.state_dict)
+    key = next(k for k in changed if k.endswith("num_batches_tracked"))
+    changed[key] = changed[key] + 1  # a 0-d buffer counts too
+    assert classifier_file.model_digest(ClassifierFile(**{**record.__dict__, "state_dict": changed})) != digest
+
+
+def test_preprocessing_for_another_size_than_the_model_is_refused():
+    with pytest.raises(ValueError, match="preprocessing makes"):
+        ClassifierFile("soft_threshold_net", CLASSES, 1, (64, 32), False, {}, preprocessing=PRE)
+
+
+def test_the_decision_rule_is_argmax_by_default_and_shifts_log_probabilities_with_offsets():
+    prob = np.array([[0.6, 0.3, 0.1], [0.45, 0.4, 0.15]])
+    assert list(DecisionRule().predict(prob)) == [0, 0]
+    favour_metastasis = DecisionRule("offsets", (0.0, np.log(1.5), 0.0))
+    assert list(favour_metastasis.predict(prob)) == [0, 1]
+    with pytest.raises(ValueError, match="3 classes"):
+        DecisionRule("offsets", (0.0, 1.0)).predict(prob)
+
+
+def test_the_decision_rule_survives_the_file(tmp_path):
+    record = write_classifier(tmp_path / "model.pt", CLASSES, SIZE)
+    ruled = record.with_decision(DecisionRule("offsets", (0.0, 0.25, -0.5), chosen_on="val balanced accuracy"))
+    classifier_file.save(ruled, tmp_path / "ruled.pt")
+    assert classifier_file.read(tmp_path / "ruled.pt").decision == ruled.decision

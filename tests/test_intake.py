@@ -1,0 +1,127 @@
+"""Specification of the file intake shared by ingest and predict: one path from a raw file to model input,
+so what predict gives a model is exactly what ingest gave it in training; hostile file-system entries
+(FIFOs, link loops, links out of the tree) are rejected with a reason, never followed, never hung on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bonescan.config import AnonymizeConfig, IngestConfig, Preprocessing
+from bonescan.data.manifest import read_manifest
+from bonescan.dicom.anonymize import Anonymizer
+from bonescan.dicom.read import read_png16
+from bonescan.ingest import ingest_dataset
+from bonescan.intake import (
+    FileRejected,
+    as_training_input,
+    check_regular_file,
+    image_pseudonym,
+    iter_files,
+    prepare_image,
+    pseudonym,
+)
+from bonescan.predict import prepare_file
+from tests.test_ingest import BONE_CLASSES, CHEST, SECRET, SIZE, build_raw, dataset_config
+
+
+def _pre(dataset, size) -> Preprocessing:
+    return Preprocessing(ingest=IngestConfig(workers=1), modalities=dataset.modalities,
+                         split_views=dataset.split_views, image_size=size)  # fmt: skip
+
+
+def test_predict_gives_a_model_exactly_what_ingest_gave_it_for_dicom_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    build_raw(tmp_path / "raw")
+    dataset = dataset_config(tmp_path)
+    ingest_dataset("target", dataset, IngestConfig(workers=1), AnonymizeConfig(), SIZE, SECRET)
+    manifest = read_manifest(tmp_path / "out/interim/manifest.csv").set_index("image_id")
+    anonymizer = Anonymizer(SECRET, AnonymizeConfig())
+
+    compared = 0
+    for relpath in iter_files(tmp_path / "raw"):
+        result, prepared = prepare_file(tmp_path / "raw" / relpath, relpath, anonymizer, _pre(dataset, SIZE))
+        if prepared is None:
+            continue
+        for index, (view, image) in enumerate(prepared.views):
+            image_id = image_pseudonym(prepared.sop_uid, view, index)
+            if image_id not in manifest.index:  # a file without a label: ingest needs one, predict does not
+                continue
+            np.testing.assert_array_equal(image, read_png16(manifest.loc[image_id, "path"]))
+            compared += 1
+    assert compared == len(manifest) >= 7  # every ingested view, pixel for pixel
+
+
+def test_predict_gives_a_model_exactly_what_ingest_gave_it_for_image_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    table = pd.read_csv(CHEST / "labels.csv").groupby("label").head(2)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in table["filename"]:
+        shutil.copy(CHEST / "images" / name, raw / name)
+    table.to_csv(raw / "labels.csv", index=False)
+    dataset = dataset_config(tmp_path, format="image_csv", labels=str(raw / "labels.csv"),
+                             classes=("normal", "covid19", "viral_pneumonia"), split_views=False)  # fmt: skip
+    ingest_dataset("source", dataset, IngestConfig(workers=1), AnonymizeConfig(), (48, 40), SECRET)
+    manifest = read_manifest(tmp_path / "out/interim/manifest.csv").set_index("image_id")
+
+    for name in table["filename"]:
+        ((view, image),) = prepare_image(raw / name, _pre(dataset, (48, 40)))
+        image_id = image_pseudonym(pseudonym(name, SECRET), view, 0)
+        np.testing.assert_array_equal(as_training_input(image), read_png16(manifest.loc[image_id, "path"]))
+    assert len(manifest) == len(table)
+
+
+@pytest.fixture
+def hostile_tree(tmp_path):
+    """A labelled cohort plus a FIFO, a link loop, a dangling link, links out of the tree and to a folder."""
+    raw = tmp_path / "raw"
+    build_raw(raw)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(raw / "NM1" / "scan.dcm", outside / "other_patient.dcm")
+    hostile = raw / "DOE_JOHN_4711" / "links"
+    hostile.mkdir()
+    os.mkfifo(hostile / "pipe.dcm")
+    os.symlink("loop_b.dcm", hostile / "loop_a.dcm")
+    os.symlink("loop_a.dcm", hostile / "loop_b.dcm")
+    os.symlink("nowhere.dcm", hostile / "dangling.dcm")
+    os.symlink(outside / "other_patient.dcm", hostile / "outside.dcm")
+    os.symlink(outside, hostile / "outside_folder")
+    os.symlink(raw / "NM1" / "scan.dcm", hostile / "inside.dcm")  # a link within the tree is read
+    return raw
+
+
+HOSTILE_REASONS = {
+    "pipe.dcm": "not a regular file",
+    "loop_a.dcm": "broken or looping symbolic link",
+    "loop_b.dcm": "broken or looping symbolic link",
+    "dangling.dcm": "broken or looping symbolic link",
+    "outside.dcm": "symbolic link out of the input folder",
+    "outside_folder": "symbolic link out of the input folder",
+}
+
+
+def test_non_regular_files_and_bad_links_are_rejected_before_they_are_opened(hostile_tree):
+    links = hostile_tree / "DOE_JOHN_4711" / "links"
+    for name, reason in HOSTILE_REASONS.items():
+        with pytest.raises(FileRejected, match=reason):
+            check_regular_file(links / name, hostile_tree)
+    check_regular_file(links / "inside.dcm", hostile_tree)  # no error
+
+
+def test_ingest_quarantines_hostile_entries_with_reasons_and_finishes(hostile_tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    summary = ingest_dataset("target", dataset_config(tmp_path), IngestConfig(workers=1), AnonymizeConfig(),
+                             SIZE, SECRET)  # fmt: skip
+    quarantine = pd.read_csv(tmp_path / "out/reports/quarantine.csv")
+    reasons = dict(zip(quarantine["file"].map(lambda f: f.rsplit("/", 1)[-1]), quarantine["reason"], strict=True))
+    for name, reason in HOSTILE_REASONS.items():
+        assert reasons[name].startswith(reason)
+    assert not any("DOE" in f or "4711" in f for f in quarantine["file"])  # the export folder stays masked
+    assert summary.images_written > 0
