@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from bonescan.config import EvaluateConfig, PrimaryMetric
 from bonescan.data.manifest import MANIFEST_COLUMNS, write_manifest
 from bonescan.dicom.read import write_png16
-from bonescan.evaluate import aggregate_by_study, evaluate_model, run_evaluate, select_gradcam_rows
+from bonescan.evaluate import evaluate_model, run_evaluate, select_gradcam_rows
 from bonescan.gradcam import gradcam_maps, overlay
-from bonescan.metrics import MACRO_METRICS
+from bonescan.metrics import MACRO_METRICS, aggregate_by_study
 from bonescan.models import Classifier, build
 
 CLASSES = ("healthy", "metastasis", "benign")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,7 +26,7 @@ from bonescan.intake import (
     pseudonym,
 )
 from bonescan.predict import prepare_file
-from tests.test_ingest import BONE_CLASSES, CHEST, SECRET, SIZE, build_raw, dataset_config
+from tests.test_ingest import CHEST, SECRET, SIZE, build_raw, dataset_config
 
 
 def _pre(dataset, size) -> Preprocessing:

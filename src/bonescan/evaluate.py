@@ -35,6 +35,7 @@ from bonescan.metrics import (
     MACRO_METRICS,
     PER_CLASS_METRICS,
     MetricReport,
+    aggregate_by_study,
     compute_confusion,
     evaluate_predictions,
 )
@@ -81,36 +82,6 @@ class EvalResult:
     @property
     def notes(self) -> list[str]:
         return self.report.notes
-
-
-def aggregate_by_study(
-    predictions: pd.DataFrame, classes: Sequence[str], decision: DecisionRule | None = None
-) -> pd.DataFrame:
-    """Mean view probabilities per study -> one row per study.
-
-    Args:
-        predictions: per-image rows with study_id, patient_id, label and `p_<class>` columns.
-        classes: class names in index order.
-        decision: how a study's mean probabilities become its class (default: argmax).
-
-    Returns:
-        study_id, patient_id, n_views, label, predicted, p_<class>..., in first-appearance order.
-
-    Raises:
-        ValueError: a study whose images carry different labels or patients.
-    """
-    prob_cols = [f"p_{c}" for c in classes]
-    grouped = predictions.groupby("study_id", sort=False)
-    for column in ("label", "patient_id"):
-        mixed = grouped[column].nunique()
-        if (mixed > 1).any():
-            raise ValueError(f"{int((mixed > 1).sum())} study/studies with images of different {column}s")
-    studies = grouped.agg(
-        patient_id=("patient_id", "first"), n_views=("label", "size"), label=("label", "first")
-    ).join(grouped[prob_cols].mean())
-    rule = decision or DecisionRule()
-    studies["predicted"] = [classes[i] for i in rule.predict(studies[prob_cols].to_numpy())]
-    return studies.reset_index()[["study_id", "patient_id", "n_views", "label", "predicted", *prob_cols]]
 
 
 def select_gradcam_rows(labels: Sequence[str], classes: Sequence[str], per_class: int, seed: int) -> list[int]:

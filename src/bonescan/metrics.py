@@ -17,8 +17,10 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
     accuracy_score,
@@ -28,7 +30,11 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+if TYPE_CHECKING:
+    from bonescan.classifier_file import DecisionRule
+
 __all__ = [
+    "aggregate_by_study",
     "MACRO_METRICS",
     "PER_CLASS_METRICS",
     "MetricReport",
@@ -307,3 +313,33 @@ def evaluate_predictions(
     if n_boot > 0 and n_groups < 10:
         notes.append(f"only {n_groups} patients: bootstrap intervals are rough")
     return MetricReport(point, interval, ci, len(np.asarray(y_true)), n_groups, n_boot, notes)
+
+
+def aggregate_by_study(
+    predictions: pd.DataFrame, classes: Sequence[str], decision: DecisionRule | None = None
+) -> pd.DataFrame:
+    """Mean view probabilities per study -> one row per study.
+
+    Args:
+        predictions: per-image rows with study_id, patient_id, label and `p_<class>` columns.
+        classes: class names in index order.
+        decision: how a study's mean probabilities become its class (default: argmax).
+
+    Returns:
+        study_id, patient_id, n_views, label, predicted, p_<class>..., in first-appearance order.
+
+    Raises:
+        ValueError: a study whose images carry different labels or patients.
+    """
+    prob_cols = [f"p_{c}" for c in classes]
+    grouped = predictions.groupby("study_id", sort=False)
+    for column in ("label", "patient_id"):
+        mixed = grouped[column].nunique()
+        if (mixed > 1).any():
+            raise ValueError(f"{int((mixed > 1).sum())} study/studies with images of different {column}s")
+    studies = grouped.agg(
+        patient_id=("patient_id", "first"), n_views=("label", "size"), label=("label", "first")
+    ).join(grouped[prob_cols].mean())
+    mean = studies[prob_cols].to_numpy()
+    studies["predicted"] = [classes[i] for i in (decision.predict(mean) if decision else mean.argmax(axis=1))]
+    return studies.reset_index()[["study_id", "patient_id", "n_views", "label", "predicted", *prob_cols]]

@@ -44,7 +44,6 @@ from bonescan.checkpoint import file_digest
 from bonescan.classifier_file import ClassifierFile, predict_probabilities
 from bonescan.config import AnonymizeConfig, Preprocessing
 from bonescan.dicom.anonymize import Anonymizer
-from bonescan.evaluate import aggregate_by_study
 from bonescan.intake import (
     FileResult,
     QuarantineWriter,
@@ -57,6 +56,7 @@ from bonescan.intake import (
     rejection,
     study_pseudonym,
 )
+from bonescan.metrics import aggregate_by_study
 from bonescan.runtime import atomic_path, atomic_write_json, resolve_device
 
 __all__ = [

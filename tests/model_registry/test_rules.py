@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from bonescan.model_registry.rules import (
     CHALLENGER,
     CHAMPION,

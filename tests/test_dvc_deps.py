@@ -1,0 +1,108 @@
+"""Specification of dvc.yaml's code deps and of the import graph: every module a stage's function imports
+is a dep of that stage (so `dvc repro` re-runs it when that code changes), and no stage module imports
+another stage module (shared concepts live in their homes)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+# Stage -> the module holding its function (cli.py is the thin layer around them).
+STAGE_MODULES = {
+    "phantoms": "bonescan.dicom.phantom",
+    "ingest": "bonescan.ingest",
+    "split": "bonescan.data.split",
+    "gan_pretrain": "bonescan.gan.train",
+    "gan_finetune": "bonescan.gan.train",
+    "synthesize": "bonescan.gan.synthesize",
+    "augment": "bonescan.data.augment",
+    "clf_pretrain": "bonescan.train",
+    "clf_finetune": "bonescan.train",
+    "evaluate": "bonescan.evaluate",
+    "promote": "bonescan.model_registry.stage",
+}
+# Modules that are stages (or the stage side of a package); none may import another.
+STAGES = {
+    "bonescan.ingest", "bonescan.data.split", "bonescan.gan.train", "bonescan.gan.synthesize",
+    "bonescan.data.augment", "bonescan.train", "bonescan.evaluate", "bonescan.predict",
+    "bonescan.model_registry.stage",
+}  # fmt: skip
+# Known exceptions, each with its reason; an entry that no longer applies fails the test.
+ALLOWED_STAGE_IMPORTS = {
+    ("bonescan.train", "bonescan.data.augment"): "online augmentation builds its transform in the loader",
+    ("bonescan.gan.synthesize", "bonescan.gan.train"): "loads the GAN weights the same module writes",
+}
+NOT_A_CODE_DEP = {"src/bonescan/config.py", "src/bonescan/__init__.py"}  # params; the version string
+
+
+def _docstring_only(path: Path) -> bool:
+    body = ast.parse(path.read_text()).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+
+
+def _file(module: str) -> Path | None:
+    base = SRC / module.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(module: str) -> set[str]:
+    """bonescan modules `module` imports, at any level of its code."""
+    path = _file(module)
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        found |= {name for name in names if name.startswith("bonescan") and _file(name) is not None}
+    return found
+
+
+def _closure(module: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        parts = current.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b runs a/__init__.py
+        todo += sorted(_imports(current))
+    return seen
+
+
+def _stage_deps(stage: dict) -> list[str]:
+    body = stage.get("do", stage)
+    return [d for d in body.get("deps", []) if isinstance(d, str) and d.startswith("src/")]
+
+
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_MODULES))
+def test_every_module_a_stage_imports_is_one_of_its_code_deps(stage):
+    deps = _stage_deps(DVC["stages"][stage])
+    files = {_file(m).relative_to(ROOT).as_posix() for m in _closure(STAGE_MODULES[stage])
+             if not _docstring_only(_file(m))}  # fmt: skip
+    missing = sorted(
+        f for f in files - NOT_A_CODE_DEP if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)
+    )
+    assert not missing, f"dvc.yaml stage {stage!r} lacks code deps {missing}"
+    stale = sorted(d for d in deps if not (ROOT / d).exists())
+    assert not stale, f"dvc.yaml stage {stage!r} lists code deps that do not exist: {stale}"
+
+
+def test_no_stage_module_imports_another_stage_module():
+    found = {(m, i) for m in STAGES for i in _imports(m) if i in STAGES and i != m}
+    assert found - ALLOWED_STAGE_IMPORTS.keys() == set()
+    assert ALLOWED_STAGE_IMPORTS.keys() <= found  # an exception that no longer applies is removed
