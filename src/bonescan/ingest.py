@@ -167,11 +167,16 @@ def _dicom_label(ctx: _Context, ds) -> str:
     accession = str(ds.get("AccessionNumber", "") or "").strip()
     if not accession:
         raise FileRejected("no_label", "no label for this study (no accession number)")
-    label = ctx.labels.get(accession)
+    return _table_label(ctx, accession, "study")
+
+
+def _table_label(ctx: _Context, key: str, what: str) -> str:
+    """The labels file's class for `key` (an accession number or a file name), or a rejection."""
+    label = ctx.labels.get(key)
     if label is None:
-        raise FileRejected("no_label", "no label for this study")
+        raise FileRejected("no_label", f"no label for this {what}")
     if label == _CONFLICT:
-        raise FileRejected("no_label", "conflicting labels for this study in the labels file")
+        raise FileRejected("no_label", f"conflicting labels for this {what} in the labels file")
     if label not in ctx.dataset.classes:
         raise FileRejected(
             "unknown_label", f"label {label!r} is not one of the classes {list(ctx.dataset.classes)}"
@@ -246,15 +251,7 @@ def _ingest_image(ctx: _Context, relpath: str) -> FileResult:
                 )
             raw_patient = parse_patient_id(path.stem) or path.stem
         else:
-            label = ctx.labels.get(relpath)
-            if label is None:
-                raise FileRejected("no_label", "no label for this image")
-            if label == _CONFLICT:
-                raise FileRejected("no_label", "conflicting labels for this image in the labels file")
-            if label not in ctx.dataset.classes:
-                raise FileRejected(
-                    "unknown_label", f"label {label!r} is not one of the classes {list(ctx.dataset.classes)}"
-                )
+            label = _table_label(ctx, relpath, "image")
             raw_patient = ctx.patients.get(relpath) or parse_patient_id(path.stem) or path.stem
         base = ManifestRow(
             "",

@@ -51,7 +51,7 @@ from bonescan.data.manifest import read_manifest
 from bonescan.losses import build_loss, drw_schedule
 from bonescan.models import build, count_parameters
 from bonescan.progress import RunningMean, track
-from bonescan.runtime import autocast, barrier, dist_env, process_group, resolve_device, unwrap
+from bonescan.runtime import DistEnv, autocast, barrier, dist_env, process_group, resolve_device, unwrap
 
 __all__ = [
     "EpochStats",
@@ -102,12 +102,16 @@ class RunOptions:
     world_size: int = 1
 
     @property
+    def env(self) -> DistEnv:
+        return DistEnv(self.rank, self.world_size)
+
+    @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.env.distributed
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.env.is_main
 
     @property
     def autocast(self) -> bool:
