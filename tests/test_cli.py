@@ -54,3 +54,15 @@ def test_secret_is_created_once_and_kept(tmp_path, capsys):
 def test_under_torchrun_only_the_first_rank_logs_progress():
     assert _log_level(False, {}) == logging.INFO and _log_level(True, {"RANK": "0"}) == logging.DEBUG
     assert _log_level(True, {"RANK": "1"}) == logging.WARNING  # warnings and errors still reach every log
+
+
+def test_a_missing_anonymization_key_is_a_one_line_error_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import shutil
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BONESCAN_SECRET", raising=False)
+    assert main(["ingest", "--dataset", "target"]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err

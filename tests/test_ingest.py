@@ -441,7 +441,7 @@ def test_image_csv_dataset_uses_the_csv_labels_and_patient_ids(tmp_path, monkeyp
         "source",
         dataset_config(tmp_path, format="image_csv", labels=str(images / "labels.csv"),
                        classes=("normal", "covid19", "viral_pneumonia"), split_views=False),
-        IngestConfig(workers=1), AnonymizeConfig(), (48, 48), None,
+        IngestConfig(workers=1), AnonymizeConfig(), (48, 48), SECRET,
     )  # fmt: skip
     manifest = read_manifest(tmp_path / "out/interim/manifest.csv")
     assert summary.images_written == 6 and set(manifest["view"]) == {"single"}
@@ -478,7 +478,7 @@ def test_image_folder_dataset_takes_labels_from_class_folders(tmp_path, monkeypa
         "source",
         dataset_config(tmp_path, format="image_folder", labels=None,
                        classes=("normal", "covid19", "lung_opacity", "viral_pneumonia"), split_views=False),
-        IngestConfig(workers=1), AnonymizeConfig(), (32, 32), None,
+        IngestConfig(workers=1), AnonymizeConfig(), (32, 32), SECRET,
     )  # fmt: skip
     manifest = read_manifest(tmp_path / "out/interim/manifest.csv")
     assert sorted(manifest["label"]) == ["covid19", "normal", "normal", "viral_pneumonia"]

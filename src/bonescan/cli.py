@@ -77,7 +77,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
     params = _params(args)
     dataset = params.dataset(args.dataset)
-    secret = load_secret(params.anonymize) if dataset.format == "dicom" else None
+    secret = load_secret(params.anonymize)  # image datasets too: an unkeyed hash of a file name is guessable
     summary = ingest_dataset(
         args.dataset,
         dataset,
@@ -495,9 +495,9 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is the whole story (no traceback): a missing key, residual PHI, a bad model file."""
     from bonescan.classifier_file import ClassifierFormatError
     from bonescan.dicom.anonymize import MissingSecretError
-    from bonescan.ingest import ResidualPHIError
+    from bonescan.ingest import IngestFailedError, ResidualPHIError
 
-    return (MissingSecretError, ResidualPHIError, ClassifierFormatError)
+    return (MissingSecretError, ResidualPHIError, IngestFailedError, ClassifierFormatError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -94,6 +95,10 @@ class IngestSummary:
         flat.update({f"quarantined_{code}": n for code, n in sorted(self.quarantine_reasons.items())})
         flat.update({f"images_{label}": n for label, n in sorted(self.labels.items())})
         return flat
+
+
+class IngestFailedError(RuntimeError):
+    """The stage wrote no image, or rejected more files than `ingest.max_quarantined_fraction` allows."""
 
 
 class ResidualPHIError(RuntimeError):
@@ -280,6 +285,14 @@ _WORKER_CONTEXT: _Context | None = None  # set once per worker process by the po
 def _init_worker(ctx: _Context) -> None:
     global _WORKER_CONTEXT
     _WORKER_CONTEXT = ctx
+    # A killed (kill -9) ingest cannot tell its workers to stop; they would wait on the task queue forever.
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, period_s: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(period_s)
+    os._exit(1)
 
 
 def _process_in_worker(relpath: str) -> FileResult:
@@ -401,11 +414,11 @@ def _context(
         dicom_dir=(Path(dataset.interim_dir) / "dicom").resolve(),
         cwd=Path.cwd().resolve(),
     )
+    if not secret:  # patient ids of image datasets are keyed too: a plain hash of a file name can be guessed
+        raise ValueError(f"a {dataset.format} dataset needs the anonymization secret (see `bonescan secret`)")
     if dataset.format == "dicom":
         if labels_path is None:
             raise ValueError("a dicom dataset needs `labels` (CSV accession_number,label)")
-        if not secret:
-            raise ValueError("a dicom dataset needs the anonymization secret (see `bonescan secret`)")
         table = _read_table(labels_path, ("accession_number", "label"))
         ctx = _Context(
             **common,
@@ -417,12 +430,26 @@ def _context(
         if labels_path is None:
             raise ValueError("an image_csv dataset needs `labels` (CSV filename,label[,patient_id])")
         table = _read_table(labels_path, ("filename", "label"))
-        names = [PurePosixPath(n.strip().replace("\\", "/")).as_posix() for n in table["filename"]]
+        names = [
+            _listed_relpath(PurePosixPath(n.strip().replace("\\", "/")).as_posix(), raw_dir, labels_path.parent)
+            for n in table["filename"]
+        ]
         patients = dict(zip(names, table["patient_id"], strict=True)) if "patient_id" in table.columns else {}
         ctx = _Context(**common, labels=_label_map(names, table["label"]), patients=patients, secret=secret)
     else:
         ctx = _Context(**common, secret=secret)
     return ctx, [labels_path] if labels_path else []
+
+
+def _listed_relpath(name: str, raw_dir: Path, labels_dir: Path) -> str:
+    """A labels-file name as a path relative to raw_dir: as given, else relative to the labels file."""
+    if (raw_dir / name).exists() or not (labels_dir / name).exists():
+        return name
+    beside = os.path.realpath(labels_dir / name)
+    root = os.path.realpath(raw_dir)
+    if os.path.commonpath([beside, root]) != root:
+        return name  # outside the input tree: never read, reported as unlisted
+    return Path(os.path.relpath(beside, root)).as_posix()
 
 
 def ingest_dataset(
@@ -441,15 +468,20 @@ def ingest_dataset(
         ingest: preprocessing and parallelism knobs.
         anonymize: anonymization profile (DICOM only).
         image_size: (H, W) of the output PNGs.
-        secret: anonymization key; required for DICOM, optional for image datasets (keyed patient ids).
+        secret: anonymization key: UIDs, dates and keyed pseudonyms of patients, studies and images.
 
     Raises:
         ResidualPHIError: after all reports are written, when any anonymized output still held PHI.
+        IngestFailedError: after all reports are written, when no image was written or more than
+            `ingest.max_quarantined_fraction` of the files were rejected (a wrong raw_dir or labels file
+            must stop here, not two stages later).
     """
     start = time.perf_counter()
     ctx, skip = _context(dataset, ingest, anonymize, image_size, secret)
     for folder in (ctx.images_dir, *((ctx.dicom_dir,) if ctx.format == "dicom" else ())):
         folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".*.tmp"):  # left by a killed run; every output is rewritten whole
+            stale.unlink(missing_ok=True)
     reports_dir = Path(dataset.reports_dir)
     reports_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = Path(dataset.interim_dir) / "manifest.csv"
@@ -524,5 +556,13 @@ def ingest_dataset(
         raise ResidualPHIError(
             f"residual PHI in {phi.leaks} place(s) of anonymized output (those files were removed and "
             f"quarantined); see {reports_dir / 'phi_scan.json'}"
+        )
+    if written == 0 or quarantine.rows > ingest.max_quarantined_fraction * seen:
+        commonest = ", ".join(f"{code}: {n}" for code, n in reasons.most_common(3)) or "no files found"
+        raise IngestFailedError(
+            f"dataset {name!r}: {seen} files -> {written} images, {quarantine.rows} rejected ({commonest}); "
+            f"check datasets.{name}.raw_dir ({dataset.raw_dir}) and labels, or raise "
+            f"ingest.max_quarantined_fraction ({ingest.max_quarantined_fraction}); reasons per file in "
+            f"{quarantine_path}"
         )
     return summary
