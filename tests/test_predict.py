@@ -336,3 +336,60 @@ def test_cli_predict_writes_outputs_and_prints_a_summary(tmp_path, world, monkey
         p.name for p in out.iterdir()
     }
     assert "healthy" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- image files
+
+
+def test_a_model_trained_on_images_predicts_image_files_as_ingest_prepared_them(tmp_path, monkeypatch):
+    """predict takes what training took: an image_csv set's files, through the same intake."""
+    import shutil
+
+    from tests.test_ingest import CHEST
+
+    monkeypatch.chdir(tmp_path)
+    table = pd.read_csv(CHEST / "labels.csv").groupby("label").head(2)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in table["filename"]:
+        shutil.copy(CHEST / "images" / name, raw / name)
+    table.to_csv(raw / "labels.csv", index=False)
+    chest = ("normal", "covid19", "viral_pneumonia")
+    dataset = DatasetConfig(format="image_csv", raw_dir=str(raw), labels=str(raw / "labels.csv"), classes=chest,
+                            split_views=False, interim_dir="interim", out_dir="processed", reports_dir="reports",
+                            metrics_dir="metrics")  # fmt: skip
+    ingest_dataset("source", dataset, IngestConfig(workers=1), AnonymizeConfig(), (48, 40), SECRET)
+    pre = Preprocessing(ingest=IngestConfig(workers=1), modalities=("CR",), split_views=False, image_size=(48, 40),
+                        input_format="image_csv")  # fmt: skip
+    write_classifier(tmp_path / "model.pt", chest, (48, 40), preprocessing=pre)
+
+    summary = run_predict(raw, tmp_path / "model.pt", tmp_path / "out")
+    manifest = read_manifest(tmp_path / "interim/manifest.csv")
+    model, _ = classifier_file.load(tmp_path / "model.pt")
+    expected = predict_probabilities(model, ManifestDataset(manifest, chest, root=tmp_path))
+    images = pd.read_csv(tmp_path / "out/predictions.csv").set_index("image_id")
+    got = images.loc[manifest["image_id"], [f"p_{c}" for c in chest]].to_numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)  # ingest's ids, the training input's scores
+    assert set(images["study_id"]) == set(manifest["study_id"])
+    rejected = pd.read_csv(tmp_path / "out/rejected.csv")
+    assert summary.images == len(table) and list(rejected["reason"]) == [
+        "not an image file (.png, .jpg, .jpeg): the model was trained on images"
+    ]  # labels.csv
+
+
+def test_a_model_trained_on_dicom_rejects_image_files_and_one_trained_on_images_rejects_dicom(world, tmp_path):
+    from tests.test_ingest import CHEST
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    png = sorted((CHEST / "images").glob("*.png"))[0]
+    (mixed / "chest.png").write_bytes(png.read_bytes())
+    dicom = world["raw"] / world["cohort"].bone[0].files[0].split("/", 1)[1]  # an accepted whole-body scan
+    (mixed / "scan.dcm").write_bytes(dicom.read_bytes())
+    on_dicom = save_classifier(tmp_path / "dicom.pt", preprocessing=TRAINED.model_copy(update={"input_format": "dicom"}))
+    run_predict(mixed, on_dicom, tmp_path / "out_dicom")
+    reasons = pd.read_csv(tmp_path / "out_dicom/rejected.csv")["reason"].tolist()
+    assert reasons == ["an image file, but the model was trained on DICOM studies"]
+    on_images = save_classifier(tmp_path / "images.pt", preprocessing=TRAINED.model_copy(update={"input_format": "image_folder"}))
+    run_predict(mixed, on_images, tmp_path / "out_images")
+    assert pd.read_csv(tmp_path / "out_images/rejected.csv")["reason"].str.contains("trained on images").tolist() == [True]

@@ -112,6 +112,7 @@ class Preprocessing(_Section):
     modalities: tuple[str, ...]  # accepted DICOM Modality values
     split_views: bool  # whole-body files -> anterior + posterior images
     image_size: Size  # (H, W) model input
+    input_format: DatasetFormat | None = None  # what the model was trained from; None (older models): any
 
     PIXEL_KEYS: ClassVar[tuple[str, ...]] = (
         "mirror_posterior", "crop_threshold", "crop_margin", "intensity_percentile",
@@ -565,7 +566,7 @@ class Params(_Section):
         ds = self.dataset(dataset)
         return Preprocessing(
             ingest=self.ingest, modalities=ds.modalities, split_views=ds.split_views,
-            image_size=self.image_size(dataset),
+            image_size=self.image_size(dataset), input_format=ds.format,
         )  # fmt: skip
 
 

@@ -1,9 +1,11 @@
-"""Inference on new DICOM: `bonescan predict INPUT --model URI --out DIR`.
+"""Inference on new studies: `bonescan predict INPUT --model URI --out DIR`.
 
-INPUT is a DICOM file, a study folder or a folder of studies (walked recursively, in sorted order).
-Every file takes the ingest stage's path up to the model input, in memory: read (read-only) ->
-modality and whole-body checks -> anonymize -> decode the anonymized dataset -> views -> crop, mirror,
-scale, resize (`preprocess_view`) -> the 16-bit quantization of the PNGs the model was trained on.
+INPUT is a DICOM or image file (PNG/JPEG), a study folder or a folder of studies (walked recursively,
+in sorted order). Every file takes the ingest stage's path up to the model input (`bonescan.intake`),
+in memory: read (read-only) -> modality and whole-body checks -> anonymize -> decode the anonymized
+dataset -> views -> crop, mirror, scale, resize -> the 16-bit quantization of the PNGs the model was
+trained on; an image file is decoded, cropped and resized the same way. A model trained on DICOM
+rejects image files and one trained on images rejects DICOM (`wrong_format`).
 So a file gives the model exactly the tensor its ingested copy would, and nothing is written but
 the outputs below. Probabilities of a study's views are averaged (`aggregate_by_study`), as in the
 evaluate stage, because a report is written per study.
@@ -31,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -45,6 +47,7 @@ from bonescan.classifier_file import ClassifierFile, predict_probabilities
 from bonescan.config import AnonymizeConfig, Preprocessing
 from bonescan.dicom.anonymize import Anonymizer
 from bonescan.intake import (
+    FileRejected,
     FileResult,
     QuarantineWriter,
     as_training_input,
@@ -53,6 +56,8 @@ from bonescan.intake import (
     iter_files,
     open_dicom,
     prepare_dicom,
+    prepare_image,
+    pseudonym,
     rejection,
     study_pseudonym,
 )
@@ -229,31 +234,59 @@ def model_preprocessing(
 
 @dataclass(frozen=True)
 class PreparedFile:
-    """The model inputs of one accepted file, keyed by its anonymized (never raw) UIDs.
+    """The model inputs of one accepted file, keyed by anonymized UIDs or keyed name pseudonyms (never raw).
 
     Attributes:
-        study_uid: anonymized StudyInstanceUID ("" when the file has none).
-        sop_uid: anonymized SOPInstanceUID.
+        study_uid: anonymized StudyInstanceUID ("" when the file has none, and for image files).
+        sop_uid: anonymized SOPInstanceUID; for an image file the keyed pseudonym of its name, as in ingest.
         views: (view name, (H, W) float32 in [0, 1]) per view, as training read them from ingest's PNGs.
+        study_id: the manifest's study id when the file itself gives it (an image file is its own study).
     """
 
     study_uid: str
     sop_uid: str
     views: tuple[tuple[str, np.ndarray], ...]
+    study_id: str = ""
+
+
+def _input_kind(relpath: str, preprocessing: Preprocessing) -> str:
+    """"image" for an accepted image extension, else "dicom"; refuses what the model was not trained on."""
+    is_image = PurePosixPath(relpath).suffix.lower() in preprocessing.ingest.image_extensions
+    trained = preprocessing.input_format
+    if trained == "dicom" and is_image:
+        raise FileRejected("wrong_format", "an image file, but the model was trained on DICOM studies")
+    if trained in ("image_folder", "image_csv") and not is_image:
+        accepted = ", ".join(preprocessing.ingest.image_extensions)
+        raise FileRejected("wrong_format", f"not an image file ({accepted}): the model was trained on images")
+    return "image" if is_image else "dicom"
 
 
 def prepare_file(
-    path: Path, relpath: str, anonymizer: Anonymizer, preprocessing: Preprocessing, root: Path | None = None
+    path: Path,
+    relpath: str,
+    anonymizer: Anonymizer,
+    preprocessing: Preprocessing,
+    root: Path | None = None,
+    name_key: bytes | None = None,
 ) -> tuple[FileResult, PreparedFile | None]:
     """One input file -> (its quarantine record, its model inputs or None when rejected). Never raises.
 
-    The intake's DICOM path (`bonescan.intake.prepare_dicom`, the one ingest takes), then the 16-bit
-    quantization of ingest's PNGs. The record carries the file's identifying values in memory only,
-    so rejected paths can be masked.
+    The intake's path (`bonescan.intake.prepare_dicom` or `prepare_image`, the ones ingest takes), then
+    the 16-bit quantization of ingest's PNGs. The record carries the file's identifying values in
+    memory only, so rejected paths can be masked.
+
+    Args:
+        name_key: the key of image files' name pseudonyms (the anonymization key, or this run's).
     """
     identifying: frozenset[str] = frozenset()
     try:
         check_regular_file(path, root if root is not None else path.parent)
+        if _input_kind(relpath, preprocessing) == "image":
+            instance = pseudonym(relpath, name_key)
+            images = prepare_image(path, preprocessing)
+            views = tuple((name, as_training_input(image)) for name, image in images)
+            study_id = "s" + pseudonym(relpath, name_key)  # == ingest's study id of this file
+            return FileResult(relpath), PreparedFile("", instance, views, study_id)
         ds, identifying = open_dicom(path)
         prepared = prepare_dicom(ds, anonymizer, preprocessing)
     except Exception as exc:  # one bad file never stops the run; the type name carries no patient data
@@ -275,6 +308,8 @@ class _Ids:
 
     def study(self, prepared: PreparedFile, file_index: int) -> str:
         key = prepared.study_uid or f"file:{file_index}"  # no study UID: the file is its own study
+        if self.keyed and prepared.study_id:
+            return prepared.study_id
         if self.keyed and prepared.study_uid:
             return study_pseudonym(prepared.study_uid)  # == the manifest's study_id
         return self._studies.setdefault(key, f"study-{len(self._studies) + 1:04d}")
@@ -420,7 +455,8 @@ def predict(
     if gradcam and not hasattr(model, "gradcam_layers"):
         log.warning("%s names no Grad-CAM layers: no overlays are written", record.model_name)
         gradcam = False
-    anonymizer = Anonymizer(secret or secrets.token_bytes(32), anonymize)  # ephemeral key: nothing linkable
+    key = secret or secrets.token_bytes(32)  # ephemeral key: nothing linkable to ingest's pseudonyms
+    anonymizer = Anonymizer(key, anonymize)
     ids = _Ids(keyed=secret is not None)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -456,7 +492,7 @@ def predict(
 
     with QuarantineWriter(out_dir / "rejected.csv", strict=True, index=True) as rejected:
         for file_index, relpath in enumerate(relpaths):
-            result, prepared = prepare_file(root / relpath, relpath, anonymizer, used, root)
+            result, prepared = prepare_file(root / relpath, relpath, anonymizer, used, root, key)
             if prepared is not None and prepared.sop_uid in seen_instances:
                 reason = "duplicate SOPInstanceUID (an earlier file is the same instance)"
                 result = FileResult(relpath, code="duplicate", reason=reason, identifying=result.identifying)
