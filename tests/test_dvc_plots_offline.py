@@ -63,7 +63,9 @@ def plots_project(tmp_path) -> Path:
     """A DVC project with one linear plot and the bonescan DVC config (hence its HTML template)."""
     subprocess.run([str(DVC), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, timeout=120)
     shutil.copy(ROOT / ".dvc" / "config", tmp_path / ".dvc" / "config")
-    shutil.copytree(OFFLINE, tmp_path / ".dvc" / "offline_plots", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        OFFLINE, tmp_path / ".dvc" / "offline_plots", ignore=shutil.ignore_patterns("__pycache__")
+    )
     (tmp_path / "dvc.yaml").write_text(DVC_YAML)
     (tmp_path / "train.csv").write_text("epoch,loss\n1,0.9\n2,0.5\n3,0.3\n")
     return tmp_path
@@ -72,7 +74,11 @@ def plots_project(tmp_path) -> Path:
 def show(project: Path, *args: str) -> str:
     out = project / "out"
     proc = subprocess.run(
-        [str(DVC), "plots", "show", "-o", str(out), *args], cwd=project, capture_output=True, text=True, timeout=120
+        [str(DVC), "plots", "show", "-o", str(out), *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return (out / "index.html").read_text(encoding="utf-8")
@@ -85,7 +91,9 @@ def test_dvc_plots_page_loads_nothing_from_the_network(plots_project):
     assert [url for url in page_references(html) if is_remote(url)] == []
     assert "cdn.jsdelivr.net" not in html
     for entry in build.SCRIPTS:
-        assert (OFFLINE / "vendor" / entry.file).read_text(encoding="utf-8") in html, f"{entry.file} is inlined"
+        assert (OFFLINE / "vendor" / entry.file).read_text(encoding="utf-8") in html, (
+            f"{entry.file} is inlined"
+        )
 
 
 def test_without_the_template_dvc_pages_would_load_vega_from_a_cdn(plots_project):
