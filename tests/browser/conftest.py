@@ -37,9 +37,12 @@ def is_local(url: str) -> bool:
 
 def non_background_fraction(png: bytes) -> float:
     """Share of a screenshot's pixels that differ from its most common colour (0.0: a blank page)."""
-    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3)
-    colours, counts = np.unique(pixels, axis=0, return_counts=True)
-    return 1.0 - counts.max() / len(pixels)
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).astype(np.uint32)
+    packed = (
+        rgb[:, 0] << 16 | rgb[:, 1] << 8 | rgb[:, 2]
+    )  # one integer per colour: a 1-D sort, not a row sort
+    _, counts = np.unique(packed, return_counts=True)
+    return 1.0 - counts.max() / len(packed)
 
 
 def _unavailable(message: str) -> None:
