@@ -91,7 +91,7 @@ class Browser:
         return sorted(set(self.blocked) | {url for url in self.requests if not is_local(url)})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed with its test module, not left running for the rest of the suite
 def browser(chromium_path) -> Iterator[Browser]:
     try:
         from playwright.sync_api import sync_playwright
