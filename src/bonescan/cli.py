@@ -496,8 +496,9 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from bonescan.classifier_file import ClassifierFormatError
     from bonescan.dicom.anonymize import MissingSecretError
     from bonescan.ingest import IngestFailedError, ResidualPHIError
+    from bonescan.tracking import TrackingUnavailableError
 
-    return (MissingSecretError, ResidualPHIError, IngestFailedError, ClassifierFormatError)
+    return (MissingSecretError, ResidualPHIError, IngestFailedError, ClassifierFormatError, TrackingUnavailableError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,10 +70,57 @@ def tracking_uri(project_root: str | Path = ".") -> str:
     return f"sqlite:///{store_root(project_root) / 'mlflow.db'}"
 
 
+class TrackingUnavailableError(ConnectionError):
+    """The MLflow tracking server does not answer (checked before any call that would retry for minutes)."""
+
+
+# MLflow retries an unreachable server 7 times with exponential backoff (about 250 s per call);
+# bonescan asks for a bounded wait unless the user set these.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}  # fmt: skip
+PROBE_TIMEOUT_S = 5.0
+
+
+def probe_server(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Fail within `timeout_s` when an http(s) tracking server does not answer its /health endpoint.
+
+    Raises:
+        TrackingUnavailableError: naming the server and the reason (credentials are never shown).
+    """
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    shown = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")).geturl()
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):  # noqa: S310 (http(s) only)
+            return
+    except urllib.error.HTTPError:
+        return  # it answers (a proxy or an auth layer may refuse /health; the real call will say more)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {shown} does not answer within {timeout_s:.0f} s ({type(reason).__name__}); "
+            "check MLFLOW_TRACKING_URI"
+        ) from None
+
+
 def client(project_root: str | Path = ".") -> MlflowClient:
+    """An MlflowClient bound to the project's store; an http(s) server is probed first and retried briefly.
+
+    Raises:
+        TrackingUnavailableError: an http(s) tracking server that does not answer.
+    """
     from mlflow import MlflowClient
 
     uri = tracking_uri(project_root)
+    if uri.startswith(("http://", "https://")):
+        for key, value in _HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)  # read by MLflow's HTTP layer at each request
+        probe_server(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -264,3 +264,31 @@ def test_cli_promote_dry_run_and_rollback_without_history(project, monkeypatch, 
     assert "no 'previous-champion' version" in capsys.readouterr().err
     assert main(["promote"]) == 0
     assert json.loads(Path("reports/promotion.json").read_text())["aliases_after"]["champion"] == "1"
+
+
+def test_metrics_of_another_model_are_never_promoted(project):
+    """A clf-finetune without evaluate leaves the last model's metrics next to a new model."""
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    write_classifier(project / "models" / "classifier" / "model.pt", CLASSES, SIZE, seed=5)  # retrained, not scored
+    with pytest.raises(ValueError, match="were not computed for this model"):
+        run(project)
+    assert versions(project) == [] and not (project / "reports" / "promotion.json").exists()
+
+
+def test_a_store_error_is_not_read_as_no_champion(project, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    run(project)
+    train_and_evaluate(project, seed=1, macro_f1=0.1)  # worse: must never replace the champion
+
+    def locked(self, name):
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(MlflowClient, "get_registered_model", locked)
+    with pytest.raises(MlflowException, match="database is locked"):
+        run(project)
+    monkeypatch.undo()
+    assert current_aliases(tracking.client(project), NAME) == {"champion": "1", "challenger": "1"}
+    assert len(versions(project)) == 1
