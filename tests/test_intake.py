@@ -124,3 +124,26 @@ def test_ingest_quarantines_hostile_entries_with_reasons_and_finishes(hostile_tr
         assert reasons[name].startswith(reason)
     assert not any("DOE" in f or "4711" in f for f in quarantine["file"])  # the export folder stays masked
     assert summary.images_written > 0
+
+
+def test_dates_of_any_format_are_masked_in_every_listed_path(tmp_path):
+    from bonescan.intake import FileResult, QuarantineWriter
+
+    path = tmp_path / "rejected.csv"
+    with QuarantineWriter(path, strict=True, index=True) as rejected:
+        rejected.add(FileResult("DOE_JOHN/a.dcm", identifying=frozenset({"DOE", "JOHN"})))
+        for name in ("20230114_CT/x.dcm", "2023-01-14/y.dcm", "14.01.2023/z.dcm", "01_14_2023/w.dcm"):
+            rejected.add(FileResult(f"DOE_JOHN/{name}", code="unreadable", reason="r"))
+    listed = pd.read_csv(path)["file"].tolist()
+    assert listed == ["***_***/***_CT/x.dcm", "***_***/***/y.dcm", "***_***/***/z.dcm", "***_***/***/w.dcm"]
+
+
+def test_a_folder_without_readable_dicom_keeps_only_known_safe_path_parts(tmp_path):
+    """Nothing says which values identify: names, MRNs and accessions in folder names are masked."""
+    from bonescan.intake import FileResult, QuarantineWriter
+
+    path = tmp_path / "quarantine.csv"
+    with QuarantineWriter(path, mask_unknown=True) as quarantine:
+        quarantine.add(FileResult("SMITH_ANNA_0012345/ACC778899/DICOM/IMG0001.dcm", code="unreadable", reason="r"))
+        quarantine.add(FileResult("SMITH_ANNA_0012345/report_anna_smith.pdf", code="not_dicom", reason="r"))
+    assert pd.read_csv(path)["file"].tolist() == ["***/***/DICOM/IMG0001.dcm", "***/***.pdf"]

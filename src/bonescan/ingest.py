@@ -508,7 +508,9 @@ def ingest_dataset(
     studies: set[str] = set()
     image_ids: set[str] = set()
     quarantine_path = reports_dir / "quarantine.csv"
-    with ManifestWriter(manifest_path) as manifest, QuarantineWriter(quarantine_path) as quarantine:
+    with ManifestWriter(manifest_path) as manifest, QuarantineWriter(
+        quarantine_path, mask_unknown=ctx.format == "dicom"
+    ) as quarantine:
         for result in results:
             seen += 1
             if result.phi_scanned:

@@ -351,6 +351,34 @@ def _mask(relpath: str, values: set[str] | frozenset[str]) -> str:
     return leaks[0].file if leaks else relpath
 
 
+# Dates in any common order and separator (20230114, 2023-01-14, 14.01.2023, 01_14_2023): a study date in a
+# folder name identifies a patient as well as a name does, and no header is needed to recognise one.
+_DATE = re.compile(
+    r"(?<!\d)(?:(?:19|20)\d{2}[-_./]?(?:0[1-9]|1[0-2])[-_./]?(?:0[1-9]|[12]\d|3[01])"
+    r"|(?:0[1-9]|[12]\d|3[01])[-_./](?:0[1-9]|1[0-2])[-_./](?:19|20)\d{2}"
+    r"|(?:0[1-9]|1[0-2])[-_./](?:0[1-9]|[12]\d|3[01])[-_./](?:19|20)\d{2})(?!\d)"
+)
+# Path parts an export tool writes whatever the patient (DICOMDIR layouts, PACS exports): kept as they are.
+_SAFE_PART = re.compile(
+    r"(?:DICOM|DICOMDIR|IMAGES?|IMG|IM|I|SE|SER|SERIES|ST|STUDY|STUDIES|S|EXPORT|DATA|RAW|NM|CT|PT|MR|CR|DX)?"
+    r"[_-]?\d{0,5}",
+    re.IGNORECASE,
+)
+
+
+def _mask_dates(relpath: str) -> str:
+    return _DATE.sub("***", relpath)
+
+
+def _mask_unknown(relpath: str) -> str:
+    """Every path part that is not a known-safe export structure as ***, extensions kept, dates masked."""
+    path = PurePosixPath(relpath)
+    parts = [p if _SAFE_PART.fullmatch(p) else "***" for p in path.parts[:-1]]
+    stem, suffix = path.stem, path.suffix
+    parts.append((stem if _SAFE_PART.fullmatch(stem) else "***") + suffix)
+    return _mask_dates("/".join(parts))
+
+
 def _mask_all(relpath: str) -> str:
     """Every part of `relpath` as ***, the file's extension kept: nothing of an unverifiable name survives."""
     path = PurePosixPath(relpath)
@@ -368,17 +396,22 @@ class QuarantineWriter:
     quarantine.csv is `push: false` in dvc.yaml for that reason) unless `strict`. The file appears
     atomically on close.
 
+    Dates of any common format are masked in every path. A rejected file whose folder yields no
+    identifying values to check it against is listed with every part that is not a known-safe export
+    structure (`DICOM/`, `IMG0001.dcm`, `SE3/`, ...) masked, when `mask_unknown`.
+
     Args:
         path: the CSV to write.
         strict: for files meant to leave the site (predict's rejected.csv): a rejected file whose
             folder yields no identifying values to check it against is listed as `***/***.ext`.
+        mask_unknown: for DICOM exports, whose folders are named after patients and accessions.
         index: add a `file_index` column, the position of the file among all files `add`ed (the
             sorted listing), so a fully masked row still points at its file.
     """
 
-    def __init__(self, path: Path, *, strict: bool = False, index: bool = False):
+    def __init__(self, path: Path, *, strict: bool = False, index: bool = False, mask_unknown: bool = False):
         self.path = path
-        self.strict, self.index = strict, index
+        self.strict, self.index, self.mask_unknown = strict, index, mask_unknown
         self.rows = 0
         self._seen = 0  # files added, accepted or not
         self._tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -409,7 +442,12 @@ class QuarantineWriter:
     def _flush(self) -> None:
         for position, relpath, reason, own in self._pending:
             values = self._values | own
-            shown = _mask_all(relpath) if self.strict and not values else _mask(relpath, values)
+            if values:
+                shown = _mask_dates(_mask(relpath, values))
+            elif self.strict:
+                shown = _mask_all(relpath)
+            else:
+                shown = _mask_unknown(relpath) if self.mask_unknown else _mask_dates(relpath)
             self._csv.writerow(((position,) if self.index else ()) + (shown, reason))
         self._pending.clear()
         self._values.clear()
