@@ -16,7 +16,9 @@ What counts as identifying:
   IDs, addresses and phone numbers, the birth date and every other raw date (each DA, and the date
   part of each DT, at any depth) in the formats YYYYMMDD, YYYY-MM-DD, YYYY/MM/DD, DD.MM.YYYY,
   DD/MM/YYYY, MM/DD/YYYY, every raw time of day given to the second or finer (TM, and the time part of
-  DT) and every complete DT as written -- the output must hold only shifted dates and times;
+  DT) and every complete DT as written -- the output must hold only shifted dates and times (not
+  searched when the input declares PatientIdentityRemoved=YES with modified dates: then they are
+  shifted already);
 * searched unless the same tokens occur in a value the anonymizer keeps (which the standard judges
   non-identifying, so a hit there is a coincidence, not a leak): single name components, institution,
   department, station, device serial, issuer; every PN/LO/SH/LT/ST/UT/UC value that Table E.1-1
@@ -129,6 +131,7 @@ def identifying_values(ds: Dataset) -> set[str]:
     strict: set[str] = set()  # always searched
     soft: set[str] = set()  # searched unless part of a value the anonymizer keeps
     kept: list[str] = []
+    dates_modified = _already_shifted(ds)
     for _, elem, parent in _walk_with_parent(ds):
         texts = _texts(elem)
         if not texts:
@@ -136,7 +139,8 @@ def identifying_values(ds: Dataset) -> set[str]:
         keyword = elem.keyword or ""
         row = profile_e1_1.BY_TAG.get(int(elem.tag))
         if elem.VR in ("DA", "DT", "TM"):
-            strict.update(v for text in texts for v in _temporal_forms(elem.VR, text))
+            if not dates_modified:
+                strict.update(v for text in texts for v in _temporal_forms(elem.VR, text))
         elif elem.VR == "PN":
             for value in _values(elem):
                 whole, parts = _name_forms(value)
@@ -161,6 +165,18 @@ def identifying_values(ds: Dataset) -> set[str]:
     kept_text = f" {' | '.join(kept)} "
     soft = {v for v in soft if f" {_normalize(v)} " not in kept_text}
     return {v for v in strict | soft if is_meaningful(v)}
+
+
+def _already_shifted(ds: Dataset) -> bool:
+    """The input says its dates and times are already modified (PS3.15 E.1-1 longitudinal option).
+
+    Then its dates are no longer the patient's, and they are not searched for (the anonymizer still
+    shifts them unless the data is its own output).
+    """
+    return (
+        str(ds.get("PatientIdentityRemoved", "")).strip().upper() == "YES"
+        and str(ds.get("LongitudinalTemporalInformationModified", "")).strip().upper() == "MODIFIED"
+    )
 
 
 def _cleaned_outside_table(elem: DataElement, keyword: str, parent: Dataset) -> bool:
