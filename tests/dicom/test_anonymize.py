@@ -231,10 +231,11 @@ class Conformance:
             if got not in ALLOWED[beyond_e1_1.ACTIONS[e_in.keyword]] and not (e_in.is_empty and got == "empty"):
                 self.violations.append(f"{loc}: bonescan's action {beyond_e1_1.ACTIONS[e_in.keyword]} gave {got}")
         elif e_in.VR in beyond_e1_1.LONG_TEXT_VRS or (
-            e_in.keyword == "CodeMeaning" and beyond_e1_1.is_local_code(str(parent.get("CodingSchemeDesignator", "")))
+            e_in.keyword in ("CodeMeaning", "CodingSchemeDesignator")
+            and beyond_e1_1.is_local_code(str(parent.get("CodingSchemeDesignator", "")))
         ):
-            if e_out is None or e_out.value != "ANONYMOUS":
-                self.violations.append(f"{loc}: free text outside the table not dummied")
+            if e_out is None or e_out.value not in ("ANONYMOUS", beyond_e1_1.LOCAL_SCHEME_DUMMY):
+                self.violations.append(f"{loc}: free text or local scheme outside the table not dummied")
         elif e_in.VR == "UI" and not e_in.is_empty and not beyond_e1_1.keeps_uid(e_in.keyword or ""):
             if self.outcome(e_in, e_out) != "remapped":
                 self.violations.append(f"{loc}: instance UID outside the table not remapped")

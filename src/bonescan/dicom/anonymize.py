@@ -120,7 +120,8 @@ BURNED_IN_POLICIES = ("quarantine", "allow")
 # SOP classes whose pixels are screens, scans of paper or photographs (PS3.4 B.5): the classic carriers
 # of burned-in names. Secondary Capture (single- and multi-frame), VL photographic, video.
 _PRONE_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.77.1")
-_PRONE_MODALITIES = frozenset({"US", "OT", "SC", "XC", "ES", "GM", "SM", "DOC", "IVUS"})
+_PRONE_MODALITIES = frozenset({"US", "OT", "SC", "XC", "ES", "GM", "SM", "IVUS"})
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PRONE_IMAGE_TYPES = frozenset({"SECONDARY", "SCREEN SAVE", "SCREENSHOT", "CAPTURE"})
 
 
@@ -314,11 +315,11 @@ def shift_datetime(value: str, shift: TemporalShift | int) -> str | None:
 def burned_in_prone(ds: Dataset) -> str | None:
     """Why ``ds`` comes from a source that commonly burns text into its pixels, or None.
 
-    The rule (header only; no text is looked for in the pixels):
+    The rule, for instances with pixel data (header only; no text is looked for in the pixels):
 
     * SOP class Secondary Capture (any of 1.2.840.10008.5.1.4.1.1.7[.x]) or Visible Light
       (1.2.840.10008.5.1.4.1.1.77.1.x): screens, scanned paper, photographs;
-    * Modality US, OT, SC, XC, ES, GM, SM, DOC or IVUS: devices that annotate their frames;
+    * Modality US, OT, SC, XC, ES, GM, SM or IVUS: devices that annotate their frames;
     * ImageType with SECONDARY (value 2) or a value SCREEN SAVE / SCREENSHOT / CAPTURE: derived
       screenshots of a viewer;
     * ConversionType (0008,0064) present: the instance was converted from film, paper or video.
@@ -326,6 +327,8 @@ def burned_in_prone(ds: Dataset) -> str | None:
     BurnedInAnnotation=NO does not lift the rule: on these sources it is what the device writes by
     default, not a check. The caller decides what to do (``burned_in_policy``).
     """
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        return None  # an SR or an encapsulated document: its content is header data, handled as such
     sop_class = str(ds.get("SOPClassUID", "") or "").strip()
     if sop_class.startswith(_PRONE_CLASS_PREFIXES):
         return f"SOP class {UID(sop_class).name}"
@@ -548,8 +551,10 @@ class Anonymizer:
             return None
         if vr in beyond_e1_1.LONG_TEXT_VRS:  # e.g. SR TextValue, free text anywhere
             return _element(elem, _TEXT_DUMMY)
-        if keyword == "CodeMeaning" and beyond_e1_1.is_local_code(str(parent.get("CodingSchemeDesignator", ""))):
-            return _element(elem, _TEXT_DUMMY)
+        if keyword in ("CodeMeaning", "CodingSchemeDesignator") and beyond_e1_1.is_local_code(
+            str(parent.get("CodingSchemeDesignator", ""))
+        ):
+            return _element(elem, _TEXT_DUMMY if keyword == "CodeMeaning" else beyond_e1_1.LOCAL_SCHEME_DUMMY)
         if vr == "UI" and (action == "U" or not beyond_e1_1.keeps_uid(keyword)):
             return self._uid(elem, ctx)  # well-known UIDs are returned unchanged by remap_uid
         return _copy(elem)

@@ -22,8 +22,9 @@ ContextGroupExtensionCreatorUID    U     an organisation's root, often with a da
 Rules by kind (for attributes outside the table and outside the list above):
 
 * ``CodeMeaning`` of a code from a coding scheme that is not a published terminology (local "99..."
-  schemes, "L", "LOCAL", a department's own) is free text: D. Codes of ``STANDARD_SCHEMES`` keep their
-  meaning, which is the terminology's text (view codes, radiopharmaceuticals, anatomy).
+  schemes, "L", "LOCAL", a department's own) is free text: D. Its ``CodingSchemeDesignator`` names
+  the site ("99UKHD"): D, the private designator ``LOCAL_SCHEME_DUMMY``. Codes of ``STANDARD_SCHEMES``
+  keep both, the meaning being the terminology's text (view codes, radiopharmaceuticals, anatomy).
 * Long free text (LT, ST, UT, UC) outside the table: D ("ANONYMOUS"), as the table's D sequences
   already do for SR TextValue. Comments (keyword contains "Comment") and person names (PN): X.
 * Every other UI outside the table: U unless it names a class or a transfer syntax (keyword contains
@@ -52,11 +53,12 @@ STANDARD_SCHEMES = frozenset({
 })  # fmt: skip
 
 LONG_TEXT_VRS = frozenset({"LT", "ST", "UT", "UC"})
+LOCAL_SCHEME_DUMMY = "99ANONYMOUS"  # PS3.16 8.2: private coding scheme designators start with "99"
 
 
 def is_local_code(item_scheme: str) -> bool:
     """True if a code of this CodingSchemeDesignator has free-text meaning (not a published scheme)."""
-    return item_scheme.strip() not in STANDARD_SCHEMES
+    return item_scheme.strip() not in STANDARD_SCHEMES | {LOCAL_SCHEME_DUMMY}
 
 
 def keeps_uid(keyword: str) -> bool:

@@ -185,7 +185,7 @@ def _cleaned_outside_table(elem: DataElement, keyword: str, parent: Dataset) -> 
         return False
     if beyond_e1_1.ACTIONS.get(keyword) in ("X", "Z", "D"):
         return True
-    if keyword == "CodeMeaning":
+    if keyword in ("CodeMeaning", "CodingSchemeDesignator"):
         return beyond_e1_1.is_local_code(str(parent.get("CodingSchemeDesignator", "")))
     return elem.VR in beyond_e1_1.LONG_TEXT_VRS or (elem.VR != "CS" and "Comment" in keyword)
 
