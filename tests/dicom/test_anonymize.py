@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread, dcmwrite
 from pydicom.data import get_testdata_file
@@ -715,6 +716,124 @@ def test_deidentification_is_recorded_as_the_standard_asks(anonymizer):
     assert out.DeidentificationMethod.startswith("bonescan PS3.15") and len(out.DeidentificationMethod) <= 64
 
 
+def test_deidentification_method_of_the_input_is_never_copied(anonymizer):
+    """Issue 14.1: an input's method items held a private SSN, a name and the raw StudyDate."""
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "113100", "DCM", "seen by DOE JOHN"
+    item.StudyDate = "20230114"  # next to the shifted one it would reveal the patient's offset
+    item.VerifyingObserverName = "HOUSE^GREGORY"
+    item.private_block(0x0009, "ACME 1.0", create=True).add_new(0x02, "OB", b"123-45-6789")
+    local = Dataset()
+    local.CodeValue, local.CodingSchemeDesignator, local.CodeMeaning = "X1", "99ACME", "checked by Dr. Watson"
+    ds = nm_study(DeidentificationMethodCodeSequence=Sequence([item, local]))
+    ds.DeidentificationMethod = ["removed by DOE JOHN on 20230114", "bonescan PS3.15 forged"]
+    out = anonymizer.anonymize(ds)
+    assert out.DeidentificationMethod == anonymizer._marker(str(out.SOPInstanceUID))  # one value, ours only
+    items = out.DeidentificationMethodCodeSequence
+    assert [[e.keyword for e in i] for i in items] == [["CodeValue", "CodingSchemeDesignator", "CodeMeaning"]] * 2
+    assert [(i.CodeValue, i.CodeMeaning) for i in items] == [
+        ("113100", "Basic Application Confidentiality Profile"),
+        ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+    ]
+    written = roundtrip(out)
+    assert b"20230114" not in _file_bytes(written) and b"123-45-6789" not in _file_bytes(written)
+
+
+def _file_bytes(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_free_text_and_uids_outside_the_table_are_cleaned_per_documented_rule(anonymizer):
+    """Issue 14.3: ContentLabel, ContentDescription, DocumentTitle, ImageID, local CodeMeaning, CodingSchemeUID."""
+    local = Dataset()
+    local.CodeValue, local.CodingSchemeDesignator = "NMWB", "99STELSEWHERE"
+    local.CodeMeaning, local.CodingSchemeUID = "bone scan for DOE JOHN", "1.2.826.0.1.3680043.20230114.7"
+    local.ContextGroupExtensionCreatorUID = "1.2.826.0.1.3680043.20230114.8"
+    standard = Dataset()
+    standard.CodeValue, standard.CodingSchemeDesignator, standard.CodeMeaning = "399321004", "SCT", "anterior"
+    standard.CodingSchemeUID = "2.16.840.1.113883.6.96"
+    ds = nm_study(ContentLabel="DOE_JOHN", ContentDescription="scan of John Doe", ImageID="DOE WB",
+                  DocumentTitle="Doe_John_20230114.pdf", ProcedureCodeSequence=Sequence([local]),
+                  AnatomicRegionSequence=Sequence([standard]), TextValue="John Doe, 4711")  # fmt: skip
+    out = anonymizer.anonymize(ds)
+    assert out.ContentLabel == "ANONYMOUS" and out.ContentDescription == "" and out.DocumentTitle == ""
+    assert "ImageID" not in out and out.TextValue == "ANONYMOUS"
+    code = out.ProcedureCodeSequence[0]
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("NMWB", "99ANONYMOUS", "ANONYMOUS")
+    assert code.CodingSchemeUID == anonymizer.remap_uid(local.CodingSchemeUID)
+    assert code.ContextGroupExtensionCreatorUID == anonymizer.remap_uid(local.ContextGroupExtensionCreatorUID)
+    kept = out.AnatomicRegionSequence[0]  # a published terminology's code is dictionary text: kept
+    assert (kept.CodingSchemeDesignator, kept.CodeMeaning) == ("SCT", "anterior")
+    assert out.SOPClassUID == ds.SOPClassUID  # class UIDs are not instance identities
+
+
+def test_unused_high_bits_are_cleared_and_the_image_is_unchanged(anonymizer):
+    """Issue 14.4: an overlay stored in the bits above BitsStored stays in the file unless cleared."""
+    image = np.arange(64, dtype="<u2").reshape(8, 8) * 60  # 12-bit values
+    overlay = np.zeros((8, 8), dtype="<u2")
+    overlay[2:6, 1:7] = 1 << 15  # a drawn region in bit 15
+    ds = nm_study(Rows=8, Columns=8, NumberOfFrames=1, BitsStored=12, HighBit=11,
+                  PixelData=(image | overlay).tobytes())  # fmt: skip
+    out = anonymizer.anonymize(ds)
+    words = np.frombuffer(out.PixelData, dtype="<u2")
+    assert words.max() < 2**12
+    assert (roundtrip(out).pixel_array == ds.pixel_array).all()  # readers see the same image
+    assert (np.frombuffer(ds.PixelData, "<u2") >= 2**15).any()  # the input keeps its own bytes
+
+
+def test_high_bits_of_big_endian_and_8_bit_data_are_cleared_too():
+    from pydicom.uid import ExplicitVRBigEndian
+
+    from bonescan.dicom.anonymize import clear_unused_high_bits
+
+    ds = Dataset()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 10, 9
+    ds.PixelData = np.array([0x8001, 0x03FF], dtype=">u2").tobytes()
+    assert clear_unused_high_bits(ds, ExplicitVRBigEndian)
+    assert np.frombuffer(ds.PixelData, ">u2").tolist() == [0x0001, 0x03FF]
+    ds8 = Dataset()
+    ds8.BitsAllocated, ds8.BitsStored, ds8.HighBit, ds8.PixelData = 8, 6, 5, bytes([0xFF, 0x3F])
+    assert clear_unused_high_bits(ds8, ExplicitVRLittleEndian) and ds8.PixelData == bytes([0x3F, 0x3F])
+    full = Dataset()
+    full.BitsAllocated, full.BitsStored, full.HighBit, full.PixelData = 16, 16, 15, b"\xff\xff"
+    assert not clear_unused_high_bits(full, ExplicitVRLittleEndian)
+
+
+BURNED_IN_PRONE = {
+    "secondary capture": {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"},
+    "multi-frame secondary capture": {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.4"},
+    "ultrasound": {"Modality": "US"},
+    "other": {"Modality": "OT"},
+    "derived secondary": {"ImageType": ["DERIVED", "SECONDARY"]},
+    "screen save": {"ImageType": ["DERIVED", "PRIMARY", "SCREEN SAVE"]},
+    "converted": {"ConversionType": "DV"},
+}
+
+
+@pytest.mark.parametrize("attrs", BURNED_IN_PRONE.values(), ids=BURNED_IN_PRONE.keys())
+def test_sources_that_commonly_burn_in_text_are_quarantined_unless_allowed(secret, anon_cfg, attrs):
+    from bonescan.dicom.anonymize import burned_in_prone
+
+    ds = nm_study(BurnedInAnnotation="NO", **attrs)  # the flag of such devices is no check
+    assert burned_in_prone(ds)
+    with pytest.raises(BurnedInAnnotationError, match="commonly burns in text"):
+        Anonymizer(secret, anon_cfg).anonymize(ds)
+    assert Anonymizer(secret, anon_cfg, burned_in_policy="allow").anonymize(ds).SOPInstanceUID
+
+
+def test_primary_nm_and_images_without_pixels_are_not_burned_in_prone(secret, anon_cfg):
+    from bonescan.dicom.anonymize import burned_in_prone
+
+    assert burned_in_prone(nm_study()) is None  # DERIVED/PRIMARY/WHOLE BODY like the real bone scan
+    report = nm_study(Modality="US")
+    del report.PixelData
+    assert burned_in_prone(report) is None
+    with pytest.raises(ValueError, match="burned_in_policy"):
+        Anonymizer(secret, anon_cfg, burned_in_policy="maybe")
+
+
 def test_input_dataset_is_never_modified(anonymizer):
     ds = nm_study()
     ds.private_block(0x0009, "HOSPITAL PRIVATE", create=True).add_new(0x10, "LO", "x")
@@ -864,6 +983,28 @@ def test_tree_runs_are_deterministic_and_idempotent(hospital_export, tmp_path, s
     assert report.leaks == 0
     for name in dcm:
         assert read(third / name) == read(first / name)
+
+
+def test_tree_removes_and_quarantines_an_output_with_residual_phi(hospital_export, tmp_path, secret, anon_cfg,
+                                                                  monkeypatch):  # fmt: skip
+    """Issue 14.5: `bonescan anonymize` exits 1 on residual PHI; the leaky file must not stay in DST."""
+    clean_anonymize = Anonymizer.anonymize
+
+    def leaky(self, ds):
+        out = clean_anonymize(self, ds)
+        if "DOE" in str(ds.get("PatientName", "")):
+            out.Manufacturer = str(ds.PatientName)  # a kept attribute that carries the name
+        return out
+
+    monkeypatch.setattr(Anonymizer, "anonymize", leaky)
+    dst = tmp_path / "anon"
+    report = anonymize_tree(hospital_export, dst, anon_cfg, secret)
+    assert report.leaks > 0 and report.anonymized == 1  # the CT (another patient) is clean
+    leaked = [q for q in report.quarantined if q["reason"].startswith("residual PHI")]
+    assert len(leaked) == 2 and all("output removed" in q["reason"] for q in leaked)
+    left = [p for p in dst.iterdir() if p.name != REPORT_NAME]
+    assert len(left) == 1 and "DOE" not in read(left[0]).get("Manufacturer", "")  # no temp files either
+    assert "DOE" not in (dst / REPORT_NAME).read_text()
 
 
 def test_tree_refuses_to_write_into_its_source(hospital_export, secret, anon_cfg):

@@ -363,7 +363,7 @@ def clear_unused_high_bits(ds: Dataset, syntax: UID) -> bool:
     n = len(raw) // dtype.itemsize
     words = np.frombuffer(raw, dtype=dtype, count=n)
     mask = ((1 << stored) - 1) << max(high_bit + 1 - stored, 0)
-    cleared = words & dtype.type(mask)
+    cleared = (words & mask).astype(dtype)  # the byte order of the file, whatever numpy computed in
     if np.array_equal(cleared, words):
         return False
     ds.PixelData = cleared.tobytes() + raw[n * dtype.itemsize :]
