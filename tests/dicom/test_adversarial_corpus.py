@@ -189,8 +189,7 @@ def test_adversarial_corpus_leaves_no_planted_value_in_any_output_byte(adversari
         report = anonymize_tree(adversarial_tree, dst, AnonymizeConfig(), b"adversarial-test-key-0123456789")
     assert report.files == 6 and report.leaks == 0
     assert report.anonymized == 5, report.quarantined  # the secondary capture is refused
-    assert [q["reason"] for q in report.quarantined] == ["source that commonly burns in text (SOP class "
-                                                          "Secondary Capture Image Storage)"]
+    assert [q["reason"] for q in report.quarantined] == ["source that commonly burns in text (modality OT)"]
     outputs = sorted(p for p in dst.rglob("*") if p.is_file())
     assert dst / REPORT_NAME in outputs and len(outputs) == 6
     blobs = {p.relative_to(dst).as_posix(): p.read_bytes() for p in outputs}

@@ -802,13 +802,14 @@ def test_high_bits_of_big_endian_and_8_bit_data_are_cleared_too():
 
 
 BURNED_IN_PRONE = {
-    "secondary capture": {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"},
-    "multi-frame secondary capture": {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.4"},
+    "secondary capture": {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7", "ImageType": ["DERIVED"]},
+    "multi-frame secondary capture": {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.4", "Modality": "CT",
+                                      "ImageType": ["DERIVED", "OTHER"]},  # fmt: skip
     "ultrasound": {"Modality": "US"},
     "other": {"Modality": "OT"},
     "derived secondary": {"ImageType": ["DERIVED", "SECONDARY"]},
     "screen save": {"ImageType": ["DERIVED", "PRIMARY", "SCREEN SAVE"]},
-    "converted": {"ConversionType": "DV"},
+    "digitized film": {"ConversionType": "DF"},
 }
 
 
@@ -827,6 +828,9 @@ def test_primary_nm_and_images_without_pixels_are_not_burned_in_prone(secret, an
     from bonescan.dicom.anonymize import burned_in_prone
 
     assert burned_in_prone(nm_study()) is None  # DERIVED/PRIMARY/WHOLE BODY like the real bone scan
+    real = read(get_testdata_file("JPEG2000.dcm"), stop_before_pixels=True)
+    real.PixelData = b""
+    assert real.SOPClassUID.name == "Secondary Capture Image Storage" and burned_in_prone(real) is None
     report = nm_study(Modality="US")
     del report.PixelData
     assert burned_in_prone(report) is None

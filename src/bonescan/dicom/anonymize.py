@@ -122,6 +122,8 @@ BURNED_IN_POLICIES = ("quarantine", "allow")
 _PRONE_CLASS_PREFIXES = ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.77.1")
 _PRONE_MODALITIES = frozenset({"US", "OT", "SC", "XC", "ES", "GM", "SM", "IVUS"})
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_ACQUISITION_MODALITIES = frozenset({"NM", "PT", "CR", "DX", "MG", "CT", "MR", "RF", "XA", "IO", "PX"})
+_PRONE_CONVERSIONS = frozenset({"DV", "DF", "SD", "SI", "DRW"})  # video, film, scanned paper/image, drawing
 _PRONE_IMAGE_TYPES = frozenset({"SECONDARY", "SCREEN SAVE", "SCREENSHOT", "CAPTURE"})
 
 
@@ -317,21 +319,21 @@ def burned_in_prone(ds: Dataset) -> str | None:
 
     The rule, for instances with pixel data (header only; no text is looked for in the pixels):
 
-    * SOP class Secondary Capture (any of 1.2.840.10008.5.1.4.1.1.7[.x]) or Visible Light
-      (1.2.840.10008.5.1.4.1.1.77.1.x): screens, scanned paper, photographs;
     * Modality US, OT, SC, XC, ES, GM, SM or IVUS: devices that annotate their frames;
     * ImageType with SECONDARY (value 2) or a value SCREEN SAVE / SCREENSHOT / CAPTURE: derived
       screenshots of a viewer;
-    * ConversionType (0008,0064) present: the instance was converted from film, paper or video.
+    * ConversionType DV, DF, SD, SI or DRW: converted from video, film, scanned paper or drawings;
+    * SOP class Secondary Capture (any of 1.2.840.10008.5.1.4.1.1.7[.x]) or Visible Light
+      (1.2.840.10008.5.1.4.1.1.77.1.x) unless the header says it holds an acquisition's primary
+      image (Modality NM, PT, CR, DX, MG, CT, MR, RF, XA, IO or PX and ImageType value 2 PRIMARY):
+      old workstations export scans that way (pydicom's real bone scan JPEG2000.dcm is one: SC,
+      NM, DERIVED\\PRIMARY, ConversionType WSD), while screens, photographs and reports are not.
 
     BurnedInAnnotation=NO does not lift the rule: on these sources it is what the device writes by
     default, not a check. The caller decides what to do (``burned_in_policy``).
     """
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         return None  # an SR or an encapsulated document: its content is header data, handled as such
-    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
-    if sop_class.startswith(_PRONE_CLASS_PREFIXES):
-        return f"SOP class {UID(sop_class).name}"
     modality = str(ds.get("Modality", "") or "").strip().upper()
     if modality in _PRONE_MODALITIES:
         return f"modality {modality}"
@@ -339,8 +341,13 @@ def burned_in_prone(ds: Dataset) -> str | None:
     image_type = [image_type] if isinstance(image_type, str) else [str(v).strip().upper() for v in image_type]
     if (len(image_type) > 1 and image_type[1] == "SECONDARY") or _PRONE_IMAGE_TYPES & set(image_type[2:]):
         return "ImageType " + "\\".join(image_type[:2])
-    if "ConversionType" in ds:
-        return "ConversionType present"
+    conversion = str(ds.get("ConversionType", "") or "").strip().upper()
+    if conversion in _PRONE_CONVERSIONS:
+        return f"ConversionType {conversion}"
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+    primary = modality in _ACQUISITION_MODALITIES and len(image_type) > 1 and image_type[1] == "PRIMARY"
+    if sop_class.startswith(_PRONE_CLASS_PREFIXES) and not primary:
+        return f"SOP class {UID(sop_class).name}"
     return None
 
 
