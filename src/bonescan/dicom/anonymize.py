@@ -9,10 +9,14 @@ Every attribute of Table E.1-1 (``profile_e1_1.ROWS``) gets its action at every 
   keeps the IODs bonescan handles (NM, CR, DX, SC) valid: ``X/Z``, ``X/D``, ``X/Z/D`` -> ``X``;
   ``Z/D`` -> ``Z``; ``X/Z/U*`` (Referenced/Source Image Sequence) -> kept with the instance UIDs
   inside remapped, so references between anonymized instances stay intact.
-* ``C`` of the Modified Dates Option: every DA and the date part of every DT is moved by one
-  keyed, per-patient offset in [-max_date_shift_days, -1] days; times and time-zone offsets are kept,
-  so every interval within a patient is preserved. A temporal value that cannot be shifted (OB
-  timestamps, partial DT such as "2023") falls back to its Basic Profile action.
+* ``C`` of the Modified Dates Option (PS3.15 E.3.6: dates *and times* are modified): every DA, DT and
+  TM, inside sequences and outside the table too, moves by one keyed, per-patient offset
+  (``TemporalShift``): [-max_date_shift_days, -1] days plus a time of day in (-1 day, 0] with
+  microsecond resolution. A DA moves with its paired TM (StudyDate/StudyTime ...) as one instant, a
+  DT as an instant with its UTC offset and precision kept, a lone TM by the same time of day, so
+  every interval within a patient is kept (to the precision of its values) and no date or time stays
+  as it was. A value that cannot be shifted (OB timestamps, partial DT such as "2023") falls back to
+  its Basic Profile action.
 * PatientID (``Z/D``) becomes the keyed pseudonym (a ``D`` dummy); PatientName (``Z``) the same
   pseudonym (``Z`` allows a dummy), so patients stay linkable without identity.
 
@@ -20,16 +24,21 @@ Rules the table states in words, and extensions that only remove more:
 
 * private attributes (odd groups) are removed (the table's "Private Attributes" row, action X);
 * whole curve (50xx) and overlay (60xx) groups are removed (the table lists their data and comments);
-* standard attributes not in the table are kept, except: PN attributes and free-text comment
-  attributes (removed), public tags no dictionary knows (removed), DA/DT attributes (shifted,
-  e.g. RadiopharmaceuticalStartDateTime) -- "dates everywhere move together" is what makes the
-  longitudinal option safe -- and free text (LT/ST/UT/UC, e.g. SR TextValue) inside a sequence
-  whose action is D, which is dummied with the rest of that sequence's content.
+* standard attributes not in the table follow ``beyond_e1_1`` (per-attribute decisions for
+  ContentLabel, ContentDescription, DocumentTitle, ImageID, CodingSchemeUID ...; long free text and
+  local codes' meanings dummied; instance UIDs remapped; PN and comments removed); DA/DT/TM are
+  shifted -- "dates everywhere move together" is what makes the longitudinal option safe; public tags
+  no dictionary knows are removed;
+* DeidentificationMethod and its code sequence are written from scratch (nothing of the input's);
+* unused high bits of native pixel data (above BitsStored, where old devices keep overlays) are
+  cleared (``clear_unused_high_bits``); images from sources that commonly burn in text
+  (``burned_in_prone``) are refused unless ``burned_in_policy`` is "allow", like BurnedInAnnotation=YES
+  unless ``allow_burned_in``. Text drawn into the pixels of other images is not detected.
 
 UIDs map to ``<uid_root><int>`` where the integer is an HMAC-SHA256 of the UID under the secret:
 the same input UID gives the same output UID in every file and every run with the same secret, and
-nothing without it. Well-known UIDs (SOP classes, transfer syntaxes, coding schemes) and attributes
-outside the table's U rows (SOPClassUID, ReferencedSOPClassUID ...) are kept.
+nothing without it. Well-known UIDs (SOP classes, transfer syntaxes, registered coding schemes) and
+class or syntax UIDs (SOPClassUID, ReferencedSOPClassUID ...) are kept.
 
 Re-running on bonescan's own output changes nothing: such a dataset carries a keyed marker in
 DeidentificationMethod (an HMAC of its SOPInstanceUID), and then dates and UIDs are kept as they
@@ -47,7 +56,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -94,7 +103,6 @@ _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR",
              "UT"}  # fmt: skip
 _FREE_TEXT_VRS = {"LO", "LT", "SH", "ST", "UC", "UT"}
-_LONG_TEXT_VRS = {"LT", "ST", "UC", "UT"}
 _DA = re.compile(r"(\d{4})\.?(\d{2})\.?(\d{2})")  # YYYYMMDD, or ACR-NEMA YYYY.MM.DD
 _DT = re.compile(r"(\d{8})(\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?([+-]\d{4})?")  # complete date part
 _TM = re.compile(r"(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?")  # HH[MM[SS[.F]]], ACR-NEMA colons
@@ -386,7 +394,6 @@ class _Context:
     shift: TemporalShift  # zero when the dataset is already ours
     remap_uids: bool
     pseudonym: str | None  # None: keep PatientID/PatientName (already pseudonymous)
-    inside_dummy: bool = False  # within a D-action sequence (e.g. SR ContentSequence): free text is dummied
 
 
 class Anonymizer:
@@ -615,7 +622,7 @@ class Anonymizer:
     def _dummy(self, elem: DataElement, ctx: _Context) -> DataElement:
         vr = elem.VR.split(" or ")[0]
         if vr == "SQ":
-            return self._sequence(elem, replace(ctx, inside_dummy=True))
+            return self._sequence(elem, ctx)  # its free text is dummied like free text everywhere
         if vr == "UI":
             return self._uid(elem, ctx) if not elem.is_empty else _element(elem, self.remap_uid(""), vr)
         if vr in _BINARY_VRS:
