@@ -39,7 +39,7 @@ from pydicom.errors import InvalidDicomError
 from bonescan.config import AnonymizeConfig, DatasetConfig, IngestConfig, Size
 from bonescan.data.manifest import ManifestRow, ManifestWriter
 from bonescan.dicom.anonymize import AnonymizationError, Anonymizer, BurnedInAnnotationError
-from bonescan.dicom.phi_scan import Leak, PhiScanReport, identifying_values, scan_dataset
+from bonescan.dicom.phi_scan import Leak, PhiScanReport, identifying_values, names_anyone, scan_dataset
 from bonescan.dicom.read import (
     ImageReadError,
     check_pixel_data,
@@ -546,7 +546,7 @@ class QuarantineWriter:
     def _flush(self) -> None:
         for position, relpath, reason, own in self._pending:
             values = self._values | own
-            shown = _mask_all(relpath) if self.strict and not values else _mask(relpath, values)
+            shown = _mask_all(relpath) if self.strict and not names_anyone(values) else _mask(relpath, values)
             self._csv.writerow(((position,) if self.index else ()) + (shown, reason))
         self._pending.clear()
         self._values.clear()

@@ -232,3 +232,11 @@ def test_dates_of_an_input_that_declares_them_modified_are_not_searched():
                     LongitudinalTemporalInformationModified="MODIFIED")  # fmt: skip
     assert "20221203" not in identifying_values(ds_in)
     assert "20221203" in identifying_values(patient(StudyDate="20221203"))
+
+
+def test_a_header_that_yields_only_dates_and_times_names_no_one():
+    from bonescan.dicom.phi_scan import names_anyone
+
+    cut_short = identifying_values(clean(StudyDate="20230114", StudyTime="093512", PatientID="", PatientName=""))
+    assert cut_short and not names_anyone(cut_short)
+    assert names_anyone(identifying_values(patient()))

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
@@ -225,6 +225,19 @@ def _temporal_forms(vr: str, value: str) -> set[str]:
 
 def _is_date(value: str) -> bool:
     return len(_date_forms(value)) > 1
+
+
+_TEMPORAL_FORM = re.compile(
+    r"\d{8}|\d{4}[-/]\d{2}[-/]\d{2}|\d{2}[./]\d{2}[./]\d{4}|\d{6}(?:\.\d+)?|\d{8,14}(?:\.\d+)?(?:[+-]\d{4})?"
+)
+
+
+def names_anyone(values: Iterable[str]) -> bool:
+    """True if ``values`` hold more than dates and times: a name, an ID, an address, a site ...
+
+    A header cut short may yield only its dates; they say nothing about which folder names identify.
+    """
+    return any(not _TEMPORAL_FORM.fullmatch(v.strip()) for v in values)
 
 
 def is_meaningful(value: str) -> bool:
