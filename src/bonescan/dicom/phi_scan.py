@@ -53,7 +53,7 @@ MIN_CHARS = 3  # letters/digits; shorter values ("Y", "M", "01") occur everywher
 MIN_DIGITS = 4  # pure numbers: "1", "001", "512" are image sizes and counters, not identities
 MAX_BINARY_SCAN = 64 * 2**20  # bytes of an OB/UN value decoded and searched (a whole encapsulated PDF)
 MAX_PRIVATE_TEXT = 256  # a private binary value this short and printable is text (an ID, a name)
-MAX_PRIVATE_UN = 65536  # a longer UN value that is not text is not searched for
+MAX_PRIVATE_UN = 65536  # bytes of an input's binary value read for identities (longer: data, not text)
 MIN_TIME_DIGITS = 6  # HHMMSS: coarser times ("10", "1015") are too common to search for
 
 STOP_WORDS = frozenset({
@@ -133,7 +133,7 @@ def identifying_values(ds: Dataset) -> set[str]:
     kept: list[str] = []
     dates_modified = _already_shifted(ds)
     for _, elem, parent in _walk_with_parent(ds):
-        texts = _texts(elem)
+        texts = _texts(elem, MAX_PRIVATE_UN)  # an input's large binaries are data, not identities
         if not texts:
             continue
         keyword = elem.keyword or ""
@@ -343,13 +343,14 @@ def _walk(ds: Dataset, prefix: str) -> Iterator[tuple[str, DataElement]]:
                 yield from _walk(item, f"{prefix}{name}[{i}].")
 
 
-def _texts(elem: DataElement) -> list[str]:
-    """The element's values as strings (small binary values decoded as Latin-1; no pixel data)."""
+def _texts(elem: DataElement, max_binary: int = MAX_BINARY_SCAN) -> list[str]:
+    """The element's values as strings (binary values up to ``max_binary`` bytes decoded as Latin-1; no
+    pixel data)."""
     if elem.VR == "SQ" or elem.is_empty or elem.tag.group == _PIXEL_GROUP:
         return []
     value = elem.value
     if isinstance(value, bytes | bytearray):
-        return [bytes(value).decode("latin-1")] if len(value) <= MAX_BINARY_SCAN else []
+        return [bytes(value).decode("latin-1")] if len(value) <= max_binary else []
     return [str(v) for v in _values(elem)]
 
 
