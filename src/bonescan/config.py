@@ -125,6 +125,9 @@ class Preprocessing(_Section):
         return [f"{key}: {mine!r} vs {theirs!r}" for key, mine, theirs in pairs if mine != theirs]
 
 
+BurnedInPolicy = Literal["quarantine", "allow"]
+
+
 class AnonymizeConfig(_Section):
     """PS3.15 Annex E Basic Profile + Retain Longitudinal Temporal Information, Modified Dates."""
 
@@ -133,6 +136,9 @@ class AnonymizeConfig(_Section):
     allow_burned_in: bool = False  # BurnedInAnnotation=YES images are quarantined unless True
     max_date_shift_days: int = Field(365, ge=1)  # per-patient shift drawn from [-max, -1] days
     uid_root: str = "2.25."  # UUID-derived UIDs (PS3.5 B.2) need no registered root
+    # Images from sources that commonly burn text into pixels (US, secondary capture, screen saves;
+    # README: De-identification) are quarantined unless "allow" (then only the header is cleaned).
+    burned_in_policy: BurnedInPolicy = "quarantine"
 
 
 class SplitConfig(_Section):

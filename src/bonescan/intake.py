@@ -27,7 +27,7 @@ from pydicom.errors import InvalidDicomError
 from bonescan.config import Preprocessing
 from bonescan.data.manifest import ManifestRow
 from bonescan.dicom.anonymize import AnonymizationError, Anonymizer, BurnedInAnnotationError
-from bonescan.dicom.phi_scan import Leak, identifying_values, scan_dataset
+from bonescan.dicom.phi_scan import Leak, identifying_values, names_anyone, scan_dataset
 from bonescan.dicom.read import (
     ImageReadError,
     check_pixel_data,
@@ -442,7 +442,7 @@ class QuarantineWriter:
     def _flush(self) -> None:
         for position, relpath, reason, own in self._pending:
             values = self._values | own
-            if values:
+            if names_anyone(values):  # a header cut short may give dates only: those do not say who
                 shown = _mask_dates(_mask(relpath, values))
             elif self.strict:
                 shown = _mask_all(relpath)

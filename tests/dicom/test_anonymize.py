@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread, dcmwrite
 from pydicom.data import get_testdata_file
@@ -24,19 +25,21 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, NuclearMedicineImageStorage, generate_uid
 
 from bonescan.config import AnonymizeConfig
-from bonescan.dicom import profile_e1_1
+from bonescan.dicom import beyond_e1_1, profile_e1_1
 from bonescan.dicom.anonymize import (
     REPORT_NAME,
     AnonymizationError,
     Anonymizer,
     BurnedInAnnotationError,
     MissingSecretError,
+    TemporalShift,
     anonymize_tree,
     create_secret,
     file_id,
     load_secret,
     shift_date,
     shift_datetime,
+    shift_time,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom")  # odd values in pydicom test files
@@ -80,6 +83,37 @@ def _parse_da(value: str) -> date | None:
         return None
 
 
+DAY_US = 86_400_000_000
+
+
+def _parse_temporal(vr: str, value: str) -> tuple[date | None, int | None, int] | None:
+    """(date, microseconds since midnight, precision in us) of a DA, DT or TM value; None if invalid.
+
+    Written independently of the anonymizer's parser: it is what the checks measure shifts with.
+    """
+    if vr == "DA":
+        day = _parse_da(value) if len(value.replace(".", "")) == 8 else None
+        return None if day is None else (day, None, DAY_US)
+    if vr == "DT":
+        body = value[:-5] if len(value) > 5 and value[-5] in "+-" else value
+        day = _parse_da(body[:8]) if len(body) >= 8 else None
+        if day is None:
+            return None
+        if len(body) == 8:
+            return day, None, DAY_US
+        clock = _parse_temporal("TM", body[8:])
+        return None if clock is None else (day, clock[1], clock[2])
+    clock = value.replace(":", "")
+    whole, _, frac = clock.partition(".")
+    if len(whole) not in (2, 4, 6) or not whole.isdigit() or (frac and (len(whole) != 6 or not frac.isdigit())):
+        return None
+    hh, mm, ss = int(whole[:2]), int(whole[2:4] or 0), int(whole[4:6] or 0)
+    if hh > 23 or mm > 59 or ss > 60:
+        return None
+    unit = 10 ** (6 - len(frac)) if frac else {2: 3_600_000_000, 4: 60_000_000, 6: 1_000_000}[len(whole)]
+    return None, ((hh * 60 + mm) * 60 + min(ss, 59)) * 1_000_000 + int(frac.ljust(6, "0") or 0), unit
+
+
 def _values(elem: DataElement) -> list:
     if elem.is_empty:
         return []
@@ -93,7 +127,8 @@ class Conformance:
     anonymizer: Anonymizer
     violations: list[str] = field(default_factory=list)
     covered: set[int] = field(default_factory=set)
-    offsets: set[int] = field(default_factory=set)
+    offsets: set[int] = field(default_factory=set)  # day offsets of dates
+    time_offsets: list[tuple[int, int]] = field(default_factory=list)  # (offset mod day, precision) in us
 
     def outcome(self, e_in: DataElement, e_out: DataElement | None) -> str:
         if e_out is None:
@@ -112,30 +147,41 @@ class Conformance:
 
     def temporal(self, e_in: DataElement, e_out: DataElement | None, where: str) -> bool:
         """Check action C; False if the value cannot be shifted (then the basic action applies)."""
-        values = [str(v) for v in _values(e_in)]
-        if e_in.VR in ("TM", "SH"):  # times and TimezoneOffsetFromUTC: whole-day shifts leave them valid
-            if e_out is None or [str(v) for v in _values(e_out)] != values:
-                self.violations.append(f"{where}: time or UTC offset changed under the modified-dates option")
+        values = [str(v).strip() for v in _values(e_in)]
+        if e_in.VR == "SH":  # TimezoneOffsetFromUTC: the shift moves local time, the zone stays
+            if e_out is None or [str(v) for v in _values(e_out)] != [str(v) for v in _values(e_in)]:
+                self.violations.append(f"{where}: UTC offset changed under the modified-dates option")
             return True
-        if e_in.VR not in ("DA", "DT"):
+        if e_in.VR not in ("DA", "DT", "TM"):
             return False
         if not values:
             if e_out is not None and not e_out.is_empty:
-                self.violations.append(f"{where}: empty date became a value")
+                self.violations.append(f"{where}: empty date or time became a value")
             return True
-        days = [_parse_da(v[:8]) for v in values]
-        if any(d is None for d in days) or (e_in.VR == "DA" and any(len(v.strip()) != 8 for v in values)):
+        parsed = [_parse_temporal(e_in.VR, v) for v in values]
+        if any(p is None for p in parsed):
             return False
         if e_out is None or len(_values(e_out)) != len(values):
-            self.violations.append(f"{where}: shiftable date was not kept shifted")
+            self.violations.append(f"{where}: shiftable date or time was not kept shifted")
             return True
-        for v_in, d_in, v_out in zip(values, days, (str(v) for v in _values(e_out)), strict=True):
-            d_out = _parse_da(v_out[:8])
-            if d_out is None or v_out[8:].strip() != v_in[8:].strip():
-                self.violations.append(f"{where}: shifted value malformed or time part changed")
+        for (day_in, t_in, unit), v_out in zip(parsed, (str(v) for v in _values(e_out)), strict=True):
+            got = _parse_temporal(e_in.VR, v_out.strip())
+            if got is None or got[2] != unit:
+                self.violations.append(f"{where}: shifted value malformed or of another precision")
                 continue
-            self.offsets.add((d_out - d_in).days)
+            day_out, t_out, _ = got
+            if day_in is not None:
+                self.offsets.add((day_out - day_in).days)
+            if t_in is not None:
+                self.time_offsets.append(((t_out - t_in) % DAY_US, unit))
         return True
+
+    def times_consistent(self) -> bool:
+        """Every time of day moved by one offset (to the precision of each value)."""
+        if not self.time_offsets:
+            return True
+        ref, ref_unit = min(self.time_offsets, key=lambda o: o[1])
+        return all((ref - off + ref_unit) % DAY_US < unit + ref_unit for off, unit in self.time_offsets)
 
     def check(self, ds_in: Dataset, ds_out: Dataset, where: str = "", in_dummy: bool = False) -> None:
         for tag in ds_in.keys():  # noqa: SIM118 - a Dataset iterates over elements
@@ -148,7 +194,7 @@ class Conformance:
                 continue
             row = profile_e1_1.BY_TAG.get(int(tag))
             if row is None:
-                self._unlisted(e_in, e_out, loc, in_dummy)
+                self._unlisted(e_in, e_out, loc, in_dummy, ds_in)
                 continue
             self.covered.add(int(tag))
             if row.modified_dates == "C" and self.temporal(e_in, e_out, loc):
@@ -162,21 +208,38 @@ class Conformance:
                 self.violations.append(f"{loc}: action {row.basic} gave {got}")
             self._recurse(e_in, e_out, loc, in_dummy or row.basic == "D")
 
-    def _unlisted(self, e_in: DataElement, e_out: DataElement | None, loc: str, in_dummy: bool) -> None:
+    def _unlisted(
+        self, e_in: DataElement, e_out: DataElement | None, loc: str, in_dummy: bool, parent: Dataset
+    ) -> None:
         if e_in.VR == "SQ":
             if e_out is None:
                 self.violations.append(f"{loc}: sequence outside the table removed")
             self._recurse(e_in, e_out, loc, in_dummy)
-        elif e_in.VR in ("DA", "DT"):
+        elif e_in.VR in ("DA", "DT", "TM"):
             if e_out is not None and not self.temporal(e_in, e_out, loc) and not e_out.is_empty:
-                self.violations.append(f"{loc}: unshiftable date kept")
+                self.violations.append(f"{loc}: unshiftable date or time kept")
         elif e_in.VR == "PN" or "Comment" in (e_in.keyword or "") or not dictionary_has_tag(e_in.tag):
             return  # removed by bonescan's stricter rules (allowed: removal only removes more)
         elif e_in.keyword in MARKERS:
             return  # set by the anonymizer (checked in test_deidentification_is_recorded_as_the_standard_asks)
-        elif in_dummy and e_in.VR in ("LT", "ST", "UT", "UC"):
-            if e_out is None or e_out.value != "ANONYMOUS":
-                self.violations.append(f"{loc}: free text inside a D sequence not dummied")
+        elif e_in.keyword == "PixelData" and e_out is not None and e_out.value != e_in.value:
+            if int(parent.get("BitsStored", 0)) >= int(parent.get("BitsAllocated", 0)):
+                self.violations.append(f"{loc}: pixel data changed")
+            elif not _same_image(parent, e_out.value):
+                self.violations.append(f"{loc}: clearing unused bits changed the image")
+        elif e_in.keyword in beyond_e1_1.ACTIONS and beyond_e1_1.ACTIONS[e_in.keyword] != "U":
+            got = self.outcome(e_in, e_out)
+            if got not in ALLOWED[beyond_e1_1.ACTIONS[e_in.keyword]] and not (e_in.is_empty and got == "empty"):
+                self.violations.append(f"{loc}: bonescan's action {beyond_e1_1.ACTIONS[e_in.keyword]} gave {got}")
+        elif e_in.VR in beyond_e1_1.LONG_TEXT_VRS or (
+            e_in.keyword in ("CodeMeaning", "CodingSchemeDesignator")
+            and beyond_e1_1.is_local_code(str(parent.get("CodingSchemeDesignator", "")))
+        ):
+            if e_out is None or e_out.value not in ("ANONYMOUS", beyond_e1_1.LOCAL_SCHEME_DUMMY):
+                self.violations.append(f"{loc}: free text or local scheme outside the table not dummied")
+        elif e_in.VR == "UI" and not e_in.is_empty and not beyond_e1_1.keeps_uid(e_in.keyword or ""):
+            if self.outcome(e_in, e_out) != "remapped":
+                self.violations.append(f"{loc}: instance UID outside the table not remapped")
         elif e_out is None or e_out.value != e_in.value:
             self.violations.append(f"{loc}: attribute outside the table was not kept")
 
@@ -190,6 +253,13 @@ class Conformance:
             return
         for i, (a, b) in enumerate(zip(e_in.value, e_out.value, strict=True)):
             self.check(a, b, f"{loc}[{i}].", in_dummy)
+
+
+def _same_image(ds_in: Dataset, pixel_data: bytes) -> bool:
+    """The decoded image of ``ds_in`` is the same with ``pixel_data`` (what readers see is unchanged)."""
+    other = copy.deepcopy(ds_in)
+    other.PixelData = pixel_data
+    return bool((other.pixel_array == ds_in.pixel_array).all())
 
 
 def forbidden_in_output(ds: Dataset, where: str = "") -> list[str]:
@@ -290,8 +360,9 @@ def test_every_table_attribute_in_the_corpus_gets_an_action_the_standard_allows(
     check.check(ds_in, out)
     assert check.violations == []
     assert forbidden_in_output(out) == []
-    assert len(check.offsets) <= 1, "one date shift per patient"
-    assert all(-anonymizer.cfg.max_date_shift_days <= d <= -1 for d in check.offsets)
+    assert not check.offsets or max(check.offsets) - min(check.offsets) <= 1, "one shift per patient"
+    assert all(-anonymizer.cfg.max_date_shift_days - 1 <= d <= -1 for d in check.offsets)
+    assert check.times_consistent(), "one time-of-day shift per patient"
     back = roundtrip(out)  # what is written is what was checked
     assert back.SOPInstanceUID == out.SOPInstanceUID
     assert back.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
@@ -450,27 +521,58 @@ def test_anonymizer_is_picklable_and_never_shows_its_key(anonymizer, secret):
 
 
 # ------------------------------------------------------------------------------ dates and identity
-def test_one_date_shift_per_patient_preserves_intervals_and_times(anonymizer):
+def _instant(day: str, time: str) -> datetime:
+    return datetime.strptime(day + time.split(".")[0].ljust(6, "0"), "%Y%m%d%H%M%S")
+
+
+def test_one_date_shift_per_patient_preserves_intervals(anonymizer):
     first = anonymizer.anonymize(nm_study(patient_id="P-1"))
     later = anonymizer.anonymize(nm_study(patient_id="P-1", StudyDate="20230301", SeriesDate="20230301"))
     shift = anonymizer.date_shift_days("P-1")
     assert -365 <= shift <= -1
-    assert _parse_da(first.StudyDate) == date(2023, 1, 14) + pd(shift)
-    assert _parse_da(later.StudyDate) - _parse_da(first.StudyDate) == pd(46)  # interval kept across studies
-    radio = first.RadiopharmaceuticalInformationSequence[0]
-    assert radio.RadiopharmaceuticalStartDateTime[:8] == first.StudyDate
-    assert radio.RadiopharmaceuticalStartDateTime[8:] == "090000+0100"  # time and UTC offset kept
-    assert first.AcquisitionDateTime == first.StudyDate + "120000.000000+0100"
-    assert radio.RadiopharmaceuticalStartTime == "090000" and first.StudyTime == "093000"
+    assert _parse_da(first.SeriesDate) == date(2023, 1, 14) + pd(shift)  # a date without its time
+    assert _parse_da(later.SeriesDate) - _parse_da(first.SeriesDate) == pd(46)  # interval kept across studies
     assert first.LongitudinalTemporalInformationModified == "MODIFIED"
     assert first.PatientBirthDate == ""  # Z in the Basic Profile; the option does not retain it
     assert "PatientAge" not in first  # X
 
 
-def pd(days: int):
+def test_times_move_with_dates_by_one_keyed_offset_per_patient(anonymizer):
+    """PS3.15 E.3.6: dates and times are modified; DA+TM pairs, DT and lone TM move as one instant."""
+    ds = nm_study(patient_id="P-1", InstanceCreationDate="20230114", InstanceCreationTime="235959.5")
+    ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = "20230114", "093512.250"
+    out = anonymizer.anonymize(ds)
+    radio, radio_in = out.RadiopharmaceuticalInformationSequence[0], ds.RadiopharmaceuticalInformationSequence[0]
+    study = _instant(out.StudyDate, out.StudyTime)
+    moved = study - _instant(ds.StudyDate, ds.StudyTime)
+    assert out.StudyTime != ds.StudyTime and moved <= -pd(1) and moved > -pd(367)
+    second = pd(0, 1)  # values are truncated to their precision: intervals hold to within it
+    created = _instant(out.InstanceCreationDate, out.InstanceCreationTime) - _instant("20230114", "235959")
+    assert abs(created - moved) <= second  # a pair near midnight moves its date with the time
+    step = _instant(out.PerformedProcedureStepStartDate, out.PerformedProcedureStepStartTime)
+    assert abs(step - study - pd(0, 5 * 60 + 12)) <= second  # interval kept
+    acq = out.AcquisitionDateTime  # DT: date and time together, UTC offset and precision kept
+    assert acq.endswith("+0100") and len(acq) == len(ds.AcquisitionDateTime)
+    assert abs(_instant(acq[:8], acq[8:14]) - study - pd(0, 2.5 * 3600)) <= second  # 12:00 - 09:30 kept
+    injection = _instant(out.StudyDate, radio.RadiopharmaceuticalStartTime)  # a TM alone moves the same way
+    assert min(abs(injection - study + pd(0, 30 * 60) - pd(k)) for k in (0, 1)) <= second  # maybe wrapped
+    start = radio.RadiopharmaceuticalStartDateTime
+    assert abs(_instant(start[:8], start[8:14]) - (_instant("20230114", "090000") + moved)) <= second
+    assert radio_in.RadiopharmaceuticalStartTime == "090000"  # the input is untouched
+    other = anonymizer.anonymize(nm_study(patient_id="P-2"))
+    assert _instant(other.StudyDate, other.StudyTime) - _instant("20230114", "093000") != moved
+
+
+def test_fractional_seconds_change_and_keep_their_precision(anonymizer):
+    out = anonymizer.anonymize(nm_study(StudyTime="093000.123456", SeriesTime="0930", ContentTime="09"))
+    assert out.StudyTime[-6:] != "123456" and len(out.StudyTime) == 13 and out.StudyTime[6] == "."
+    assert len(out.SeriesTime) == 4 and len(out.ContentTime) == 2
+
+
+def pd(days: float, seconds: float = 0):
     from datetime import timedelta
 
-    return timedelta(days=days)
+    return timedelta(days=days, seconds=seconds)
 
 
 def test_date_shifts_are_spread_over_the_configured_range(secret):
@@ -505,8 +607,44 @@ def test_shift_date_moves_whole_days_or_refuses(value, days, expected):
         ("202301", None),
     ],
 )
-def test_shift_datetime_keeps_time_and_utc_offset(value, expected):
+def test_shift_datetime_by_whole_days_keeps_time_and_utc_offset(value, expected):
     assert shift_datetime(value, -10) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("20230114093000.123456+0100", "20230103233000.123455+0100"),  # borrows a day, truncates to us
+        ("20230114093000.12", "20230103233000.11"),  # two fraction digits stay two (truncated)
+        ("2023011409", "2023010322"),  # hour precision: 22:59:59.999999 truncated to 22
+        ("20230114", "20230104"),  # a date alone moves by the days
+        ("20230114250000", None),
+    ],
+)
+def test_shift_datetime_moves_date_and_time_as_one_instant(value, expected):
+    assert shift_datetime(value, TemporalShift(-10, -(10 * 3600 * 10**6 + 1))) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("093000", "083000"),
+        ("003000", "233000"),  # wraps around midnight
+        ("09:30:00", "083000"),  # ACR-NEMA
+        ("0930", "0830"),
+        ("093000.5", "083000.5"),
+        ("080000-100000", "070000-090000"),
+        ("", ""),
+        ("2560", None),
+    ],
+)
+def test_shift_time_moves_the_time_of_day(value, expected):
+    assert shift_time(value, TemporalShift(-3, -3600 * 10**6)) == expected
+
+
+def test_a_date_moves_with_its_paired_time():
+    assert shift_date("20230114", -1, time="003000", micros=-3600 * 10**6) == "20230112"
+    assert shift_date("20230114", -1, time="013000", micros=-3600 * 10**6) == "20230113"
 
 
 def test_patient_id_and_name_become_the_keyed_pseudonym(anonymizer):
@@ -576,6 +714,128 @@ def test_deidentification_is_recorded_as_the_standard_asks(anonymizer):
     assert ("113100", "DCM", "Basic Application Confidentiality Profile") in codes
     assert ("113107", "DCM", "Retain Longitudinal Temporal Information Modified Dates Option") in codes
     assert out.DeidentificationMethod.startswith("bonescan PS3.15") and len(out.DeidentificationMethod) <= 64
+
+
+def test_deidentification_method_of_the_input_is_never_copied(anonymizer):
+    """Issue 14.1: an input's method items held a private SSN, a name and the raw StudyDate."""
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "113100", "DCM", "seen by DOE JOHN"
+    item.StudyDate = "20230114"  # next to the shifted one it would reveal the patient's offset
+    item.VerifyingObserverName = "HOUSE^GREGORY"
+    item.private_block(0x0009, "ACME 1.0", create=True).add_new(0x02, "OB", b"123-45-6789")
+    local = Dataset()
+    local.CodeValue, local.CodingSchemeDesignator, local.CodeMeaning = "X1", "99ACME", "checked by Dr. Watson"
+    ds = nm_study(DeidentificationMethodCodeSequence=Sequence([item, local]))
+    ds.DeidentificationMethod = ["removed by DOE JOHN on 20230114", "bonescan PS3.15 forged"]
+    out = anonymizer.anonymize(ds)
+    assert out.DeidentificationMethod == anonymizer._marker(str(out.SOPInstanceUID))  # one value, ours only
+    items = out.DeidentificationMethodCodeSequence
+    assert [[e.keyword for e in i] for i in items] == [["CodeValue", "CodingSchemeDesignator", "CodeMeaning"]] * 2
+    assert [(i.CodeValue, i.CodeMeaning) for i in items] == [
+        ("113100", "Basic Application Confidentiality Profile"),
+        ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+    ]
+    written = roundtrip(out)
+    assert b"20230114" not in _file_bytes(written) and b"123-45-6789" not in _file_bytes(written)
+
+
+def _file_bytes(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_free_text_and_uids_outside_the_table_are_cleaned_per_documented_rule(anonymizer):
+    """Issue 14.3: ContentLabel, ContentDescription, DocumentTitle, ImageID, local CodeMeaning, CodingSchemeUID."""
+    local = Dataset()
+    local.CodeValue, local.CodingSchemeDesignator = "NMWB", "99STELSEWHERE"
+    local.CodeMeaning, local.CodingSchemeUID = "bone scan for DOE JOHN", "1.2.826.0.1.3680043.20230114.7"
+    local.ContextGroupExtensionCreatorUID = "1.2.826.0.1.3680043.20230114.8"
+    standard = Dataset()
+    standard.CodeValue, standard.CodingSchemeDesignator, standard.CodeMeaning = "399321004", "SCT", "anterior"
+    standard.CodingSchemeUID = "2.16.840.1.113883.6.96"
+    ds = nm_study(ContentLabel="DOE_JOHN", ContentDescription="scan of John Doe", ImageID="DOE WB",
+                  DocumentTitle="Doe_John_20230114.pdf", ProcedureCodeSequence=Sequence([local]),
+                  AnatomicRegionSequence=Sequence([standard]), TextValue="John Doe, 4711")  # fmt: skip
+    out = anonymizer.anonymize(ds)
+    assert out.ContentLabel == "ANONYMOUS" and out.ContentDescription == "" and out.DocumentTitle == ""
+    assert "ImageID" not in out and out.TextValue == "ANONYMOUS"
+    code = out.ProcedureCodeSequence[0]
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("NMWB", "99ANONYMOUS", "ANONYMOUS")
+    assert code.CodingSchemeUID == anonymizer.remap_uid(local.CodingSchemeUID)
+    assert code.ContextGroupExtensionCreatorUID == anonymizer.remap_uid(local.ContextGroupExtensionCreatorUID)
+    kept = out.AnatomicRegionSequence[0]  # a published terminology's code is dictionary text: kept
+    assert (kept.CodingSchemeDesignator, kept.CodeMeaning) == ("SCT", "anterior")
+    assert out.SOPClassUID == ds.SOPClassUID  # class UIDs are not instance identities
+
+
+def test_unused_high_bits_are_cleared_and_the_image_is_unchanged(anonymizer):
+    """Issue 14.4: an overlay stored in the bits above BitsStored stays in the file unless cleared."""
+    image = np.arange(64, dtype="<u2").reshape(8, 8) * 60  # 12-bit values
+    overlay = np.zeros((8, 8), dtype="<u2")
+    overlay[2:6, 1:7] = 1 << 15  # a drawn region in bit 15
+    ds = nm_study(Rows=8, Columns=8, NumberOfFrames=1, BitsStored=12, HighBit=11,
+                  PixelData=(image | overlay).tobytes())  # fmt: skip
+    out = anonymizer.anonymize(ds)
+    words = np.frombuffer(out.PixelData, dtype="<u2")
+    assert words.max() < 2**12
+    assert (roundtrip(out).pixel_array == ds.pixel_array).all()  # readers see the same image
+    assert (np.frombuffer(ds.PixelData, "<u2") >= 2**15).any()  # the input keeps its own bytes
+
+
+def test_high_bits_of_big_endian_and_8_bit_data_are_cleared_too():
+    from pydicom.uid import ExplicitVRBigEndian
+
+    from bonescan.dicom.anonymize import clear_unused_high_bits
+
+    ds = Dataset()
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 10, 9
+    ds.PixelData = np.array([0x8001, 0x03FF], dtype=">u2").tobytes()
+    assert clear_unused_high_bits(ds, ExplicitVRBigEndian)
+    assert np.frombuffer(ds.PixelData, ">u2").tolist() == [0x0001, 0x03FF]
+    ds8 = Dataset()
+    ds8.BitsAllocated, ds8.BitsStored, ds8.HighBit, ds8.PixelData = 8, 6, 5, bytes([0xFF, 0x3F])
+    assert clear_unused_high_bits(ds8, ExplicitVRLittleEndian) and ds8.PixelData == bytes([0x3F, 0x3F])
+    full = Dataset()
+    full.BitsAllocated, full.BitsStored, full.HighBit, full.PixelData = 16, 16, 15, b"\xff\xff"
+    assert not clear_unused_high_bits(full, ExplicitVRLittleEndian)
+
+
+BURNED_IN_PRONE = {
+    "secondary capture": {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7", "ImageType": ["DERIVED"]},
+    "multi-frame secondary capture": {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.7.4", "Modality": "CT",
+                                      "ImageType": ["DERIVED", "OTHER"]},  # fmt: skip
+    "ultrasound": {"Modality": "US"},
+    "other": {"Modality": "OT"},
+    "derived secondary": {"ImageType": ["DERIVED", "SECONDARY"]},
+    "screen save": {"ImageType": ["DERIVED", "PRIMARY", "SCREEN SAVE"]},
+    "digitized film": {"ConversionType": "DF"},
+}
+
+
+@pytest.mark.parametrize("attrs", BURNED_IN_PRONE.values(), ids=BURNED_IN_PRONE.keys())
+def test_sources_that_commonly_burn_in_text_are_quarantined_unless_allowed(secret, anon_cfg, attrs):
+    from bonescan.dicom.anonymize import burned_in_prone
+
+    ds = nm_study(BurnedInAnnotation="NO", **attrs)  # the flag of such devices is no check
+    assert burned_in_prone(ds)
+    with pytest.raises(BurnedInAnnotationError, match="commonly burns in text"):
+        Anonymizer(secret, anon_cfg).anonymize(ds)
+    assert Anonymizer(secret, anon_cfg, burned_in_policy="allow").anonymize(ds).SOPInstanceUID
+
+
+def test_primary_nm_and_images_without_pixels_are_not_burned_in_prone(secret, anon_cfg):
+    from bonescan.dicom.anonymize import burned_in_prone
+
+    assert burned_in_prone(nm_study()) is None  # DERIVED/PRIMARY/WHOLE BODY like the real bone scan
+    real = read(get_testdata_file("JPEG2000.dcm"), stop_before_pixels=True)
+    real.PixelData = b""
+    assert real.SOPClassUID.name == "Secondary Capture Image Storage" and burned_in_prone(real) is None
+    report = nm_study(Modality="US")
+    del report.PixelData
+    assert burned_in_prone(report) is None
+    with pytest.raises(ValueError, match="burned_in_policy"):
+        Anonymizer(secret, anon_cfg, burned_in_policy="maybe")
 
 
 def test_input_dataset_is_never_modified(anonymizer):
@@ -727,6 +987,28 @@ def test_tree_runs_are_deterministic_and_idempotent(hospital_export, tmp_path, s
     assert report.leaks == 0
     for name in dcm:
         assert read(third / name) == read(first / name)
+
+
+def test_tree_removes_and_quarantines_an_output_with_residual_phi(hospital_export, tmp_path, secret, anon_cfg,
+                                                                  monkeypatch):  # fmt: skip
+    """Issue 14.5: `bonescan anonymize` exits 1 on residual PHI; the leaky file must not stay in DST."""
+    clean_anonymize = Anonymizer.anonymize
+
+    def leaky(self, ds):
+        out = clean_anonymize(self, ds)
+        if "DOE" in str(ds.get("PatientName", "")):
+            out.Manufacturer = str(ds.PatientName)  # a kept attribute that carries the name
+        return out
+
+    monkeypatch.setattr(Anonymizer, "anonymize", leaky)
+    dst = tmp_path / "anon"
+    report = anonymize_tree(hospital_export, dst, anon_cfg, secret)
+    assert report.leaks > 0 and report.anonymized == 1  # the CT (another patient) is clean
+    leaked = [q for q in report.quarantined if q["reason"].startswith("residual PHI")]
+    assert len(leaked) == 2 and all("output removed" in q["reason"] for q in leaked)
+    left = [p for p in dst.iterdir() if p.name != REPORT_NAME]
+    assert len(left) == 1 and "DOE" not in read(left[0]).get("Manufacturer", "")  # no temp files either
+    assert "DOE" not in (dst / REPORT_NAME).read_text()
 
 
 def test_tree_refuses_to_write_into_its_source(hospital_export, secret, anon_cfg):

@@ -178,3 +178,65 @@ def test_scan_of_raw_corpus_input_finds_its_identity(corpus):
             with_name += 1
             flagged += bool(scan_dataset(ds, values, path.name))
     assert with_name >= 100 and flagged == with_name
+
+
+# ------------------------------------------------------------------------- issue 14: what is searched
+def _nested(item: Dataset) -> Dataset:
+    outer = Dataset()
+    outer.ReferencedStudySequence = Sequence([item])
+    return clean(ProcedureCodeSequence=Sequence([outer]))
+
+
+def test_scan_finds_a_raw_date_and_a_private_binary_ssn_inside_a_sequence():
+    """Issue 14.1: both sat in a copied DeidentificationMethodCodeSequence and the scan said 0 leaks."""
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "113100", "DCM", "Basic"
+    item.StudyDate = "20230114"
+    item.private_block(0x0009, "ACME 1.0", create=True).add_new(0x02, "OB", b"123-45-6789\0")
+    ds_in = patient(DeidentificationMethodCodeSequence=Sequence([item]))
+    values = identifying_values(ds_in)
+    assert {"20230114", "2023-01-14", "14.01.2023", "123-45-6789"} <= values
+    leaked = Dataset()
+    leaked.StudyDate = "20230114"
+    leaks = scan_dataset(_nested(leaked), values, "x.dcm")
+    assert [leak.location for leak in leaks] == ["ProcedureCodeSequence[0].ReferencedStudySequence[0].StudyDate"]
+    ssn = Dataset()
+    ssn.add_new(0x00181000, "LO", "SN 123-45-6789")  # DeviceSerialNumber, kept by no rule here
+    assert len(scan_dataset(_nested(ssn), values, "x.dcm")) == 1
+
+
+def test_raw_times_and_datetimes_are_identifying_coarse_ones_are_not():
+    """Issue 14.2: a time to the second (with fraction: a key back to the PACS) must not survive."""
+    ds_in = patient(StudyTime="093512.654321", SeriesTime="0935", AcquisitionDateTime="20230114093512+0100")
+    values = identifying_values(ds_in)
+    assert {"093512.654321", "20230114093512+0100", "093512", "20230114"} <= values
+    assert "0935" not in values  # HHMM: 1440 values a day, in every image size and counter
+    leaks = scan_dataset(clean(ContentTime="093512.654321"), values, "x.dcm")
+    assert [leak.keyword for leak in leaks] == ["ContentTime"]
+
+
+def test_free_text_outside_the_table_is_searched_where_it_stands():
+    """Issue 14.3: values the extra rules clean are identifying, found in any attribute of the output."""
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "NM1", "99STELSEWHERE", "Hibbert protocol"
+    ds_in = patient(ContentDescription="read by Hibbert Julius", ImageID="DOEWB77",
+                    ProcedureCodeSequence=Sequence([code]))  # fmt: skip
+    values = identifying_values(ds_in)
+    assert {"read by Hibbert Julius", "DOEWB77", "Hibbert protocol", "99STELSEWHERE"} <= values
+    leaks = scan_dataset(clean(SeriesDescription="DOEWB77", ContentLabel="99STELSEWHERE"), values, "x.dcm")
+    assert sorted(leak.keyword for leak in leaks) == ["ContentLabel", "SeriesDescription"]
+
+
+def test_dates_of_an_input_that_declares_them_modified_are_not_searched():
+    ds_in = patient(StudyDate="20221203", PatientIdentityRemoved="YES",
+                    LongitudinalTemporalInformationModified="MODIFIED")  # fmt: skip
+    assert "20221203" not in identifying_values(ds_in)
+    assert "20221203" in identifying_values(patient(StudyDate="20221203"))
+
+
+def test_a_header_that_yields_only_dates_and_times_names_no_one():
+    from bonescan.dicom.phi_scan import names_anyone
+
+    cut_short = identifying_values(clean(StudyDate="20230114", StudyTime="093512", PatientID="", PatientName=""))
+    assert cut_short and not names_anyone(cut_short)
+    assert names_anyone(identifying_values(patient()))

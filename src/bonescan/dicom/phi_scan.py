@@ -13,13 +13,19 @@ What counts as identifying:
 
 * always searched: full person names (every PN element anywhere -- patient, physicians, operators --
   as written, "Last First" and "First Last"), patient IDs, other IDs, accession and study/procedure
-  IDs, addresses and phone numbers, and the birth date in the formats YYYYMMDD, YYYY-MM-DD,
-  YYYY/MM/DD, DD.MM.YYYY, DD/MM/YYYY, MM/DD/YYYY;
+  IDs, addresses and phone numbers, the birth date and every other raw date (each DA, and the date
+  part of each DT, at any depth) in the formats YYYYMMDD, YYYY-MM-DD, YYYY/MM/DD, DD.MM.YYYY,
+  DD/MM/YYYY, MM/DD/YYYY, every raw time of day given to the second or finer (TM, and the time part of
+  DT) and every complete DT as written -- the output must hold only shifted dates and times (not
+  searched when the input declares PatientIdentityRemoved=YES with modified dates: then they are
+  shifted already);
 * searched unless the same tokens occur in a value the anonymizer keeps (which the standard judges
   non-identifying, so a hit there is a coincidence, not a leak): single name components, institution,
   department, station, device serial, issuer; every PN/LO/SH/LT/ST/UT/UC value that Table E.1-1
-  removes, empties or replaces; every text value of a private tag. Examples of coincidences this
-  avoids: InstitutionName "TOSHIBA" vs Manufacturer "TOSHIBA_MEC", a test patient "Perfusion^MCA
+  removes, empties or replaces, and those that ``beyond_e1_1`` cleans outside the table (free text,
+  ContentLabel, ImageID, CodeMeaning of local codes ...); every text value of a private tag, binary
+  (OB/UN) ones included when they are printable text, inside sequences too. Examples of coincidences
+  this avoids: InstitutionName "TOSHIBA" vs Manufacturer "TOSHIBA_MEC", a test patient "Perfusion^MCA
   Stroke" vs ImageType PERFUSION, ProtocolName "WHOLE BODY" vs ImageType WHOLE BODY.
 
 The skip rule for values too generic to mean anything: fewer than 3 letters/digits in all, a pure
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
@@ -41,11 +47,14 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
-from bonescan.dicom import profile_e1_1
+from bonescan.dicom import beyond_e1_1, profile_e1_1
 
 MIN_CHARS = 3  # letters/digits; shorter values ("Y", "M", "01") occur everywhere
 MIN_DIGITS = 4  # pure numbers: "1", "001", "512" are image sizes and counters, not identities
-MAX_BINARY_SCAN = 65536  # bytes of an OB/UN value decoded and searched; pixel data is never searched
+MAX_BINARY_SCAN = 64 * 2**20  # bytes of an OB/UN value decoded and searched (a whole encapsulated PDF)
+MAX_PRIVATE_TEXT = 256  # a private binary value this short and printable is text (an ID, a name)
+MAX_PRIVATE_UN = 65536  # bytes of an input's binary value read for identities (longer: data, not text)
+MIN_TIME_DIGITS = 6  # HHMMSS: coarser times ("10", "1015") are too common to search for
 
 STOP_WORDS = frozenset({
     "ANON", "ANONYMOUS", "ANONYMIZED", "ANONYMISED", "UNKNOWN", "NONE", "NULL", "NA", "N A", "YES", "NO",
@@ -122,13 +131,17 @@ def identifying_values(ds: Dataset) -> set[str]:
     strict: set[str] = set()  # always searched
     soft: set[str] = set()  # searched unless part of a value the anonymizer keeps
     kept: list[str] = []
-    for _, elem in _walk(ds, ""):
-        texts = _texts(elem)
+    dates_modified = _already_shifted(ds)
+    for _, elem, parent in _walk_with_parent(ds):
+        texts = _texts(elem, MAX_PRIVATE_UN)  # an input's large binaries are data, not identities
         if not texts:
             continue
         keyword = elem.keyword or ""
         row = profile_e1_1.BY_TAG.get(int(elem.tag))
-        if elem.VR == "PN":
+        if elem.VR in ("DA", "DT", "TM"):
+            if not dates_modified:
+                strict.update(v for text in texts for v in _temporal_forms(elem.VR, text))
+        elif elem.VR == "PN":
             for value in _values(elem):
                 whole, parts = _name_forms(value)
                 strict.update(whole)
@@ -140,16 +153,91 @@ def identifying_values(ds: Dataset) -> set[str]:
         elif keyword in _SITE_KEYWORDS:
             soft.update(texts)
         elif elem.tag.is_private:
-            if elem.VR in _DESCRIPTIVE_VRS | {"UN"} and elem.tag.element >= 0x100:  # not the creator id
-                soft.update(texts)
+            if elem.tag.element >= 0x100:  # not the creator id
+                soft.update(_private_texts(elem, texts))
         elif row is not None:
             if elem.VR in _DESCRIPTIVE_VRS and row.basic not in _KEPT_ACTIONS and row.modified_dates != "C":
                 soft.update(texts)
+        elif _cleaned_outside_table(elem, keyword, parent):
+            soft.update(texts)
         elif elem.tag.group & 0xFF00 not in (0x5000, 0x6000):
             kept.append(" | ".join(_normalize(t) for t in texts))
     kept_text = f" {' | '.join(kept)} "
     soft = {v for v in soft if f" {_normalize(v)} " not in kept_text}
     return {v for v in strict | soft if is_meaningful(v)}
+
+
+def _already_shifted(ds: Dataset) -> bool:
+    """The input says its dates and times are already modified (PS3.15 E.1-1 longitudinal option).
+
+    Then its dates are no longer the patient's, and they are not searched for (the anonymizer still
+    shifts them unless the data is its own output).
+    """
+    return (
+        str(ds.get("PatientIdentityRemoved", "")).strip().upper() == "YES"
+        and str(ds.get("LongitudinalTemporalInformationModified", "")).strip().upper() == "MODIFIED"
+    )
+
+
+def _cleaned_outside_table(elem: DataElement, keyword: str, parent: Dataset) -> bool:
+    """Descriptive text outside Table E.1-1 that bonescan's extra rules (``beyond_e1_1``) clean."""
+    if elem.VR not in _DESCRIPTIVE_VRS | {"CS"}:
+        return False
+    if beyond_e1_1.ACTIONS.get(keyword) in ("X", "Z", "D"):
+        return True
+    if keyword in ("CodeMeaning", "CodingSchemeDesignator"):
+        return beyond_e1_1.is_local_code(str(parent.get("CodingSchemeDesignator", "")))
+    return elem.VR in beyond_e1_1.LONG_TEXT_VRS or (elem.VR != "CS" and "Comment" in keyword)
+
+
+def _private_texts(elem: DataElement, texts: list[str]) -> list[str]:
+    """A private element's values that can identify: text values as they are, printable binaries."""
+    if elem.VR not in ("OB", "OW", "UN"):
+        return texts if elem.VR in _DESCRIPTIVE_VRS | {"CS", "DS", "IS", "AE", "UR"} else []
+    out = []
+    for text in texts:  # decoded as Latin-1 by _texts; a backslash separates values
+        stripped = text.strip("\0 ")
+        if len(stripped) <= MAX_PRIVATE_TEXT and stripped.isprintable():
+            out.extend(v.strip() for v in stripped.split("\\") if v.strip())
+        elif elem.VR == "UN" and len(text) <= MAX_PRIVATE_UN:
+            out.append(text)
+    return out
+
+
+def _temporal_forms(vr: str, value: str) -> set[str]:
+    """A raw DA/DT/TM value in the forms searched for (precise values only; see the module docstring)."""
+    value = value.strip()
+    forms: set[str] = set()
+    if vr == "DA":
+        for part in value.split("-"):
+            if _is_date(part):
+                forms |= _date_forms(part)
+    elif vr == "DT":
+        m = re.fullmatch(r"(\d{8})(\d*(?:\.\d+)?)([+-]\d{4})?", value)
+        if m and _is_date(m[1]):
+            forms |= _date_forms(m[1])
+            if len(m[2]) >= MIN_TIME_DIGITS:
+                forms |= {value, m[2]}
+    elif vr == "TM":
+        forms |= {p.strip() for p in value.split("-") if sum(c.isdigit() for c in p) >= MIN_TIME_DIGITS}
+    return {f for f in forms if f.strip("0.:") and _normalize(f) not in STOP_WORDS}  # midnight names no one
+
+
+def _is_date(value: str) -> bool:
+    return len(_date_forms(value)) > 1
+
+
+_TEMPORAL_FORM = re.compile(
+    r"\d{8}|\d{4}[-/]\d{2}[-/]\d{2}|\d{2}[./]\d{2}[./]\d{4}|\d{6}(?:\.\d+)?|\d{8,14}(?:\.\d+)?(?:[+-]\d{4})?"
+)
+
+
+def names_anyone(values: Iterable[str]) -> bool:
+    """True if ``values`` hold more than dates and times: a name, an ID, an address, a site ...
+
+    A header cut short may yield only its dates; they say nothing about which folder names identify.
+    """
+    return any(not _TEMPORAL_FORM.fullmatch(v.strip()) for v in values)
 
 
 def is_meaningful(value: str) -> bool:
@@ -228,6 +316,19 @@ def _matches(pattern: re.Pattern[str], elem: DataElement) -> bool:
     return any(pattern.search(text) for text in _texts(elem))
 
 
+def _walk_with_parent(ds: Dataset) -> Iterator[tuple[str, DataElement, Dataset]]:
+    """(location, element, the dataset holding it) for every element, depth first."""
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
+        try:
+            elem = ds[tag]
+        except Exception:  # noqa: BLE001 - a value pydicom cannot convert; the anonymizer refuses such files
+            continue
+        yield elem.keyword or _tag_str(elem), elem, ds
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                yield from _walk_with_parent(item)
+
+
 def _walk(ds: Dataset, prefix: str) -> Iterator[tuple[str, DataElement]]:
     """(location, element) for every element, depth first, sequences included."""
     for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, not tags
@@ -242,13 +343,14 @@ def _walk(ds: Dataset, prefix: str) -> Iterator[tuple[str, DataElement]]:
                 yield from _walk(item, f"{prefix}{name}[{i}].")
 
 
-def _texts(elem: DataElement) -> list[str]:
-    """The element's values as strings (small binary values decoded as Latin-1; no pixel data)."""
+def _texts(elem: DataElement, max_binary: int = MAX_BINARY_SCAN) -> list[str]:
+    """The element's values as strings (binary values up to ``max_binary`` bytes decoded as Latin-1; no
+    pixel data)."""
     if elem.VR == "SQ" or elem.is_empty or elem.tag.group == _PIXEL_GROUP:
         return []
     value = elem.value
     if isinstance(value, bytes | bytearray):
-        return [bytes(value).decode("latin-1")] if len(value) <= MAX_BINARY_SCAN else []
+        return [bytes(value).decode("latin-1")] if len(value) <= max_binary else []
     return [str(v) for v in _values(elem)]
 
 
