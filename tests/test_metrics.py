@@ -154,3 +154,24 @@ def test_bad_shapes_fail_with_a_clear_message():
         compute_metrics(np.array([0, 1]), np.full((2, 2), 0.5), CLASSES)
     with pytest.raises(ValueError, match="class indices"):
         compute_metrics(np.array([0, 5]), np.full((2, 3), 1 / 3), CLASSES)
+
+
+def test_logit_offsets_recover_the_minority_class_that_argmax_misses():
+    from bonescan.metrics import balanced_accuracy_of, fit_logit_offsets
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 90 + [1] * 10)
+    p1 = np.clip(np.where(y == 1, 0.35, 0.15) + rng.normal(0, 0.05, y.size), 0.01, 0.99)  # ranks well, under 0.5
+    prob = np.stack([1 - p1, p1], axis=1)
+    offsets, at_rule, at_argmax = fit_logit_offsets(prob, y)
+    assert at_argmax == balanced_accuracy_of(y, prob.argmax(axis=1), 2) == 0.5
+    assert at_rule > 0.9 and offsets[0] == 0.0 and offsets[1] > 0
+    assert balanced_accuracy_of(y, (np.log(prob) + offsets).argmax(axis=1), 2) == at_rule
+
+
+def test_logit_offsets_stay_zero_when_argmax_is_already_best():
+    from bonescan.metrics import fit_logit_offsets
+
+    prob = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7], [0.7, 0.2, 0.1]])
+    offsets, at_rule, at_argmax = fit_logit_offsets(prob, np.array([0, 1, 2, 0]))
+    assert offsets == (0.0, 0.0, 0.0) and at_rule == at_argmax == 1.0

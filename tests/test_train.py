@@ -547,3 +547,16 @@ def test_torchrun_ddp_on_two_cpu_processes_trains_both_stages_and_rank_0_writes_
     assert len(meta.history) == results[0]["tuned"]["epochs_run"]
     assert all(math.isfinite(row["train_loss"]) for row in meta.history)
     assert _load(project / "models/clf_pretrain/model.pt")["classes"] == SOURCE_CLASSES
+
+
+def test_the_operating_point_is_fitted_on_validation_studies_and_saved_with_the_model(project):
+    cfg = _cfg({"epochs": 1}, operating_point="balanced_accuracy")
+    _pretrain(cfg, project)
+    result = _finetune(cfg, project)
+    _, record = classifier_file.load(project / result.model_path)
+    assert record.decision.kind == "offsets" and len(record.decision.offsets) == len(CLASSES)
+    assert record.decision.offsets[0] == 0.0 and record.decision.chosen_on.startswith("val balanced accuracy")
+    argmax_cfg = _cfg({"epochs": 1})  # the default keeps argmax
+    assert _cfg({"epochs": 1}).operating_point == "argmax"
+    _, plain = classifier_file.load(project / _finetune(argmax_cfg, project, resume=False).model_path)
+    assert plain.decision.kind == "argmax"

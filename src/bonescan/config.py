@@ -310,6 +310,9 @@ class ClassifierConfig(_Section):
     channels_last: bool = True  # NHWC on CUDA (ignored on CPU)
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes (0: load in the training process)
     cache_images: bool = True  # keep decoded images in memory across epochs
+    # How probabilities become a class, saved in model.pt and applied by evaluate, predict and the pyfunc:
+    # argmax, or per-class log-probability offsets that maximise validation balanced accuracy (per study).
+    operating_point: Literal["argmax", "balanced_accuracy"] = "argmax"
     seed: int = 42
 
     @model_validator(mode="before")

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "aggregate_by_study",
+    "balanced_accuracy_of",
+    "fit_logit_offsets",
     "MACRO_METRICS",
     "PER_CLASS_METRICS",
     "MetricReport",
@@ -343,3 +345,55 @@ def aggregate_by_study(
     mean = studies[prob_cols].to_numpy()
     studies["predicted"] = [classes[i] for i in (decision.predict(mean) if decision else mean.argmax(axis=1))]
     return studies.reset_index()[["study_id", "patient_id", "n_views", "label", "predicted", *prob_cols]]
+
+
+def balanced_accuracy_of(y_true: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
+    """Mean recall over the classes present in `y_true` (what an imbalanced task is judged by)."""
+    recalls = [float(np.mean(predicted[y_true == k] == k)) for k in range(num_classes) if np.any(y_true == k)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def fit_logit_offsets(
+    probabilities: np.ndarray,
+    y_true: np.ndarray,
+    *,
+    grid: np.ndarray | None = None,
+    sweeps: int = 3,
+) -> tuple[tuple[float, ...], float, float]:
+    """Per-class log-probability offsets that maximise balanced accuracy (the operating point).
+
+    The class 0 offset stays 0 (only differences matter). Coordinate ascent over `grid` (for two
+    classes one sweep is an exact threshold search); among equal scores the offset closest to 0 wins,
+    so a rule that gains nothing stays argmax.
+
+    Args:
+        probabilities: (N, K) class probabilities of a split the model did not train on (validation).
+        y_true: (N,) class indices.
+
+    Returns:
+        (offsets, balanced accuracy at the offsets, balanced accuracy at argmax).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    k = probabilities.shape[1]
+    logp = np.log(np.clip(probabilities, 1e-12, None))
+    grid = np.round(np.arange(-4.0, 4.0001, 0.05), 4) if grid is None else np.asarray(grid)
+    grid = grid[np.argsort(np.abs(grid), kind="stable")]  # ties go to the smallest shift
+
+    def score(offsets: np.ndarray) -> float:
+        return balanced_accuracy_of(y_true, (logp + offsets).argmax(axis=1), k)
+
+    offsets = np.zeros(k)
+    baseline = best = score(offsets)
+    for _ in range(sweeps if k > 2 else 1):
+        improved = False
+        for c in range(1, k):
+            for value in grid:
+                trial = offsets.copy()
+                trial[c] = value
+                s = score(trial)
+                if s > best + 1e-12:
+                    best, offsets, improved = s, trial, True
+        if not improved:
+            break
+    return tuple(float(o) for o in offsets), float(best), float(baseline)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -44,11 +45,12 @@ from bonescan.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from bonescan.classifier_file import ClassifierFile
+from bonescan.classifier_file import ClassifierFile, DecisionRule, predict_probabilities
 from bonescan.config import AugmentConfig, ClassifierConfig, LossConfig, Preprocessing, Size, TrainConfig
-from bonescan.data.dataset import ManifestDataset, load_split
+from bonescan.data.dataset import ManifestDataset, label_indices, load_split
 from bonescan.data.manifest import read_manifest
 from bonescan.losses import build_loss, drw_schedule
+from bonescan.metrics import aggregate_by_study, fit_logit_offsets
 from bonescan.models import build, count_parameters
 from bonescan.progress import RunningMean, track
 from bonescan.runtime import DistEnv, autocast, barrier, dist_env, process_group, resolve_device, unwrap
@@ -537,6 +539,31 @@ class StageResult:
         return flat
 
 
+def choose_operating_point(
+    model: nn.Module,
+    val: ManifestDataset,
+    val_rows: pd.DataFrame,
+    classes: Sequence[str],
+    image_size: Size,
+    device: torch.device,
+) -> DecisionRule:
+    """The decision rule that maximises balanced accuracy on the validation studies (never the test split).
+
+    Studies are scored as evaluate scores them (the mean of their views' probabilities), and the
+    offsets are fitted to those means (`metrics.fit_logit_offsets`).
+    """
+    prob = predict_probabilities(model, val, batch_size=64, device=device, image_size=image_size)
+    prob_cols = [f"p_{c}" for c in classes]
+    per_image = val_rows[["study_id", "patient_id", "label"]].reset_index(drop=True).copy()
+    per_image[prob_cols] = prob
+    studies = aggregate_by_study(per_image, classes)
+    offsets, at_rule, at_argmax = fit_logit_offsets(studies[prob_cols].to_numpy(),
+                                                    np.asarray(label_indices(list(studies["label"]), classes)))
+    chosen = f"val balanced accuracy {at_argmax:.3f} (argmax) -> {at_rule:.3f} on {len(studies)} studies"
+    log.info("operating point: offsets %s, %s", [round(o, 2) for o in offsets], chosen)
+    return DecisionRule("offsets", offsets, chosen_on=chosen)
+
+
 def _stage_result(
     stage: str,
     cfg: ClassifierConfig,
@@ -793,9 +820,13 @@ def finetune_classifier(
         out_dir = root / cfg.out_dir
         path = out_dir / "model.pt"
         if opts.is_main:
+            decision = DecisionRule()
+            if cfg.operating_point != "argmax" and val is not None:
+                decision = choose_operating_point(unwrap(model), val, frames[1], classes, image_size, opts.device)
             record = ClassifierFile.from_model(
                 model, cfg.model, classes, image_size, normed_head=cfg.normed_head, preprocessing=preprocessing,
-                stage="finetune", config=cfg.model_dump(mode="json"), history=result.history, best=result.best,
+                decision=decision, stage="finetune", config=cfg.model_dump(mode="json"), history=result.history,
+                best=result.best,
             )
             classifier_file.save(record, path)
             write_history(
