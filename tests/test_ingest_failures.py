@@ -5,7 +5,6 @@ file; patient ids of image sets are keyed; a killed run leaves no orphan worker 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,18 +17,15 @@ import pytest
 from bonescan.config import AnonymizeConfig, IngestConfig
 from bonescan.data.manifest import read_manifest
 from bonescan.ingest import IngestFailedError, ingest_dataset
-from tests.test_ingest import CHEST, SECRET, dataset_config
+from tests.chest_sets import copy_chest_set
+from tests.test_ingest import SECRET, dataset_config
 
 CLASSES = ("normal", "covid19", "viral_pneumonia")
 
 
-def _chest_set(root: Path, per_class: int = 2) -> pd.DataFrame:
-    """raw/images/<file>.png and raw/labels.csv naming the files relative to images/ (the shared set's layout)."""
-    table = pd.read_csv(CHEST / "labels.csv").groupby("label").head(per_class)
-    (root / "images").mkdir(parents=True)
-    for name in table["filename"]:
-        shutil.copy(CHEST / "images" / name, root / "images" / name)
-    return table
+def _chest_set(root: Path) -> pd.DataFrame:
+    """raw/images/<file>.png, labels naming the files relative to images/ (the shared set's layout)."""
+    return copy_chest_set(root / "images", labels=root.parent / "labels_elsewhere.csv")  # outside raw_dir
 
 
 def _ingest(tmp: Path, labels: Path, secret: bytes | None = SECRET, **ingest):
@@ -59,7 +55,7 @@ def test_rejecting_more_than_the_allowed_fraction_fails_the_stage(tmp_path, monk
     table = _chest_set(tmp_path / "raw")
     table.iloc[:2].to_csv(tmp_path / "raw" / "images" / "labels.csv", index=False)  # 4 of 6 images unlabelled
     with pytest.raises(IngestFailedError, match="no_label: 4"):
-        _ingest(tmp_path, tmp_path / "raw" / "images" / "labels.csv")
+        _ingest(tmp_path, tmp_path / "raw" / "images" / "labels.csv", max_quarantined_fraction=0.5)
     assert _ingest(tmp_path, tmp_path / "raw" / "images" / "labels.csv", max_quarantined_fraction=0.9).images_written == 2
 
 

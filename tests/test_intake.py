@@ -26,7 +26,8 @@ from bonescan.intake import (
     pseudonym,
 )
 from bonescan.predict import prepare_file
-from tests.test_ingest import CHEST, SECRET, SIZE, build_raw, dataset_config
+from tests.chest_sets import CHEST_CLASSES, copy_chest_set
+from tests.test_ingest import SECRET, SIZE, build_raw, dataset_config
 
 
 def _pre(dataset, size) -> Preprocessing:
@@ -58,14 +59,10 @@ def test_predict_gives_a_model_exactly_what_ingest_gave_it_for_dicom_files(tmp_p
 
 def test_predict_gives_a_model_exactly_what_ingest_gave_it_for_image_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    table = pd.read_csv(CHEST / "labels.csv").groupby("label").head(2)
     raw = tmp_path / "raw"
-    raw.mkdir()
-    for name in table["filename"]:
-        shutil.copy(CHEST / "images" / name, raw / name)
-    table.to_csv(raw / "labels.csv", index=False)
-    dataset = dataset_config(tmp_path, format="image_csv", labels=str(raw / "labels.csv"),
-                             classes=("normal", "covid19", "viral_pneumonia"), split_views=False)  # fmt: skip
+    table = copy_chest_set(raw)
+    dataset = dataset_config(tmp_path, format="image_csv", labels=str(raw / "labels.csv"), classes=CHEST_CLASSES,
+                             split_views=False)  # fmt: skip
     ingest_dataset("source", dataset, IngestConfig(workers=1), AnonymizeConfig(), (48, 40), SECRET)
     manifest = read_manifest(tmp_path / "out/interim/manifest.csv").set_index("image_id")
 
@@ -116,7 +113,8 @@ def test_non_regular_files_and_bad_links_are_rejected_before_they_are_opened(hos
 
 def test_ingest_quarantines_hostile_entries_with_reasons_and_finishes(hostile_tree, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    summary = ingest_dataset("target", dataset_config(tmp_path), IngestConfig(workers=1), AnonymizeConfig(),
+    summary = ingest_dataset("target", dataset_config(tmp_path), IngestConfig(workers=1, max_quarantined_fraction=1),
+                             AnonymizeConfig(),
                              SIZE, SECRET)  # fmt: skip
     quarantine = pd.read_csv(tmp_path / "out/reports/quarantine.csv")
     reasons = dict(zip(quarantine["file"].map(lambda f: f.rsplit("/", 1)[-1]), quarantine["reason"], strict=True))

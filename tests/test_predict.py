@@ -343,18 +343,12 @@ def test_cli_predict_writes_outputs_and_prints_a_summary(tmp_path, world, monkey
 
 def test_a_model_trained_on_images_predicts_image_files_as_ingest_prepared_them(tmp_path, monkeypatch):
     """predict takes what training took: an image_csv set's files, through the same intake."""
-    import shutil
-
-    from tests.test_ingest import CHEST
+    from tests.chest_sets import CHEST_CLASSES as chest
+    from tests.chest_sets import copy_chest_set
 
     monkeypatch.chdir(tmp_path)
-    table = pd.read_csv(CHEST / "labels.csv").groupby("label").head(2)
     raw = tmp_path / "raw"
-    raw.mkdir()
-    for name in table["filename"]:
-        shutil.copy(CHEST / "images" / name, raw / name)
-    table.to_csv(raw / "labels.csv", index=False)
-    chest = ("normal", "covid19", "viral_pneumonia")
+    table = copy_chest_set(raw)
     dataset = DatasetConfig(format="image_csv", raw_dir=str(raw), labels=str(raw / "labels.csv"), classes=chest,
                             split_views=False, interim_dir="interim", out_dir="processed", reports_dir="reports",
                             metrics_dir="metrics")  # fmt: skip
@@ -378,7 +372,7 @@ def test_a_model_trained_on_images_predicts_image_files_as_ingest_prepared_them(
 
 
 def test_a_model_trained_on_dicom_rejects_image_files_and_one_trained_on_images_rejects_dicom(world, tmp_path):
-    from tests.test_ingest import CHEST
+    from tests.chest_sets import CHEST
 
     mixed = tmp_path / "mixed"
     mixed.mkdir()
