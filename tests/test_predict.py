@@ -341,3 +341,19 @@ def test_cli_predict_writes_outputs_and_prints_a_summary(tmp_path, world, monkey
         p.name for p in out.iterdir()
     }
     assert "healthy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bomb", ["rle", "deflate"])
+def test_decompression_bombs_are_rejected_with_the_limit_named_and_nothing_decoded(tmp_path, bomb):
+    from bonescan.dicom.anonymize import Anonymizer
+    from bonescan.dicom.bombs import write_deflate_bomb, write_rle_bomb
+    from bonescan.predict import prepare_file
+
+    path = tmp_path / "bomb.dcm"
+    if bomb == "rle":
+        write_rle_bomb(path)  # ~1 kB declaring 60000 x 60000 x 16 bits
+    else:
+        write_deflate_bomb(path, 400 * 2**20)  # ~400 kB inflating to 400 MiB, over 256 MiB + 16 MiB
+    record, prepared = prepare_file(path, "bomb.dcm", Anonymizer(SECRET, AnonymizeConfig()), IngestConfig(), SIZE)
+    assert prepared is None
+    assert record.code == "too_large" and "ingest.max_pixel_bytes" in record.reason

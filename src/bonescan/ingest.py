@@ -250,6 +250,8 @@ def _ingest_dicom(ctx: _Context, relpath: str) -> FileResult:
         ds = read_dicom(ctx.raw_dir / relpath)
     except InvalidDicomError:
         return FileResult(relpath, code="not_dicom", reason="not a DICOM file")
+    except ImageReadError as exc:  # a deflated data set inflating past ingest.max_pixel_bytes
+        return FileResult(relpath, code=exc.code, reason=exc.reason)
     except Exception as exc:  # pydicom signals damage with many types; the name is enough (no values)
         return FileResult(relpath, code="unreadable", reason=f"truncated / unreadable: {type(exc).__name__}")
     try:

@@ -309,6 +309,8 @@ def prepare_file(
         ds = read_dicom(path)
     except InvalidDicomError:
         return FileResult(relpath, code="not_dicom", reason="not a DICOM file"), None
+    except ImageReadError as exc:  # a deflated data set inflating past ingest.max_pixel_bytes
+        return FileResult(relpath, code=exc.code, reason=exc.reason), None
     except Exception as exc:  # pydicom signals damage with many types; the name is enough (no values)
         return FileResult(
             relpath, code="unreadable", reason=f"truncated / unreadable: {type(exc).__name__}"
