@@ -18,6 +18,7 @@ keeping the aspect ratio with zero padding. `write_png16` stores the result loss
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
@@ -33,7 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
 from scipy import ndimage
 from skimage.color import rgb2gray
 from skimage.transform import resize
@@ -51,9 +52,10 @@ _GAP_FRACTION = 0.25  # a column this empty (vs. both halves' peaks) separates t
 _TRUNCATED = "truncated / unreadable: pixel data shorter than its header states"
 _MIN_COMPONENT = 0.05  # body parts smaller than this fraction of the largest one are noise/specks
 # Decompression-bomb ceiling on the declared decoded pixel data (Rows x Columns x frames x samples x
-# bytes per sample). 256 MiB holds ~120 whole-body bone scans (1024 x 256 x 2 frames x 16 bits = 1 MiB)
-# and a 16-bit 8000 x 8000 radiograph; decoding at the ceiling peaks near 1.2 GiB (benchmarks/bombs.py).
-DEFAULT_MAX_PIXEL_BYTES = 256 * 2**20
+# bytes per sample). 128 MiB holds 64 whole-body bone studies (1024 x 256 x 2 frames x 16 bits = 1 MiB)
+# or a 16-bit 8000 x 8000 radiograph; reading a file at the ceiling peaks near 0.7 GB of RSS (float32
+# views plus the stored array; benchmarks/bombs.py), so a bomb costs a worker at most that.
+DEFAULT_MAX_PIXEL_BYTES = 128 * 2**20
 # A deflated data set may inflate to the pixel ceiling plus this much for everything but pixels.
 _NON_PIXEL_ALLOWANCE = 16 * 2**20
 _INFLATE_CHUNK = 2**20  # bytes of inflated output held at once while measuring a deflated data set
@@ -242,11 +244,26 @@ def _output_range(ds: Dataset) -> tuple[float, float]:
     return float(ends.min()), float(ends.max())
 
 
+def _gpl_jpeg_decoder_installed() -> bool:
+    """pylibjpeg-libjpeg (GPL-3.0, the optional `bonescan[gpl-decoders]` extra) can be imported."""
+    try:
+        return importlib.util.find_spec("libjpeg") is not None
+    except (ImportError, ValueError):  # a blocked or half-installed module
+        return False
+
+
 def _decode_error(ds: Dataset, exc: Exception) -> ImageReadError:
     syntax = ds.file_meta.TransferSyntaxUID
     message = str(exc)
     if "less than expected" in message or "shorter than" in message or isinstance(exc, EOFError):
         return ImageReadError("truncated", _TRUNCATED)
+    if syntax == JPEGExtended12Bit and int(ds.get("BitsStored") or 8) > 8 and not _gpl_jpeg_decoder_installed():
+        # GDCM (the default JPEG decoder) is barred by pydicom from 12-bit JPEG Extended
+        return ImageReadError(
+            "decode_error",
+            f"cannot decode {syntax.name} pixel data: more than 8 bits per sample needs the optional "
+            "GPL-3.0 decoder (pip install 'bonescan[gpl-decoders]', i.e. pylibjpeg-libjpeg)",
+        )
     # Codec messages name the plugin and the stream fault, and "Missing required element" names a tag:
     # safe to keep, abridged. Other messages may quote element values (which could be identifying),
     # so only their type is kept.
