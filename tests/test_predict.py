@@ -353,7 +353,7 @@ def test_decompression_bombs_are_rejected_with_the_limit_named_and_nothing_decod
     if bomb == "rle":
         write_rle_bomb(path)  # ~1 kB declaring 60000 x 60000 x 16 bits
     else:
-        write_deflate_bomb(path, 400 * 2**20)  # ~400 kB inflating to 400 MiB, over 256 MiB + 16 MiB
+        write_deflate_bomb(path, 400 * 2**20)  # ~400 kB inflating to 400 MiB, over 128 MiB + 16 MiB
     record, prepared = prepare_file(path, "bomb.dcm", Anonymizer(SECRET, AnonymizeConfig()), IngestConfig(), SIZE)
     assert prepared is None
     assert record.code == "too_large" and "ingest.max_pixel_bytes" in record.reason

@@ -92,9 +92,9 @@ def test_a_stage_whose_outputs_another_dvc_process_holds_fails_as_locked(scratch
     tmp_dir = scratch_project / ".dvc" / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     out = str(scratch_project / "a.txt")
-    with rwlock(str(tmp_dir), localfs, "dvc repro make_a", [], [out], False):  # as a running repro holds it
-        with pytest.raises(StageFailed) as exc:
-            run_stage("make_a", scratch_project)
+    held = rwlock(str(tmp_dir), localfs, "dvc repro make_a", [], [out], False)  # as a running repro holds it
+    with held, pytest.raises(StageFailed) as exc:
+        run_stage("make_a", scratch_project)
     assert "is busy" in str(exc.value)
     assert exc.value.kind is FailureKind.LOCKED
     assert "another DVC process" in str(exc.value)
@@ -103,7 +103,6 @@ def test_a_stage_whose_outputs_another_dvc_process_holds_fails_as_locked(scratch
 def test_a_held_repository_lock_fails_as_locked(scratch_project):
     from dvc.repo import Repo
 
-    with Repo(str(scratch_project)) as repo, repo.lock:
-        with pytest.raises(StageFailed) as exc:
-            run_stage("make_a", scratch_project)
+    with Repo(str(scratch_project)) as repo, repo.lock, pytest.raises(StageFailed) as exc:
+        run_stage("make_a", scratch_project)
     assert exc.value.kind is FailureKind.LOCKED

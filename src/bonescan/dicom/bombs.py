@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -23,7 +24,6 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-from pydicom import dcmread
 
 _CHUNK = 2**20
 
@@ -68,6 +68,8 @@ def write_declared_size_bomb(
     """One of pydicom's small compressed test files with its Rows/Columns rewritten (stream unchanged)."""
     ds = dcmread(get_testdata_file(testdata_name))
     ds.Rows, ds.Columns = rows, columns
+    ds.Modality, ds.AccessionNumber = "NM", "BOMB"  # reaches the pixel checks of ingest and predict
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
     ds.save_as(path, enforce_file_format=True)
     return Path(path)
 
