@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -14,15 +15,18 @@ from bonescan.config import DatasetConfig, SplitConfig
 from bonescan.data.manifest import write_manifest
 from bonescan.data.split import (
     LedgerKeyError,
+    PredefinedSplitError,
     assign_splits,
     key_fingerprint,
     patient_strata,
+    predefined_patient_splits,
     run_split,
     split_manifest,
     split_metrics,
 )
 
 RATIOS = {"train": 0.7, "val": 0.1, "test": 0.2}
+SPLITS_ = ("train", "val", "test")
 CLASSES = ["healthy", "metastasis", "benign"]
 
 # A cohort: per patient a list of study labels, each study with two views.
@@ -202,3 +206,42 @@ def test_a_failed_ledger_write_leaves_the_previous_ledger_whole(tmp_path, monkey
         run_split("target", dataset, cfg, secret=KEY_A)
     assert ledger_path.read_text() == before
     assert [p.name for p in ledger_path.parent.iterdir()] == ["target.csv"]  # no temp file left behind
+
+
+# --------------------------------------------------------------------------- predefined (official) splits
+
+
+def test_predefined_split_is_honoured_and_other_patients_fill_the_ratios():
+    official_test = {f"p{i:02d}": "test" for i in range(8)}  # 8 of 24 patients: more than the 20 % test ratio
+    manifest, ledger = split_manifest(make_manifest(COHORT), RATIOS, 0, predefined=official_test)
+    per_patient = manifest.groupby("patient_id")["split"].unique()
+    assert all(list(per_patient[p]) == ["test"] for p in official_test)
+    others = manifest[~manifest["patient_id"].isin(official_test)]
+    assert set(others["split"]) <= {"train", "val", "test"} and (others["split"] == "train").sum() > 0
+    assert set(ledger.loc[ledger["patient_id"].isin(official_test), "split"]) == {"test"}  # remembered
+
+
+def test_a_patient_in_two_predefined_splits_is_an_error_naming_the_pseudonym():
+    images = make_manifest({"a1b2c3": ["healthy", "benign"], "d4e5f6": ["healthy"]})
+    images["split"] = ["train", "train", "test", "test", "test", "test"]  # a1b2c3's two studies disagree
+    with pytest.raises(PredefinedSplitError, match="a1b2c3") as exc:
+        predefined_patient_splits(images)
+    assert "d4e5f6" not in str(exc.value)
+
+
+def test_predefined_split_that_contradicts_the_ledger_is_an_error():
+    _, ledger = split_manifest(make_manifest(COHORT), RATIOS, 0)
+    patient = ledger["patient_id"].iloc[0]
+    other = next(s for s in SPLITS_ if s != ledger["split"].iloc[0])
+    with pytest.raises(PredefinedSplitError, match=patient):
+        split_manifest(make_manifest(COHORT), RATIOS, 0, ledger, predefined={patient: other})
+
+
+def test_run_split_takes_the_ingested_split_column_as_predefined_and_counts_it(tmp_path):
+    dataset, cfg = stage(tmp_path)
+    ingested = make_manifest(COHORT)
+    ingested.loc[ingested["patient_id"].isin(["p00", "p01"]), "split"] = "test"
+    write_manifest(ingested, tmp_path / "interim" / "manifest.csv")
+    result = run_split("target", dataset, cfg, secret=KEY_A)
+    assert set(result.manifest.loc[result.manifest["patient_id"].isin(["p00", "p01"]), "split"]) == {"test"}
+    assert json.loads((tmp_path / "metrics" / "split.json").read_text())["predefined_patients"] == 2

@@ -43,6 +43,32 @@ class LedgerKeyError(ValueError):
     """The split ledger was made under another anonymization key than the one given."""
 
 
+class PredefinedSplitError(ValueError):
+    """A predefined split puts one patient in two splits, names an unknown split, or contradicts the ledger."""
+
+
+def predefined_patient_splits(image_splits: pd.DataFrame) -> dict[str, str]:
+    """patient_id -> split from per-image predefined splits (an official test set, say).
+
+    Args:
+        image_splits: rows with `patient_id` and `split`; an empty split means "not predefined".
+            A patient with some images predefined and others not takes the predefined split.
+
+    Raises:
+        PredefinedSplitError: a patient has images in two predefined splits (named by pseudonym).
+    """
+    given = image_splits[image_splits["split"].fillna("").astype(str) != ""]
+    per_patient = given.groupby("patient_id")["split"].unique()
+    straddling = sorted(str(p) for p, splits in per_patient.items() if len(splits) > 1)
+    if straddling:
+        detail = "; ".join(f"{p}: {sorted(per_patient[p])}" for p in straddling[:10])
+        raise PredefinedSplitError(
+            f"{len(straddling)} patient(s) in two predefined splits (a patient-level split cannot honour "
+            f"that): {detail}"
+        )
+    return {str(p): str(splits[0]) for p, splits in per_patient.items()}
+
+
 def key_fingerprint(secret: bytes | None) -> str:
     """16 hex digits identifying an anonymization key: HMAC-SHA256 of a fixed label under it.
 
@@ -162,6 +188,7 @@ def split_manifest(
     seed: int,
     ledger: pd.DataFrame | None = None,
     fingerprint: str = UNKEYED,
+    predefined: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pure core of the stage: (manifest with `split` filled, updated ledger).
 
@@ -171,12 +198,27 @@ def split_manifest(
     Args:
         fingerprint: `key_fingerprint` of the key the manifest's pseudonyms were made with; written
             on new ledger rows and on rows that had none.
+        predefined: patient_id -> split fixed by the dataset (`predefined_patient_splits`); these
+            patients take that split (and enter the ledger), the others fill each stratum's deficits.
 
     Raises:
         LedgerKeyError: the ledger records another key's fingerprint.
+        PredefinedSplitError: an unknown split, or a patient the ledger already put elsewhere.
     """
     ledger = ledger.copy() if ledger is not None else pd.DataFrame(columns=LEDGER_COLUMNS)
     check_ledger_key(ledger, fingerprint)
+    predefined = dict(predefined or {})
+    unknown = sorted(set(predefined.values()) - set(ratios))
+    if unknown:
+        raise PredefinedSplitError(f"predefined split names unknown splits {unknown}; configured: {sorted(ratios)}")
+    recorded = dict(zip(ledger["patient_id"].astype(str), ledger["split"].astype(str), strict=True))
+    moved = sorted(p for p, split in predefined.items() if p in recorded and recorded[p] != split)
+    if moved:
+        detail = "; ".join(f"{p}: ledger {recorded[p]}, predefined {predefined[p]}" for p in moved[:10])
+        raise PredefinedSplitError(
+            f"{len(moved)} patient(s) have a predefined split other than the one the ledger gave them "
+            f"(patients never move): {detail}"
+        )
     if "key_fingerprint" not in ledger.columns:
         ledger["key_fingerprint"] = ""
     unrecorded = ledger["key_fingerprint"].isna() | ledger["key_fingerprint"].astype(str).isin(["", "nan"])
@@ -189,7 +231,8 @@ def split_manifest(
         ledger.loc[unrecorded, "key_fingerprint"] = fingerprint
     previous = dict(zip(ledger["patient_id"].astype(str), ledger["split"].astype(str), strict=True))
     strata = patient_strata(manifest)
-    assignment = assign_splits(strata, ratios, seed, previous)
+    fixed = {**{p: split for p, split in predefined.items() if p in strata}, **previous}
+    assignment = assign_splits(strata, ratios, seed, fixed)
 
     out = manifest.copy()
     out["split"] = out["patient_id"].map(assignment)
@@ -232,8 +275,12 @@ def run_split(name: str, dataset: DatasetConfig, cfg: SplitConfig, *, secret: by
     if ledger is not None:
         check_ledger_key(ledger, key_fingerprint(secret), str(ledger_path))
 
-    manifest, updated = split_manifest(ingested, cfg.ratios, cfg.seed, ledger, key_fingerprint(secret))
+    predefined = predefined_patient_splits(ingested)  # ingest fills `split` from a dataset's own split
+    manifest, updated = split_manifest(
+        ingested, cfg.ratios, cfg.seed, ledger, key_fingerprint(secret), predefined=predefined
+    )
     metrics = split_metrics(manifest, dataset.classes)
+    metrics["predefined_patients"] = len(predefined)
     metrics["ledger_patients_kept"] = 0 if ledger is None else int(ledger["patient_id"].isin(manifest["patient_id"]).sum())
     if metrics["patients_in_two_splits"]:
         raise RuntimeError(f"{metrics['patients_in_two_splits']} patients straddle splits: the split is broken")
