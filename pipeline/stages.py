@@ -32,14 +32,25 @@ _TRANSIENT = re.compile(
     r"Resource temporarily unavailable|BrokenPipeError",
     re.IGNORECASE,
 )
-_LOCKED = re.compile(r"Unable to acquire lock|is locked by|LockError", re.IGNORECASE)
+# DVC 3.67's lock messages: the repository lock (dvc/lock.py FAILED_TO_LOCK_MESSAGE, "Unable to acquire
+# lock. Most likely another DVC process is running ...") and a stage's read/write lock on its deps and
+# outs (dvc/rwlock.py: "'<path>' is busy, it is being blocked by:\n  (PID n): <cmd>"), both LockError.
+_LOCKED = re.compile(
+    r"Unable to acquire lock|is busy, it is being blocked by|is locked by|LockError", re.IGNORECASE
+)
+_LOCK_HINT = (
+    "another DVC process holds a lock on this repository or on this stage's files (not retried: a retry "
+    "would race it); wait for it to finish, or, if no such process exists, remove .dvc/tmp/rwlock and "
+    ".dvc/tmp/lock"
+)
 
 
 class StageFailed(RuntimeError):
     """A stage's `dvc repro` exited non-zero; `kind` decides whether a retry makes sense."""
 
     def __init__(self, stage: str, kind: FailureKind, returncode: int, tail: str) -> None:
-        super().__init__(f"stage {stage!r} failed ({kind.value}, exit {returncode}):\n{tail}")
+        hint = f": {_LOCK_HINT}" if kind is FailureKind.LOCKED else ""
+        super().__init__(f"stage {stage!r} failed ({kind.value}, exit {returncode}){hint}:\n{tail}")
         self.stage, self.kind, self.returncode = stage, kind, returncode
 
 

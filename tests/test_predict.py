@@ -387,3 +387,19 @@ def test_a_model_trained_on_dicom_rejects_image_files_and_one_trained_on_images_
     on_images = save_classifier(tmp_path / "images.pt", preprocessing=TRAINED.model_copy(update={"input_format": "image_folder"}))
     run_predict(mixed, on_images, tmp_path / "out_images")
     assert pd.read_csv(tmp_path / "out_images/rejected.csv")["reason"].str.contains("trained on images").tolist() == [True]
+
+
+@pytest.mark.parametrize("bomb", ["rle", "deflate"])
+def test_decompression_bombs_are_rejected_with_the_limit_named_and_nothing_decoded(tmp_path, bomb):
+    from bonescan.dicom.anonymize import Anonymizer
+    from bonescan.dicom.bombs import write_deflate_bomb, write_rle_bomb
+    from bonescan.predict import prepare_file
+
+    path = tmp_path / "bomb.dcm"
+    if bomb == "rle":
+        write_rle_bomb(path)  # ~1 kB declaring 60000 x 60000 x 16 bits
+    else:
+        write_deflate_bomb(path, 400 * 2**20)  # ~400 kB inflating to 400 MiB, over 128 MiB + 16 MiB
+    record, prepared = prepare_file(path, "bomb.dcm", Anonymizer(SECRET, AnonymizeConfig()), TRAINED)
+    assert prepared is None
+    assert record.code == "too_large" and "ingest.max_pixel_bytes" in record.reason

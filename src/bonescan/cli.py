@@ -90,10 +90,16 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from bonescan.data.split import run_split
+    from bonescan.data.split import LedgerKeyError, run_split
+    from bonescan.dicom.anonymize import load_secret
 
     params = _params(args)
-    result = run_split(args.dataset, params.dataset(args.dataset), params.split)
+    dataset = params.dataset(args.dataset)
+    secret = load_secret(params.anonymize) if dataset.format == "dicom" else None  # as in cmd_ingest
+    try:
+        result = run_split(args.dataset, dataset, params.split, secret=secret)
+    except LedgerKeyError as exc:
+        raise CommandError(str(exc)) from None
     console.print_json(json.dumps(result.metrics))
 
 

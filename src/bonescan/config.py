@@ -98,6 +98,7 @@ class IngestConfig(_Section):
     workers: int = Field(2, ge=1)  # processes
     chunksize: int = Field(4, ge=1)  # files handed to a worker at once
     image_extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+    max_pixel_bytes: int = Field(128 * 2**20, ge=1)  # declared decoded pixel data per file; larger is refused unread
     max_quarantined_fraction: float = Field(0.9, ge=0, le=1)  # ingest fails when more files than this are rejected
 
 

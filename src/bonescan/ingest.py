@@ -194,7 +194,7 @@ def _ingest_dicom(ctx: _Context, relpath: str) -> FileResult:
     try:
         path = ctx.raw_dir / relpath
         check_regular_file(path, ctx.raw_dir)
-        ds, identifying = open_dicom(path)
+        ds, identifying = open_dicom(path, ctx.ingest.max_pixel_bytes)
         return _ingest_dataset_file(ctx, relpath, ds, identifying)
     except Exception as exc:  # never let one file stop the stage; the type name carries no patient data
         if not isinstance(exc, FileRejected | ImageReadError):

@@ -175,14 +175,20 @@ class PreparedDicom:
         return str(self.anonymized.SOPInstanceUID)
 
 
-def open_dicom(path: Path) -> tuple[Dataset, frozenset[str]]:
+def open_dicom(path: Path, max_bytes: int | None = None) -> tuple[Dataset, frozenset[str]]:
     """Read a DICOM file (read-only) and the identifying values the anonymized output is checked against.
+
+    Args:
+        max_bytes: `ingest.max_pixel_bytes`; a deflated data set inflating past it is refused while read.
 
     Raises:
         FileRejected: not DICOM, or too damaged to read or to tell what identifies the patient.
+        ImageReadError: a deflated data set larger than the ceiling.
     """
     try:
-        ds = read_dicom(path)
+        ds = read_dicom(path, max_bytes) if max_bytes is not None else read_dicom(path)
+    except ImageReadError:
+        raise
     except InvalidDicomError:
         raise FileRejected("not_dicom", "not a DICOM file") from None
     except MemoryError:
@@ -219,7 +225,7 @@ def check_dicom(ds: Dataset, preprocessing: Preprocessing) -> str:
     kind = str(values[2]).strip().upper() if len(values) > 2 else ""
     if modality == "NM" and kind and kind != WHOLE_BODY:
         raise FileRejected("not_whole_body", f"not a whole-body acquisition (NM image type {kind})")
-    check_pixel_data(ds)
+    check_pixel_data(ds, preprocessing.ingest.max_pixel_bytes)  # before any decode: bombs never inflate
     return modality
 
 
@@ -246,7 +252,7 @@ def dicom_inputs(
     Raises:
         ImageReadError: pixel data that cannot be decoded.
     """
-    views = read_views(anonymized, preprocessing.split_views, hints)
+    views = read_views(anonymized, preprocessing.split_views, hints, max_bytes=preprocessing.ingest.max_pixel_bytes)
     return tuple((view.name, preprocess_view(view, preprocessing.ingest, preprocessing.image_size)) for view in views)
 
 
@@ -283,7 +289,7 @@ def prepare_image(path: Path, preprocessing: Preprocessing) -> tuple[tuple[str, 
         ImageReadError: the file cannot be decoded.
     """
     check_image_name(path, preprocessing)
-    views = read_views(path, preprocessing.split_views)
+    views = read_views(path, preprocessing.split_views, max_bytes=preprocessing.ingest.max_pixel_bytes)
     return tuple((view.name, preprocess_view(view, preprocessing.ingest, preprocessing.image_size)) for view in views)
 
 

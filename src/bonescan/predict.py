@@ -287,7 +287,7 @@ def prepare_file(
             views = tuple((name, as_training_input(image)) for name, image in images)
             study_id = "s" + pseudonym(relpath, name_key)  # == ingest's study id of this file
             return FileResult(relpath), PreparedFile("", instance, views, study_id)
-        ds, identifying = open_dicom(path)
+        ds, identifying = open_dicom(path, preprocessing.ingest.max_pixel_bytes)
         prepared = prepare_dicom(ds, anonymizer, preprocessing)
     except Exception as exc:  # one bad file never stops the run; the type name carries no patient data
         return rejection(relpath, exc, identifying), None

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
@@ -11,15 +20,20 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from bonescan.config import IngestConfig
+from bonescan.dicom.bombs import write_deflate_bomb, write_rle_bomb
 from bonescan.dicom.read import (
     ANTERIOR,
+    DEFAULT_MAX_PIXEL_BYTES,
     POSTERIOR,
     SINGLE,
     ImageReadError,
     View,
+    check_pixel_data,
     crop_box,
+    declared_pixel_bytes,
     decode_frames,
     preprocess_view,
+    read_dicom,
     read_png16,
     read_views,
     resize_pad,
@@ -28,7 +42,40 @@ from bonescan.dicom.read import (
 )
 
 CFG = IngestConfig()
-REAL_BONE_SCANS = ["JPEG2000.dcm", "JPGExtended.dcm", "JPEG2000_UNC.dcm"]
+GPL_DECODER = importlib.util.find_spec("libjpeg") is not None  # the optional `bonescan[gpl-decoders]`
+REAL_BONE_SCANS = [
+    "JPEG2000.dcm",
+    pytest.param(  # 12-bit JPEG Extended: only the GPL decoder reads it (pydicom bars GDCM from it)
+        "JPGExtended.dcm", marks=pytest.mark.skipif(not GPL_DECODER, reason="needs bonescan[gpl-decoders]")
+    ),
+    "JPEG2000_UNC.dcm",
+]
+# Decoded by the default install (no GPL code): pydicom (RLE), pylibjpeg-openjpeg, python-gdcm.
+DEFAULT_SYNTAX_FILES = [
+    "MR_small_RLE.dcm",  # RLE Lossless
+    "JPEG2000.dcm",  # JPEG 2000
+    "SC_rgb_jpeg_dcmtk.dcm",  # JPEG Baseline (Process 1)
+    "JPEG-LL.dcm",  # JPEG Lossless, Process 14 SV1 (the bone scan)
+    "JPEGLSNearLossless_16.dcm",  # JPEG-LS
+]
+_WITHOUT_GPL = """
+import hashlib, importlib.metadata, json, sys
+_entry_points = importlib.metadata.entry_points
+def entry_points(**kw):  # as if pylibjpeg-libjpeg were not installed: no module, no plugin entry points
+    found = _entry_points(**kw)
+    return importlib.metadata.EntryPoints(e for e in found if not e.value.startswith("libjpeg"))
+importlib.metadata.entry_points = entry_points
+sys.modules["libjpeg"] = None
+from pydicom.data import get_testdata_file
+from bonescan.dicom.read import ImageReadError, read_views
+out = {}
+for name in sys.argv[1:]:
+    try:
+        out[name] = hashlib.sha256(read_views(get_testdata_file(name), split=False)[0].pixels.tobytes()).hexdigest()
+    except ImageReadError as exc:
+        out[name] = exc.reason
+print(json.dumps(out))
+"""
 
 
 def body(
@@ -108,6 +155,19 @@ def test_non_conformant_jpeg_is_rejected_with_a_decode_reason_not_a_crash():
     assert info.value.reason.startswith("cannot decode JPEG Extended (Process 2 and 4) pixel data")
 
 
+def test_default_install_decodes_rle_jpeg2000_jpeg_baseline_lossless_and_ls_without_gpl_code():
+    names = [*DEFAULT_SYNTAX_FILES, "JPGExtended.dcm"]
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_GPL, *names], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    for name in DEFAULT_SYNTAX_FILES:
+        reference = read_views(get_testdata_file(name), split=False)[0].pixels  # whatever this env has
+        assert got[name] == hashlib.sha256(reference.tobytes()).hexdigest(), name
+    assert "bonescan[gpl-decoders]" in got["JPGExtended.dcm"]  # refused with the way out named
+
+
 def test_real_scan_preprocesses_to_a_padded_full_range_image():
     view = read_views(get_testdata_file("JPEG2000_UNC.dcm"), split=True)[0]
     image = preprocess_view(view, CFG, (256, 96))
@@ -156,6 +216,105 @@ def test_truncated_pixel_data_is_rejected_as_truncated(tmp_path):
     with pytest.raises(ImageReadError) as info:
         read_views(path, split=True)
     assert info.value.code == "truncated" and info.value.reason.startswith("truncated / unreadable")
+
+
+# --------------------------------------------------------------------------- decompression bombs
+
+
+def peak_traced_bytes(fn) -> int:
+    """Peak Python/numpy heap while `fn()` runs (numpy and bytearray allocations are traced)."""
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_rle_file_of_one_kilobyte_declaring_60000_by_60000_is_refused_before_decoding(tmp_path):
+    path = write_rle_bomb(tmp_path / "bomb.dcm")
+    assert path.stat().st_size < 2000
+    caught = []
+
+    def read():
+        with pytest.raises(ImageReadError) as exc:
+            read_views(path, split=True)
+        caught.append(exc.value)
+
+    peak = peak_traced_bytes(read)
+    assert caught[0].code == "too_large"
+    assert "60000 x 60000" in caught[0].reason and "ingest.max_pixel_bytes" in caught[0].reason
+    assert peak < 20 * 2**20  # nothing near the 6.7 GiB the header asks for was allocated
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "liver_1frame.dcm",  # Explicit VR Little Endian, 1-bit (unpacked to one byte per pixel)
+        "MR_small_RLE.dcm",  # RLE Lossless
+        "JPEG2000.dcm",  # JPEG 2000, the real whole-body bone scan
+        "SC_rgb_jpeg_dcmtk.dcm",  # JPEG Baseline, 3 samples
+        "image_dfl.dcm",  # Deflated Explicit VR Little Endian
+    ],
+)
+def test_pixel_ceiling_is_the_decoded_size_and_holds_for_every_transfer_syntax(name):
+    ds = pydicom.dcmread(get_testdata_file(name))
+    declared = declared_pixel_bytes(ds)
+    assert declared == ds.pixel_array.nbytes  # the ceiling measures what a decoder allocates
+    ds = pydicom.dcmread(get_testdata_file(name))  # fresh: nothing decoded yet
+    with pytest.raises(ImageReadError) as exc:
+        check_pixel_data(ds, max_bytes=declared - 1)
+    assert exc.value.code == "too_large"
+    assert decode_frames(ds, max_bytes=declared).shape[-2:] == (ds.Rows, ds.Columns)
+
+
+def test_multi_frame_count_counts_towards_the_ceiling():
+    ds = nm_dataset(np.zeros((2, 64, 64), dtype=np.uint16))
+    ds.NumberOfFrames = 2_000_000  # 16 GB declared; the native data is short too, but the size is named
+    with pytest.raises(ImageReadError) as exc:
+        check_pixel_data(ds)
+    assert exc.value.code == "too_large" and "2000000 frame(s)" in exc.value.reason
+
+
+def test_deflated_file_inflating_past_the_ceiling_is_refused_while_reading(tmp_path):
+    path = write_deflate_bomb(tmp_path / "deflated.dcm", 40 * 2**20)
+    assert path.stat().st_size < 200_000  # 40 MiB of zeros deflate ~1000:1
+    caught = []
+
+    def read():
+        with pytest.raises(ImageReadError) as exc:
+            read_dicom(path, max_bytes=2**20)  # inflated limit: 1 MiB + 16 MiB for the header
+        caught.append(exc.value)
+
+    peak = peak_traced_bytes(read)
+    assert caught[0].code == "too_large" and "deflated" in caught[0].reason
+    assert "ingest.max_pixel_bytes" in caught[0].reason
+    assert peak < 8 * 2**20  # inflated in pieces and dropped, never held whole
+
+
+def test_deflated_file_within_the_ceiling_reads_as_before(tmp_path):
+    path = write_deflate_bomb(tmp_path / "deflated.dcm", 2 * 2**20, columns=256)
+    ds = read_dicom(path, max_bytes=2 * 2**20)
+    frames = decode_frames(ds, max_bytes=2 * 2**20)
+    assert frames.shape == (1, 4096, 256) and not frames.any()
+    real = read_views(get_testdata_file("image_dfl.dcm"), split=False)
+    assert real[0].pixels.shape == (512, 512)
+
+
+def test_default_ceiling_admits_a_whole_body_study_and_a_large_radiograph():
+    study = 1024 * 256 * 2 * 2  # two 16-bit 1024 x 256 frames
+    radiograph = 8000 * 8000 * 2  # 16-bit
+    assert 64 * study <= DEFAULT_MAX_PIXEL_BYTES and radiograph <= DEFAULT_MAX_PIXEL_BYTES
+
+
+def test_image_file_over_the_ceiling_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((100, 200), dtype=np.uint8)).save(path)
+    with pytest.raises(ImageReadError) as exc:
+        read_views(path, split=False, max_bytes=100 * 200 - 1)
+    assert exc.value.code == "too_large" and "200 x 100" in exc.value.reason
+    assert read_views(path, split=False, max_bytes=100 * 200)[0].pixels.shape == (100, 200)
 
 
 # --------------------------------------------------------------------------- views

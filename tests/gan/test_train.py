@@ -17,6 +17,7 @@ from PIL import Image
 from bonescan.config import GanModelConfig, GanTrainConfig
 from bonescan.data import dataset as dataset_module
 from bonescan.data.manifest import read_manifest
+from bonescan.dicom.read import read_png16, write_png16
 from bonescan.gan import build, class_dependent_keys
 from bonescan.gan.train import (
     STAT_KEYS,
@@ -115,6 +116,17 @@ def test_checkpoint_of_a_run_with_other_settings_is_not_resumed(cohorts, make_pa
     params = make_params(train={"lr": 1e-4})
     again = _train(cohorts, "run", params=params, epochs=1)
     assert again.resumed_from_step is None
+
+
+def test_finished_checkpoint_is_not_reused_when_the_training_pixels_change(cohorts, make_params):
+    params = make_params()
+    first = _train(cohorts, "run", params, epochs=1)
+    assert _train(cohorts, "run", params, epochs=1).resumed_from_step == first.steps  # same data: reused
+    rows = training_rows(read_manifest(cohorts / "target" / "manifest.csv"))
+    png = cohorts / rows["path"].iloc[0]  # same image id, same label, other pixels (as after re-ingest)
+    write_png16(read_png16(png) * 0.5, png)
+    again = _train(cohorts, "run", params, epochs=1)
+    assert again.resumed_from_step is None and again.images_seen > 0
 
 
 def test_fine_tuning_reinitialises_only_class_dependent_parameters():

@@ -22,6 +22,8 @@ from pipeline.stages import (
     ("returncode", "output", "kind"),
     [
         (1, "ERROR: failed to reproduce 'ingest@target': Unable to acquire lock", FailureKind.LOCKED),
+        (255, "ERROR: failed to reproduce 'a': '/p/a.txt' is busy, it is being blocked by:\n  (PID 7): dvc repro",
+         FailureKind.LOCKED),
         (-9, "", FailureKind.TRANSIENT),
         (137, "Killed", FailureKind.TRANSIENT),
         (1, "mlflow: Connection refused", FailureKind.TRANSIENT),
@@ -80,3 +82,27 @@ def test_metrics_artifact_is_a_narrow_table_per_file_with_nested_keys_dotted_and
     assert "| archs.acgan.mean_fidelity | 0.3333 |" in text and "details" not in text
     assert "empty.json" not in text
     assert max(len(line) for line in text.splitlines()) < 80
+
+
+def test_a_stage_whose_outputs_another_dvc_process_holds_fails_as_locked(scratch_project):
+    """DVC 3.67 reports a held stage lock as "'<path>' is busy, it is being blocked by: (PID n): ..."."""
+    from dvc.fs import localfs
+    from dvc.rwlock import rwlock
+
+    tmp_dir = scratch_project / ".dvc" / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    out = str(scratch_project / "a.txt")
+    held = rwlock(str(tmp_dir), localfs, "dvc repro make_a", [], [out], False)  # as a running repro holds it
+    with held, pytest.raises(StageFailed) as exc:
+        run_stage("make_a", scratch_project)
+    assert "is busy" in str(exc.value)
+    assert exc.value.kind is FailureKind.LOCKED
+    assert "another DVC process" in str(exc.value)
+
+
+def test_a_held_repository_lock_fails_as_locked(scratch_project):
+    from dvc.repo import Repo
+
+    with Repo(str(scratch_project)) as repo, repo.lock, pytest.raises(StageFailed) as exc:
+        run_stage("make_a", scratch_project)
+    assert exc.value.kind is FailureKind.LOCKED

@@ -18,9 +18,11 @@ keeping the aspect ratio with zero padding. `write_png16` stores the result loss
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +31,10 @@ import numpy as np
 import pydicom
 from PIL import Image, UnidentifiedImageError
 from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.utils import get_expected_length
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
 from scipy import ndimage
 from skimage.color import rgb2gray
 from skimage.transform import resize
@@ -47,6 +51,15 @@ _SIDE_BY_SIDE_ASPECT = 1.5 / 4  # width/height above which one image may hold tw
 _GAP_FRACTION = 0.25  # a column this empty (vs. both halves' peaks) separates two side-by-side views
 _TRUNCATED = "truncated / unreadable: pixel data shorter than its header states"
 _MIN_COMPONENT = 0.05  # body parts smaller than this fraction of the largest one are noise/specks
+# Decompression-bomb ceiling on the declared decoded pixel data (Rows x Columns x frames x samples x
+# bytes per sample). 128 MiB holds 64 whole-body bone studies (1024 x 256 x 2 frames x 16 bits = 1 MiB)
+# or a 16-bit 8000 x 8000 radiograph; reading a file at the ceiling peaks near 0.7 GB of RSS (float32
+# views plus the stored array; benchmarks/bombs.py), so a bomb costs a worker at most that.
+DEFAULT_MAX_PIXEL_BYTES = 128 * 2**20
+# A deflated data set may inflate to the pixel ceiling plus this much for everything but pixels.
+_NON_PIXEL_ALLOWANCE = 16 * 2**20
+_INFLATE_CHUNK = 2**20  # bytes of inflated output held at once while measuring a deflated data set
+_LIMIT_NAME = "ingest.max_pixel_bytes"  # the params.yaml key that sets the ceiling
 
 
 class ImageReadError(ValueError):
@@ -81,19 +94,72 @@ class View:
 # --------------------------------------------------------------------------- decoding
 
 
-def read_dicom(path: str | Path) -> Dataset:
-    """Read a DICOM file without modifying it (opened read-only)."""
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def read_dicom(path: str | Path, max_bytes: int | None = DEFAULT_MAX_PIXEL_BYTES) -> Dataset:
+    """Read a DICOM file without modifying it (opened read-only).
+
+    A Deflated Explicit VR Little Endian file is inflated once first, in 1 MiB pieces that are
+    counted and dropped, so a small file that inflates to gigabytes is refused before pydicom
+    inflates it in one piece.
+
+    Args:
+        max_bytes: ceiling on the declared decoded pixel data (see `check_pixel_data`); a deflated
+            data set may inflate to this plus 16 MiB. None: no ceiling.
+
+    Raises:
+        ImageReadError: ("too_large") a deflated data set inflates past the ceiling.
+        pydicom.errors.InvalidDicomError, and what pydicom raises for damaged files.
+    """
     with open(path, "rb") as fp:
+        if max_bytes is not None:
+            _check_inflated_size(fp, max_bytes + _NON_PIXEL_ALLOWANCE)
+            fp.seek(0)
         return pydicom.dcmread(fp)
 
 
-def decode_frames(ds: Dataset) -> np.ndarray:
+def _check_inflated_size(fp, limit: int) -> None:
+    """Refuse a deflated data set whose inflated size exceeds `limit`; memory stays ~1 MiB."""
+    try:
+        read_preamble(fp, False)
+        syntax = _read_file_meta_info(fp).get("TransferSyntaxUID")
+    except Exception:  # noqa: BLE001 - not ours to judge: dcmread reports damaged headers itself
+        return
+    if syntax != DeflatedExplicitVRLittleEndian:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while chunk := fp.read(_INFLATE_CHUNK):
+            while chunk:
+                total += len(inflater.decompress(chunk, _INFLATE_CHUNK))
+                if total > limit:
+                    raise ImageReadError(
+                        "too_large",
+                        f"deflated data set inflates to more than {_mib(limit)} "
+                        f"(limit {_LIMIT_NAME} + {_mib(_NON_PIXEL_ALLOWANCE)} for the header)",
+                    )
+                chunk = inflater.unconsumed_tail
+            if inflater.eof:
+                return
+    except zlib.error:
+        return  # a corrupt stream: dcmread raises for it, and it cannot inflate past what we read
+
+
+def decode_frames(ds: Dataset, max_bytes: int | None = DEFAULT_MAX_PIXEL_BYTES) -> np.ndarray:
     """Pixel data -> (F, H, W) float32 after the Modality LUT and MONOCHROME1 inversion.
 
+    Args:
+        max_bytes: ceiling on the declared decoded pixel data, checked before decoding (see
+            `check_pixel_data`); None: no ceiling.
+
     Raises:
-        ImageReadError: no pixel data, pixel data shorter than its header promises, or a codec failure.
+        ImageReadError: no pixel data, pixel data larger than the ceiling or shorter than its header
+            promises, or a codec failure.
     """
-    check_pixel_data(ds)
+    check_pixel_data(ds, max_bytes)
     try:
         stored = ds.pixel_array
     except Exception as exc:  # the codecs raise a variety of types; all mean "cannot decode"
@@ -112,17 +178,51 @@ def decode_frames(ds: Dataset) -> np.ndarray:
     return values
 
 
-def check_pixel_data(ds: Dataset) -> None:
-    """Cheap integrity check before any real work: pixel data present, and not cut short (native syntaxes).
+def declared_pixel_bytes(ds: Dataset) -> int | None:
+    """Bytes the decoded pixel data will take, from the header alone; None when it cannot be told.
+
+    Rows x Columns x NumberOfFrames x SamplesPerPixel x bytes per sample, where a sample takes its
+    BitsAllocated rounded up to whole bytes (pydicom unpacks 1-bit data to one byte per pixel).
+    """
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        frames = max(1, int(ds.get("NumberOfFrames") or 1))
+        samples = max(1, int(ds.get("SamplesPerPixel") or 1))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    return rows * columns * frames * samples * max(1, -(-bits // 8))
+
+
+def check_pixel_data(ds: Dataset, max_bytes: int | None = DEFAULT_MAX_PIXEL_BYTES) -> None:
+    """Cheap integrity check before any real work (nothing is decoded).
+
+    Pixel data present; its declared decoded size (`declared_pixel_bytes`) within `max_bytes`, for
+    every transfer syntax (a 1 kB RLE stream may declare 60000 x 60000 pixels, which its decoder
+    would allocate up front); and, for native syntaxes, not cut short.
+
+    Args:
+        max_bytes: ceiling in bytes (params.yaml `ingest.max_pixel_bytes`); None: no ceiling.
 
     Raises:
-        ImageReadError: no pixel data, no transfer syntax, or fewer pixel bytes than the header states.
+        ImageReadError: no pixel data, no transfer syntax, declared size over the ceiling
+            ("too_large"), or fewer pixel bytes than the header states.
     """
     if "PixelData" not in ds:
         raise ImageReadError("no_pixel_data", "no pixel data")
     syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
     if syntax is None:
         raise ImageReadError("unreadable", "truncated / unreadable: no Transfer Syntax UID in the file meta")
+    declared = declared_pixel_bytes(ds)
+    if max_bytes is not None and declared is not None and declared > max_bytes:
+        shape = (
+            f"{int(ds.Rows)} x {int(ds.Columns)} x {max(1, int(ds.get('NumberOfFrames') or 1))} frame(s)"
+            f" x {max(1, int(ds.get('SamplesPerPixel') or 1))} sample(s) x {int(ds.BitsAllocated)} bits"
+        )
+        raise ImageReadError(
+            "too_large",
+            f"declared pixel data {_mib(declared)} ({shape}) exceeds the limit {_LIMIT_NAME} = {_mib(max_bytes)}",
+        )
     if syntax.is_compressed:
         return  # encapsulated streams are checked by their codec
     try:
@@ -144,11 +244,26 @@ def _output_range(ds: Dataset) -> tuple[float, float]:
     return float(ends.min()), float(ends.max())
 
 
+def _gpl_jpeg_decoder_installed() -> bool:
+    """pylibjpeg-libjpeg (GPL-3.0, the optional `bonescan[gpl-decoders]` extra) can be imported."""
+    try:
+        return importlib.util.find_spec("libjpeg") is not None
+    except (ImportError, ValueError):  # a blocked or half-installed module
+        return False
+
+
 def _decode_error(ds: Dataset, exc: Exception) -> ImageReadError:
     syntax = ds.file_meta.TransferSyntaxUID
     message = str(exc)
     if "less than expected" in message or "shorter than" in message or isinstance(exc, EOFError):
         return ImageReadError("truncated", _TRUNCATED)
+    if syntax == JPEGExtended12Bit and int(ds.get("BitsStored") or 8) > 8 and not _gpl_jpeg_decoder_installed():
+        # GDCM (the default JPEG decoder) is barred by pydicom from 12-bit JPEG Extended
+        return ImageReadError(
+            "decode_error",
+            f"cannot decode {syntax.name} pixel data: more than 8 bits per sample needs the optional "
+            "GPL-3.0 decoder (pip install 'bonescan[gpl-decoders]', i.e. pylibjpeg-libjpeg)",
+        )
     # Codec messages name the plugin and the stream fault, and "Missing required element" names a tag:
     # safe to keep, abridged. Other messages may quote element values (which could be identifying),
     # so only their type is kept.
@@ -283,14 +398,20 @@ def _spacing(ds: Dataset) -> tuple[float, float] | None:
     return (row, col) if row > 0 and col > 0 else None
 
 
-def dataset_views(ds: Dataset, split: bool, hints: Sequence[str] | None = None) -> list[View]:
+def dataset_views(
+    ds: Dataset,
+    split: bool,
+    hints: Sequence[str] | None = None,
+    max_bytes: int | None = DEFAULT_MAX_PIXEL_BYTES,
+) -> list[View]:
     """Views of a decoded dataset. `split=False` -> every frame is one "single" view.
 
     Args:
         hints: view names from free text (`text_views` of the original, pre-anonymization dataset);
             None -> taken from `ds` itself.
+        max_bytes: ceiling on the declared decoded pixel data (see `check_pixel_data`).
     """
-    frames = decode_frames(ds)
+    frames = decode_frames(ds, max_bytes)
     spacing = _spacing(ds)
     if not split:
         return [View(SINGLE, frame, spacing) for frame in frames]
@@ -299,34 +420,67 @@ def dataset_views(ds: Dataset, split: bool, hints: Sequence[str] | None = None) 
     return [View(name, np.ascontiguousarray(pixels), spacing) for name, pixels in named]
 
 
-def read_image_file(path: str | Path) -> np.ndarray:
-    """A PNG/JPEG -> (H, W) float32 grey values (16-bit PNGs keep their 16 bits)."""
+def read_image_file(path: str | Path, max_bytes: int | None = DEFAULT_MAX_PIXEL_BYTES) -> np.ndarray:
+    """A PNG/JPEG -> (H, W) float32 grey values (16-bit PNGs keep their 16 bits).
+
+    Args:
+        max_bytes: ceiling on the declared decoded size (width x height x bands x bytes per band),
+            checked from the header before any pixel is decoded; None: no ceiling.
+
+    Raises:
+        ImageReadError: unreadable file, or declared size over the ceiling ("too_large").
+    """
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # lazy: only the header is read here
+            width, height = img.size
+            band_bytes = 2 if img.mode.startswith("I;16") else 4 if img.mode in ("I", "F") else 1
+            declared = width * height * len(img.getbands()) * band_bytes
+            if max_bytes is not None and declared > max_bytes:
+                raise ImageReadError(
+                    "too_large",
+                    f"declared image size {_mib(declared)} ({width} x {height}, mode {img.mode}) "
+                    f"exceeds the limit {_LIMIT_NAME} = {_mib(max_bytes)}",
+                )
             if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 return np.asarray(img, dtype=np.float32)
             return np.asarray(img.convert("L"), dtype=np.float32)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError:  # Pillow's own ceiling (Image.MAX_IMAGE_PIXELS) struck first
+        raise ImageReadError(
+            "too_large", f"declared image size exceeds Pillow's limit of {2 * Image.MAX_IMAGE_PIXELS} pixels"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError("unreadable", f"truncated / unreadable image: {type(exc).__name__}") from None
 
 
-def read_views(source: Dataset | str | Path, split: bool, hints: Sequence[str] | None = None) -> list[View]:
+def read_views(
+    source: Dataset | str | Path,
+    split: bool,
+    hints: Sequence[str] | None = None,
+    max_bytes: int | None = DEFAULT_MAX_PIXEL_BYTES,
+) -> list[View]:
     """Views of one input: a pydicom Dataset, a DICOM path, or a PNG/JPEG path.
 
     Args:
         source: dataset or file path (suffix .png/.jpg/.jpeg/.bmp/.tif(f) -> image, anything else -> DICOM).
         split: True for whole-body studies (anterior/posterior), False for one view per frame ("single").
         hints: DICOM only: ANT/POST view names from the original free text (see `text_views`).
+        max_bytes: decompression-bomb ceiling on the declared decoded pixel data, checked before any
+            decode (params.yaml `ingest.max_pixel_bytes`); None: no ceiling.
+
+    Raises:
+        ImageReadError: the input cannot become views; code "too_large" when over the ceiling.
     """
     if isinstance(source, Dataset):
-        return dataset_views(source, split, hints)
+        return dataset_views(source, split, hints, max_bytes)
     path = Path(source)
     if path.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}:
-        pixels = read_image_file(path)
+        pixels = read_image_file(path, max_bytes)
         if not split:
             return [View(SINGLE, pixels)]
         return [View(name, np.ascontiguousarray(p)) for name, p in split_views(pixels[None], [None], [])]
-    return dataset_views(read_dicom(path), split, hints)
+    return dataset_views(read_dicom(path, max_bytes), split, hints, max_bytes)
 
 
 # --------------------------------------------------------------------------- preprocessing

@@ -333,11 +333,30 @@ def _init_distributed(device: torch.device) -> _Dist:
     return _Dist(rank=dist.get_rank(), world=dist.get_world_size(), started_here=started)
 
 
-def _fingerprint(config: dict, rows: pd.DataFrame, init_sha: str | None, world: int) -> str:
-    """Identity of a run: a checkpoint resumes only a run with the same config, data and start weights."""
+def _pixels_digest(rows: pd.DataFrame, root: Path) -> str:
+    """SHA-256 over the bytes of every training image file, in image_id order.
+
+    The files are lossless PNGs, so their bytes stand for their pixels: re-ingesting with other
+    settings (e.g. `ingest.intensity_percentile`) keeps image ids and labels but changes this.
+    """
+    h = hashlib.sha256()
+    for image_id, path in sorted(zip(rows["image_id"], rows["path"], strict=True)):
+        h.update(f"{image_id}\0".encode())
+        with open(Path(root) / path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _fingerprint(config: dict, rows: pd.DataFrame, init_sha: str | None, world: int, root: Path) -> str:
+    """Identity of a run: a checkpoint resumes only a run with the same config, data and start weights.
+
+    Data means the image ids, their labels and their pixels (`_pixels_digest`).
+    """
     payload = {
         "config": config,
         "images": sorted(zip(rows["image_id"], rows["label"], strict=True)),
+        "pixels": _pixels_digest(rows, root),
         "init": init_sha,
         "world": world,
     }
@@ -403,7 +422,7 @@ def train_gan(
         }
     )
     init_sha = _sha_state(init["generator"]) + _sha_state(init["discriminator"]) if init else None
-    fingerprint = _fingerprint(config, rows, init_sha, ddp.world)
+    fingerprint = _fingerprint(config, rows, init_sha, ddp.world, root)
 
     torch.manual_seed(seed)
     parts = training_parts(arch, len(classes), image_size, model_cfg, train_cfg, device, init)
@@ -456,7 +475,7 @@ def train_gan(
                 log.info("%s: resuming from step %d of %d (%s)", arch, step, total_steps, run.checkpoint)
         else:
             log.info(
-                "%s: checkpoint %s belongs to another run (config or data changed); starting afresh",
+                "%s: checkpoint %s belongs to another run (config, data or pixels changed); starting afresh",
                 arch,
                 run.checkpoint,
             )

@@ -55,7 +55,7 @@ _INFERENCE_PACKAGES = (
     "pydicom",
     "pylibjpeg",
     "pylibjpeg-openjpeg",
-    "pylibjpeg-libjpeg",
+    "python-gdcm",
     "rich",
 )
 
