@@ -95,7 +95,7 @@ def cmd_split(args: argparse.Namespace) -> None:
 
     params = _params(args)
     dataset = params.dataset(args.dataset)
-    secret = load_secret(params.anonymize) if dataset.format == "dicom" else None  # as in cmd_ingest
+    secret = load_secret(params.anonymize)  # as in cmd_ingest: every dataset's pseudonyms are keyed
     try:
         result = run_split(args.dataset, dataset, params.split, secret=secret)
     except LedgerKeyError as exc:
