@@ -7,8 +7,9 @@
 #   tests       pytest -m cuda tests/cuda (bf16 every model, GAN steps, CUDA resume, evaluate/predict)
 #   throughput  benchmarks/gpu_throughput.py: multiscale 224x224 bf16 + channels_last vs a bare loop
 #   gan         benchmarks/gan.py --preset paper: MU-ACGAN and ACGAN at 256x96, batch 2 and 8
-#   exp         dvc exp run of the yu2023 + paper settings for 2 epochs (benchmarks/gpu_exp.py), in a
-#               scratch copy of the project (git-initialised there; this tree is left untouched)
+#   exp         dvc exp run of the yu2023 + paper settings for 2 epochs (benchmarks/gpu_exp.py) up to
+#               `evaluate` (no registry), tracking off, in a scratch copy of the project (git-initialised
+#               there; this tree is left untouched)
 #
 # --tiny runs every step on the CPU at tiny sizes (tests/cuda via BONESCAN_CUDA_TESTS_ON_CPU=1), so the
 # script is checked before GPU time is spent. Outputs (at most 8 files) go to --out, default $OUT (the
@@ -86,7 +87,8 @@ case "$MODE" in
     PY="$VENV/bin/python"
     if wants install; then
       step install 120 "$OUTDIR/install.log" \
-        "$PY" "$ROOT/benchmarks/gpu_install.py" --lock "$ROOT/requirements.lock" --wheels "$WHEELS" --project "$ROOT"
+        "$PY" "$ROOT/benchmarks/gpu_install.py" --lock "$ROOT/requirements.lock" --wheels "$WHEELS" --project "$ROOT" \
+        --allow-missing  # Prefect and MLflow are not carried (benchmarks/gpu_wheels.py): install.json lists them
       # The plan (JSON) is the log's first part; keep it as install.json.
       "$PY" - "$OUTDIR/install.log" "$OUTDIR/install.json" <<'EOF'
 import json, sys
@@ -109,6 +111,9 @@ printf '#!/bin/sh\nexec "%s" -m bonescan.cli "$@"\n' "$PY" > "$WORK/bin/bonescan
 chmod +x "$WORK/bin/bonescan"
 export PATH="$WORK/bin:$(dirname "$PY"):$PATH"
 export PYTHONUNBUFFERED=1
+# The exp run stops at `evaluate` with tracking off: MLflow (tracking, the registry) and Prefect are not
+# GPU paths, and their wheels would not fit in what the device carries (see benchmarks/gpu_wheels.py).
+export BONESCAN_TRACKING=0
 DEVICE=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo "no torch")
 TORCH=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo "no torch")
 say "python $PY, torch $TORCH, device $DEVICE, tiny=$TINY"
@@ -122,7 +127,6 @@ if [ "$TINY" = 1 ]; then
   THROUGHPUT_ARGS=(--size 32 32 --batch 2 --steps 2 --repeats 1 --threads 1 --device cpu)
   GAN_ARGS=(--device cpu --preset paper --sizes 32x16 --batch-sizes 2 --steps 2 --warmup 1 --threads 1)
   EXP_ARGS="--epochs 1 --tiny"
-  export BONESCAN_TRACKING=0  # saves ~4 s of MLflow import per stage on the CPU; promote still registers
 else
   THROUGHPUT_ARGS=(--size 224 224 --batch 256 --steps 8 --repeats 3 --device cuda)
   GAN_ARGS=(--device cuda --preset paper --sizes 256x96 --batch-sizes 2,8 --steps 20 --warmup 3)
@@ -167,13 +171,13 @@ run_exp() {
   mapfile -t args < <("$PY" "$ROOT/benchmarks/gpu_exp.py" $EXP_ARGS)
   [ "$TINY" = 0 ] && args+=(-S ingest.workers=8)  # 16 cores there; workers do not change the pixels
   echo "dvc exp run ${args[*]}"
-  "$PY" -m dvc exp run "${args[@]}" || return 1
+  "$PY" -m dvc exp run "${args[@]}" evaluate || return 1
   "$PY" -m dvc metrics show --json > "$WORK/exp_metrics.json" || return 1
 }
 if wants exp; then
   export -f run_exp
   export WORK ROOT PY TINY EXP_ARGS
-  step exp 330 "$OUTDIR/exp.log" bash -c run_exp
+  step exp "$([ "$TINY" = 1 ] && echo 480 || echo 330)" "$OUTDIR/exp.log" bash -c run_exp
   [ -s "$WORK/exp_metrics.json" ] && cp "$WORK/exp_metrics.json" "$OUTDIR/exp.json"
 fi
 

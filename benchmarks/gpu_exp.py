@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 
 # Whole pipeline in a few CPU minutes: fewer, smaller phantoms; brief quality judges; few resamples.
 TINY = {
-    "phantoms.patients": 24,
-    "phantoms.chest_patients": 16,
-    "phantoms.bone_size": [512, 128],
-    "phantoms.chest_size": [128, 128],
+    "phantoms.patients": 12,
+    "phantoms.chest_patients": 8,
+    "phantoms.bone_size": [256, 64],
+    "phantoms.chest_size": [64, 64],
     "base.image_size": [64, 32],  # the GAN trains at base.image_size under the paper preset
     "gan.model.base_channels": 8,  # the paper's width 32 takes ~12 s a step on a busy 2-core CPU
     "gan.model.z_dim": 16,
