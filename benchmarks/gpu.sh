@@ -3,7 +3,7 @@
 # (8 expected on an H100/H200). Steps, each with its own time limit, each logged; the run goes on
 # after a failed step and exits non-zero at the end if any failed:
 #
-#   install     the lock into a venv over the machine's Python (its CUDA torch), wheels from --wheels
+#   install     the lock over the machine's Python (its CUDA torch kept), wheels from --wheels
 #   tests       pytest -m cuda tests/cuda (bf16 every model, GAN steps, CUDA resume, evaluate/predict)
 #   throughput  benchmarks/gpu_throughput.py: multiscale 224x224 bf16 + channels_last vs a bare loop
 #   gan         benchmarks/gan.py --preset paper: MU-ACGAN and ACGAN at 256x96, batch 2 and 8
@@ -81,14 +81,16 @@ case "$MODE" in
   venv) PY="$VENV/bin/python" ;;
   none) PY=$(command -v "${PYTHON:-python3}") ;;
   install)
-    BASE=$(command -v "${PYTHON:-python3}")
-    VENV="$WORK/venv"
-    "$BASE" -m venv --system-site-packages "$VENV"
-    PY="$VENV/bin/python"
+    # The machine's Python keeps its CUDA torch; the carried wheels go to a folder first on PYTHONPATH
+    # (that Python is a venv itself: a venv made from it would not see its packages).
+    PY=$(command -v "${PYTHON:-python3}")
+    SITE="$WORK/site"
+    mkdir -p "$SITE"
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
     if wants install; then
       step install 120 "$OUTDIR/install.log" \
-        "$PY" "$ROOT/benchmarks/gpu_install.py" --lock "$ROOT/requirements.lock" --wheels "$WHEELS" --project "$ROOT" \
-        --allow-missing  # Prefect and MLflow are not carried (benchmarks/gpu_wheels.py): install.json lists them
+        "$PY" "$ROOT/benchmarks/gpu_install.py" --lock "$ROOT/requirements.lock" --wheels "$WHEELS" \
+        --target "$SITE" --allow-missing  # Prefect and MLflow are not carried (benchmarks/gpu_wheels.py): install.json lists them
       # The plan (JSON) is the log's first part; keep it as install.json.
       "$PY" - "$OUTDIR/install.log" "$OUTDIR/install.json" <<'EOF'
 import json, sys
@@ -105,7 +107,8 @@ EOF
 esac
 
 # This tree's bonescan wins over any installed copy; `bonescan` (dvc.yaml's stage commands) runs it.
-export PYTHONPATH="$ROOT/src:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+BASE_PYTHONPATH=${PYTHONPATH:-}
+export PYTHONPATH="$ROOT/src:$ROOT${BASE_PYTHONPATH:+:$BASE_PYTHONPATH}"
 mkdir -p "$WORK/bin"
 printf '#!/bin/sh\nexec "%s" -m bonescan.cli "$@"\n' "$PY" > "$WORK/bin/bonescan"
 chmod +x "$WORK/bin/bonescan"
@@ -161,7 +164,7 @@ run_exp() {
       --exclude=./mlartifacts --exclude=./.dvc/cache --exclude=./.dvc/tmp --exclude=./.secrets -cf - . \
     | tar -C "$scratch" -xf - || return 1
   cd "$scratch" || return 1
-  export PYTHONPATH="$scratch/src:$scratch"
+  export PYTHONPATH="$scratch/src:$scratch${BASE_PYTHONPATH:+:$BASE_PYTHONPATH}"
   export GIT_AUTHOR_NAME=gpu.sh GIT_AUTHOR_EMAIL=gpu@localhost GIT_COMMITTER_NAME=gpu.sh GIT_COMMITTER_EMAIL=gpu@localhost
   git init -q && git add -A && git commit -qm "gpu.sh snapshot" || return 1
   BONESCAN_SECRET=$("$PY" -c 'import secrets; print(secrets.token_hex(32))')
@@ -176,7 +179,7 @@ run_exp() {
 }
 if wants exp; then
   export -f run_exp
-  export WORK ROOT PY TINY EXP_ARGS
+  export WORK ROOT PY TINY EXP_ARGS BASE_PYTHONPATH
   step exp "$([ "$TINY" = 1 ] && echo 480 || echo 330)" "$OUTDIR/exp.log" bash -c run_exp
   [ -s "$WORK/exp_metrics.json" ] && cp "$WORK/exp_metrics.json" "$OUTDIR/exp.json"
 fi

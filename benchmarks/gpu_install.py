@@ -1,8 +1,9 @@
 """Install requirements.lock on a GPU machine that cannot reach a package index; prints a JSON report.
 
-Run it with the Python of the environment to fill (benchmarks/gpu.sh makes a venv with
-`--system-site-packages` over the machine's own Python, which holds a CUDA build of torch). For each
-`name==version` line of the lock:
+Run it with the machine's own Python, which holds a CUDA build of torch (on the GPU machine that
+Python is itself a venv, so a venv made from it would not see its torch); with `--target DIR` the
+wheels go to DIR, which `benchmarks/gpu.sh` puts first on PYTHONPATH. For each `name==version` line
+of the lock:
 
 * torch, torchvision, triton and the CUDA libraries (nvidia-*, cuda-*) are the machine's own: the
   lock's CUDA wheels are gigabytes and cannot travel (the device's working tree carries 64 MiB);
@@ -13,10 +14,11 @@ Run it with the Python of the environment to fill (benchmarks/gpu.sh makes a ven
 * else a package installed at another version is kept and reported as a deviation;
 * else it is missing: the install fails, naming it (unless `--allow-missing`).
 
-Then bonescan itself is installed, editable, without dependencies.
+Without `--target`, bonescan itself is then installed, editable, without dependencies (with it,
+PYTHONPATH=src does that job).
 
-Usage: python benchmarks/gpu_install.py [--lock requirements.lock] [--wheels .whl] [--dry-run]
-       [--allow-missing] [--project .]
+Usage: python benchmarks/gpu_install.py [--lock requirements.lock] [--wheels .whl] [--target DIR]
+       [--dry-run] [--allow-missing] [--project .]
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def main() -> None:
     parser.add_argument("--lock", type=Path, default=Path("requirements.lock"))
     parser.add_argument("--wheels", type=Path, default=Path(".whl"))
     parser.add_argument("--project", type=Path, default=Path("."))
+    parser.add_argument("--target", type=Path, default=None, help="install the wheels into this folder")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, install nothing")
     parser.add_argument("--allow-missing", action="store_true", help="install what is there, report the rest")
     args = parser.parse_args()
@@ -120,9 +123,12 @@ def main() -> None:
     if args.dry_run:
         return
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-cache-dir"]
+    if args.target is not None:
+        pip += ["--no-compile", "--upgrade", "--target", str(args.target)]
     if decided.install:
         subprocess.run([*pip, *decided.install.values()], check=True)
-    subprocess.run([*pip, "--no-build-isolation", "-e", str(args.project)], check=True)
+    if args.target is None:
+        subprocess.run([*pip, "--no-build-isolation", "-e", str(args.project)], check=True)
 
 
 if __name__ == "__main__":
