@@ -82,8 +82,12 @@ def overrides(clf_preset: str, epochs: int, imagenet: str, tiny: bool) -> dict[s
     for key in out:
         if key.endswith(".epochs"):
             out[key] = epochs
-    needs_imagenet = out.get("clf.pretrain_init") == "imagenet" or out.get("clf.pretrain_source") == "imagenet"
-    if needs_imagenet and (imagenet == "no" or (imagenet == "auto" and not imagenet_available(str(out["clf.model"])))):
+    needs_imagenet = (
+        out.get("clf.pretrain_init") == "imagenet" or out.get("clf.pretrain_source") == "imagenet"
+    )
+    if needs_imagenet and (
+        imagenet == "no" or (imagenet == "auto" and not imagenet_available(str(out["clf.model"])))
+    ):
         if out.get("clf.pretrain_source") == "imagenet":
             out["clf.pretrain_source"] = "source"
         out["clf.pretrain_init"] = "none"

@@ -39,16 +39,23 @@ import numpy as np
 import pandas as pd
 import psutil
 import torch
+import train as clf_bench  # benchmarks/train.py: this script's folder is sys.path[0]
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-import train as clf_bench  # benchmarks/train.py: this script's folder is sys.path[0]
 from bonescan.config import TrainConfig
 from bonescan.data.dataset import ManifestDataset
 from bonescan.dicom.read import write_png16
 from bonescan.models import build, count_parameters
-from bonescan.train import RunOptions, build_optimizer, evaluate, make_loader, set_loader_epoch, train_one_epoch
+from bonescan.train import (
+    RunOptions,
+    build_optimizer,
+    evaluate,
+    make_loader,
+    set_loader_epoch,
+    train_one_epoch,
+)
 
 CLASSES = ("healthy", "metastasis", "benign")
 UNIQUE_IMAGES = 64  # distinct PNG files; manifest rows repeat them (each row is decoded once, then cached)
@@ -232,7 +239,8 @@ def bench(args: argparse.Namespace, opts: RunOptions, folder: Path) -> dict:
         "loader_only_over_training": round(loader_ips / train_ips, 2),
         "training_wait_share_pipeline": round(share, 4),
         "training_wait_share_bare": round(max(wait_share["bare"]), 4),
-        "loading_is_bottleneck": share > BOTTLENECK_WAIT_SHARE or loader_ips < BOTTLENECK_LOADER_MARGIN * train_ips,
+        "loading_is_bottleneck": share > BOTTLENECK_WAIT_SHARE
+        or loader_ips < BOTTLENECK_LOADER_MARGIN * train_ips,
         "rule": f"bottleneck if the pipeline's training waits > {BOTTLENECK_WAIT_SHARE:.0%} of its wall time "
         f"for batches, or the loader alone is < {BOTTLENECK_LOADER_MARGIN}x training's images/s",
     }
@@ -265,7 +273,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
-    opts = RunOptions(device=device, num_workers=args.workers, progress=False)  # amp + channels_last: defaults
+    opts = RunOptions(
+        device=device, num_workers=args.workers, progress=False
+    )  # amp + channels_last: defaults
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bonescan-gpu-bench-") as tmp:
         result = bench(args, opts, Path(tmp))

@@ -30,7 +30,9 @@ pytestmark = pytest.mark.cuda
 
 CLASSES = ["healthy", "metastasis", "benign"]
 SOURCE_CLASSES = ["normal", "covid19", "lung_opacity", "viral_pneumonia"]
-PREPROCESSING = Preprocessing(ingest=IngestConfig(workers=1), modalities=("NM",), split_views=True, image_size=SIZE)
+PREPROCESSING = Preprocessing(
+    ingest=IngestConfig(workers=1), modalities=("NM",), split_views=True, image_size=SIZE
+)
 PROBABILITY_TOLERANCE = 1e-3  # fp32 on both; cuDNN may use TF32 convolutions
 
 
@@ -58,7 +60,9 @@ def _cfg(device: torch.device, epochs: int = 3) -> ClassifierConfig:
 
 
 def _pretrain(cfg: ClassifierConfig, root: Path) -> None:
-    pretrain_classifier(cfg, "source/manifest.csv", SOURCE_CLASSES, SIZE, CLASSES, SIZE, root=root, progress=False)
+    pretrain_classifier(
+        cfg, "source/manifest.csv", SOURCE_CLASSES, SIZE, CLASSES, SIZE, root=root, progress=False
+    )
 
 
 def _finetune(cfg: ClassifierConfig, root: Path, **kwargs):
@@ -129,8 +133,16 @@ def test_predict_on_the_gpu_gives_the_cpu_probabilities(project, device):
     write_phantoms(PhantomConfig(patients=3, chest_patients=0, bone_size=(128, 32), seed=7), project / "raw")
     secret = b"cuda-test-secret-0123456789abcdef"
     summaries = {
-        where: predict(project / "raw" / "bone", str(model_path), project / f"out-{where}", anonymize=AnonymizeConfig(),
-                       secret=secret, device=where, gradcam=True, project_root=project)  # fmt: skip
+        where: predict(
+            project / "raw" / "bone",
+            str(model_path),
+            project / f"out-{where}",
+            anonymize=AnonymizeConfig(),
+            secret=secret,
+            device=where,
+            gradcam=True,
+            project_root=project,
+        )  # fmt: skip
         for where in ("cpu", device.type)
     }
     assert summaries[device.type].device.startswith(device.type)

@@ -55,7 +55,9 @@ def test_paper_preset_training_steps_are_finite_and_train_both_networks(arch, de
     if on_gpu:
         assert count_parameters(parts.g) > 1_000_000  # the paper's widths, not the demo's
     with torch.no_grad():
-        images = parts.ema.ema_model(torch.randn(3, parts.g.z_dim, device=device), torch.arange(3, device=device))
+        images = parts.ema.ema_model(
+            torch.randn(3, parts.g.z_dim, device=device), torch.arange(3, device=device)
+        )
     assert images.shape == (3, 1, *size)
     assert images.float().abs().max() <= 1.0 and torch.isfinite(images).all()
 

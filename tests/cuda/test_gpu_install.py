@@ -21,7 +21,9 @@ def gpu_install():
     return module
 
 
-def test_each_pin_is_kept_installed_from_a_carried_wheel_left_to_the_machine_or_reported(gpu_install, tmp_path):
+def test_each_pin_is_kept_installed_from_a_carried_wheel_left_to_the_machine_or_reported(
+    gpu_install, tmp_path
+):
     lock = tmp_path / "requirements.lock"
     lock.write_text("# comment\nPyYAML==6.0.2\ntorch==2.14.1\nnvidia-cublas==13.1.1.3\npydicom==3.0.1\n"
                     "mlflow==3.17.0\nrich==14.0.0\n")  # fmt: skip
@@ -29,7 +31,9 @@ def test_each_pin_is_kept_installed_from_a_carried_wheel_left_to_the_machine_or_
     (tmp_path / "wheels" / "pydicom-3.0.1-py3-none-any.whl").touch()
     (tmp_path / "wheels" / "rich-13.0.0-py3-none-any.whl").touch()  # another version: no use
     installed = {"pyyaml": "6.0.2", "torch": "2.11.0", "rich": "13.9.4"}
-    plan = gpu_install.plan(gpu_install.read_lock(lock), installed, gpu_install.wheel_versions(tmp_path / "wheels"))
+    plan = gpu_install.plan(
+        gpu_install.read_lock(lock), installed, gpu_install.wheel_versions(tmp_path / "wheels")
+    )
     assert plan.kept == {"pyyaml": "6.0.2"}
     assert plan.install == {"pydicom": str(tmp_path / "wheels" / "pydicom-3.0.1-py3-none-any.whl")}
     assert plan.machine_own == {"torch": {"lock": "2.14.1", "machine": "2.11.0"},

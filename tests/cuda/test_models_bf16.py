@@ -51,7 +51,9 @@ def test_a_bf16_channels_last_training_step_gives_finite_gradients_and_moves_eve
     model = build(name, NUM_CLASSES).to(device, memory_format=torch.channels_last).train()
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.rand(4, 1, *_input_size(model, on_gpu), device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(4, 1, *_input_size(model, on_gpu), device=device).contiguous(
+        memory_format=torch.channels_last
+    )
     y = torch.tensor([0, 1, 2, 0], device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16):
         logits = model(x)
