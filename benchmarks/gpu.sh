@@ -144,7 +144,7 @@ cd "$ROOT" || exit 2
 
 # ---------------------------------------------------------------- tests
 if wants tests; then
-  step tests 150 "$OUTDIR/tests.log" "$PY" -m pytest tests/cuda -m cuda -q -p no:cacheprovider --durations=10
+  step tests "$([ "$TINY" = 1 ] && echo 600 || echo 150)" "$OUTDIR/tests.log" "$PY" -m pytest tests/cuda -m cuda -q -p no:cacheprovider --durations=10
 fi
 
 # ---------------------------------------------------------------- throughput
