@@ -37,21 +37,21 @@ TARGET_CLASSES = ["healthy", "metastasis", "benign"]
 SOURCE_CLASSES = ["normal", "covid19", "lung_opacity", "viral_pneumonia"]
 
 
-def _train(root: Path, out: str, params, **kw):
+def _train(root: Path, out: str, params, arch: str = "mu_acgan", **kw):
     gan = params.gan
     rows = read_manifest(root / "target" / "manifest.csv")
     defaults = {"image_size": gan.model.image_size, "seed": 3, "root": root}
     return train_gan(
         rows,
         TARGET_CLASSES,
-        "mu_acgan",
+        arch,
         gan.model,
         gan.train,
         kw.pop("epochs", 2),
         GanRun.under(
             gan.model_copy(update={"models_dir": f"{out}/models", "plots_dir": f"{out}/plots"}),
             "t",
-            "mu_acgan",
+            arch,
             root,
         ),
         **{**defaults, **kw},
@@ -96,12 +96,13 @@ def _kill_at(step_to_die: int):
     return callback
 
 
-def test_killed_run_resumes_from_last_checkpoint_to_identical_weights(cohorts, make_params):
+@pytest.mark.parametrize("arch", ["mu_acgan", "acgan"])  # ACGAN's D has dropout: torch's global RNG matters
+def test_killed_run_resumes_from_last_checkpoint_to_identical_weights(cohorts, make_params, arch):
     params = make_params()
-    straight = _train(cohorts, "straight", params)
+    straight = _train(cohorts, "straight", params, arch)
     with pytest.raises(_Killed):  # checkpoints every 2 steps: dies at step 5, the last checkpoint is step 4
-        _train(cohorts, "killed", params, step_callback=_kill_at(5))
-    resumed = _train(cohorts, "killed", params)
+        _train(cohorts, "killed", params, arch, step_callback=_kill_at(5))
+    resumed = _train(cohorts, "killed", params, arch)
     assert resumed.resumed_from_step == 4  # mid-epoch 2 (3 steps per epoch)
     a, b = load_weights(straight.weights), load_weights(resumed.weights)
     for part in ("generator", "discriminator", "ema"):

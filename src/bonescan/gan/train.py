@@ -460,6 +460,8 @@ def train_gan(
             noise_gen.set_state(rng["noise"])
             aug_gen.set_state(rng["augment"])
             torch.set_rng_state(rng["torch"])
+            if device.type == "cuda" and rng.get("cuda") is not None:
+                torch.cuda.set_rng_state(rng["cuda"], device)
             history = [dict(h) for h in ckpt["history"]]
             acc = _Accumulator.from_state(ckpt["accumulator"])
             if step >= total_steps:
@@ -495,6 +497,8 @@ def train_gan(
 
     def checkpoint() -> None:
         rng = {"noise": noise_gen.get_state(), "augment": aug_gen.get_state(), "torch": torch.get_rng_state()}
+        if device.type == "cuda":  # dropout on CUDA draws from the device's generator
+            rng["cuda"] = torch.cuda.get_rng_state(device)
         rngs = [rng]
         if ddp.world > 1:
             rngs = [None] * ddp.world
@@ -528,7 +532,14 @@ def train_gan(
             _epoch_indices(labels, epoch, seed, train_cfg.balanced_sampling, ddp.rank, ddp.world),
             train_cfg.batch_size,
         )[offset:]
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=train_cfg.num_workers)
+        # Its own generator: a loader without one draws its worker seed from torch's global RNG, which
+        # dropout (ACGAN's D) also draws from, so a resumed run (one more loader) would drift.
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=train_cfg.num_workers,
+            generator=torch.Generator().manual_seed(_derive_seed(rank_seed, "loader", epoch)),
+        )
         for real, y_real in loader:
             real = real.to(device, memory_format=memory_format, non_blocking=True)
             y_real = y_real.to(device)
