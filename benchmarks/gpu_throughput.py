@@ -51,10 +51,10 @@ from bonescan.models import build, count_parameters
 from bonescan.train import (
     RunOptions,
     build_optimizer,
-    evaluate,
     make_loader,
     set_loader_epoch,
     train_one_epoch,
+    validate,
 )
 
 CLASSES = ("healthy", "metastasis", "benign")
@@ -180,7 +180,7 @@ def bench(args: argparse.Namespace, opts: RunOptions, folder: Path) -> dict:
         return clf_bench.bare_train(model, timed, criterion, optimizer, opts)
 
     def pipeline_infer(model):
-        evaluate(model, eval_loader, criterion, opts)
+        validate(model, eval_loader, criterion, opts)
         return len(eval_loader.dataset)
 
     def bare_infer(model):
