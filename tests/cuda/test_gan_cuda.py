@@ -14,7 +14,8 @@ import torch
 from bonescan.config import GAN_PAPER_PRESET, GanConfig, GanModelConfig, GanTrainConfig
 from bonescan.data.manifest import read_manifest
 from bonescan.gan import available, count_parameters
-from bonescan.gan.train import GanRun, load_weights, train_gan, train_step, training_parts
+from bonescan.gan.train import train_gan, train_step, training_parts
+from bonescan.gan.weights import GanRun, load_weights
 from tests.png_cohorts import SIZE, write_cohort
 
 pytestmark = pytest.mark.cuda

@@ -13,7 +13,7 @@ from bonescan.data.manifest import read_manifest
 from bonescan.dicom.read import read_png16
 from bonescan.gan import build
 from bonescan.gan.synthesize import generate, needed_counts, run_synthesize
-from bonescan.gan.train import generator_digest, load_weights
+from bonescan.gan.weights import generator_digest, load_weights
 
 CLASSES = ["healthy", "metastasis", "benign"]
 ADMIT_ALL = {"min_fidelity": 0.0, "min_label_lift": -1.0, "max_diversity_ssim": 1.0}

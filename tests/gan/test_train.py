@@ -21,17 +21,15 @@ from bonescan.dicom.read import read_png16, write_png16
 from bonescan.gan import build, class_dependent_keys
 from bonescan.gan.train import (
     STAT_KEYS,
-    GanRun,
     _epoch_indices,
     describe_models,
-    load_weights,
     run_gan_stage,
     train_gan,
     train_step,
     training_parts,
-    training_rows,
     transfer_weights,
 )
+from bonescan.gan.weights import GanRun, load_weights, training_rows
 
 TARGET_CLASSES = ["healthy", "metastasis", "benign"]
 SOURCE_CLASSES = ["normal", "covid19", "lung_opacity", "viral_pneumonia"]
@@ -266,7 +264,8 @@ from pathlib import Path
 
 from bonescan.config import GanModelConfig, GanTrainConfig
 from bonescan.data.manifest import read_manifest
-from bonescan.gan.train import GanRun, train_gan
+from bonescan.gan.train import train_gan
+from bonescan.gan.weights import GanRun
 
 root = Path(sys.argv[1])
 model = GanModelConfig(image_size=(32, 16), z_dim=16, base_channels=8)

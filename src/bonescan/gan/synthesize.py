@@ -30,7 +30,7 @@ from bonescan.data.dataset import ManifestDataset, load_split
 from bonescan.data.manifest import ManifestRow, ManifestWriter, read_manifest
 from bonescan.dicom.read import write_png16
 from bonescan.gan import quality
-from bonescan.gan.train import GanRun, build_from_weights, generator_digest, load_weights, training_rows
+from bonescan.gan.weights import GanRun, build_from_weights, generator_digest, load_weights, training_rows
 from bonescan.runtime import atomic_write, atomic_write_json
 
 __all__ = ["SynthesisResult", "generate", "needed_counts", "run_synthesize"]

@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from torchvision.utils import make_grid
 
 from bonescan.checkpoint import save_checkpoint
-from bonescan.config import GanConfig, GanModelConfig, GanStageConfig, GanTrainConfig, Params, Size
-from bonescan.data.dataset import ManifestDataset, load_split
+from bonescan.config import GanModelConfig, GanStageConfig, GanTrainConfig, Params, Size
+from bonescan.data.dataset import ManifestDataset
 from bonescan.data.manifest import read_manifest
 from bonescan.gan import (
     EMA,
@@ -50,27 +50,27 @@ from bonescan.gan import (
     generator_loss,
     mode_seeking_loss,
 )
+from bonescan.gan.weights import (
+    CHECKPOINT_FORMAT,
+    GanRun,
+    load_weights,
+    state_digest,
+    training_rows,
+)
 from bonescan.runtime import autocast, dist_env, resolve_device, unwrap
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
-    "generator_digest",
-    "GanRun",
     "GanTrainResult",
-    "build_from_weights",
     "describe_models",
-    "load_weights",
     "run_gan_stage",
     "train_gan",
     "train_step",
     "training_parts",
-    "training_rows",
     "transfer_weights",
 ]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "bonescan-gan/1"
 STAT_KEYS = (
     "g_loss",
     "d_loss",
@@ -86,19 +86,6 @@ EpochCallback = Callable[[dict[str, float]], None]
 
 
 # --------------------------------------------------------------------------- data
-
-
-def training_rows(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The real train-split rows of a manifest: the only images GAN training may read.
-
-    Raises:
-        ValueError: no such row (nothing to train on).
-    """
-    rows = load_split(manifest, "train", include_synthetic=False)
-    if rows.empty:
-        raise ValueError("the manifest has no real train-split images to train the GAN on")
-    assert (rows["split"] == "train").all() and not rows["synthetic"].any()  # never val/test, never synthetic
-    return rows
 
 
 class _ToGan:
@@ -200,23 +187,6 @@ def _model_kwargs(model: GanModelConfig) -> dict[str, object]:
     }
 
 
-def build_from_weights(weights: dict, num_classes: int | None = None) -> tuple[nn.Module, nn.Module]:
-    """Rebuild the (G, D) pair a weights file describes and load it (EMA weights into G when present).
-
-    Args:
-        weights: a dict written by `train_gan` (see `load_weights`).
-        num_classes: None keeps the file's classes; otherwise the networks are reset to this count
-            after loading (class-dependent parameters re-initialised, all others kept).
-    """
-    g, d = build(weights["arch"], weights["num_classes"], tuple(weights["image_size"]), **weights["model"])
-    g.load_state_dict(weights["ema"] if weights.get("ema") is not None else weights["generator"])
-    d.load_state_dict(weights["discriminator"])
-    if num_classes is not None:
-        g.reset_classes(num_classes)
-        d.reset_classes(num_classes)
-    return g, d
-
-
 def transfer_weights(weights: dict, g: nn.Module, d: nn.Module) -> None:
     """Load stage-1 weights into stage-2 networks, re-initialising only class-dependent parameters.
 
@@ -239,54 +209,7 @@ def transfer_weights(weights: dict, g: nn.Module, d: nn.Module) -> None:
         net.load_state_dict({k: (own[k] if k in skip else state[k]) for k in own})
 
 
-def load_weights(path: str | Path) -> dict:
-    """A weights/checkpoint file written by `train_gan` (plain tensors and Python types only)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} file")
-    return state
-
-
-def generator_digest(weights: dict) -> str:
-    """SHA-256 of what a weights file generates: the sampling generator's tensors (EMA when present) and shape.
-
-    Unlike the file's hash it ignores the training history (wall-clock figures), so a deterministic
-    re-run names its synthetic images and rows exactly as before and downstream stages stay put.
-    """
-    shape = {k: weights[k] for k in ("arch", "classes", "image_size", "model")}
-    sampler = weights["ema"] if weights.get("ema") is not None else weights["generator"]
-    return hashlib.sha256((json.dumps(shape, sort_keys=True) + _sha_state(sampler)).encode()).hexdigest()
-
-
-def _sha_state(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(state):
-        h.update(key.encode())
-        h.update(state[key].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- training
-
-
-@dataclass(frozen=True)
-class GanRun:
-    """Where one (stage, arch) run writes: final weights, resumable checkpoint, curves, sample grids."""
-
-    weights: Path
-    checkpoint: Path
-    history_csv: Path
-    samples_dir: Path
-
-    @classmethod
-    def under(cls, gan: GanConfig, stage: str, arch: str, root: Path = Path(".")) -> GanRun:
-        models, plots = root / gan.models_dir, root / gan.plots_dir
-        return cls(
-            weights=models / stage / f"{arch}.pt",
-            checkpoint=models / "checkpoints" / stage / f"{arch}.pt",
-            history_csv=plots / stage / f"{arch}.csv",
-            samples_dir=plots / stage / "samples",
-        )
 
 
 @dataclass
@@ -421,7 +344,7 @@ def train_gan(
             "seed": seed,
         }
     )
-    init_sha = _sha_state(init["generator"]) + _sha_state(init["discriminator"]) if init else None
+    init_sha = state_digest(init["generator"]) + state_digest(init["discriminator"]) if init else None
     fingerprint = _fingerprint(config, rows, init_sha, ddp.world, root)
 
     torch.manual_seed(seed)
