@@ -97,3 +97,24 @@ def test_the_gan_paper_preset_restores_the_papers_optimisation_and_keeps_the_oth
     assert gan.train.diffaugment == raw["gan"]["train"]["diffaugment"]  # beyond-paper switches stay the user's
     demo = load_params(PROJECT_PARAMS).gan
     assert not demo.train.d_fake_class_loss and demo.train.mode_seeking > 0
+
+
+def _tiny_target(out_dir: str = "tgt") -> dict:
+    return {"raw_dir": "r", "interim_dir": "i", "reports_dir": "rep", "metrics_dir": "m", "out_dir": out_dir,
+            "classes": ["a", "b"]}  # fmt: skip
+
+
+def test_paths_another_stage_reads_are_derived_from_the_stage_that_writes_them():
+    params = parse_params({"datasets": {"target": _tiny_target()}, "clf": {"out_dir": "mdl"},
+                           "augment": {"out_dir": "aug"}, "evaluate": {"reports_dir": "ev"}})  # fmt: skip
+    assert params.augment.manifest == "tgt/manifest.csv" == str(params.manifest("target"))
+    assert params.clf.manifest == "aug/manifest.csv" == str(params.augmented_manifest)
+    assert params.promote.model_file == "mdl/model.pt" == str(params.classifier_file)
+    assert params.promote.eval_summary == "ev/summary.json" == str(params.eval_summary)
+
+
+def test_a_restated_path_that_disagrees_fails_naming_both_keys():
+    with pytest.raises(ConfigError, match=r"promote\.model_file is 'x/model\.pt' but clf\.out_dir makes it"):
+        parse_params({"datasets": {"target": _tiny_target()}, "promote": {"model_file": "x/model.pt"}})
+    same = parse_params({"datasets": {"target": _tiny_target()}, "augment": {"manifest": "./tgt/manifest.csv"}})
+    assert same.augment.manifest == "./tgt/manifest.csv"  # the same file, spelled otherwise, is fine

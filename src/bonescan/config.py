@@ -515,6 +515,37 @@ class Params(_Section):
             raise ValueError("datasets needs a 'target' entry (the bone scans to classify)")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_restated_paths(cls, data: object) -> object:
+        """Fill each key that restates another stage's output from that output, when it is not given."""
+        if not isinstance(data, dict) or not isinstance(data.get("datasets"), dict):
+            return data
+
+        def raw(section: str, key: str, model: type[BaseModel]) -> str:
+            value = (data.get(section) or {}).get(key) if isinstance(data.get(section), dict) else None
+            return str(value if value is not None else model.model_fields[key].default)
+
+        target = data["datasets"].get("target")
+        synth = ((data.get("gan") or {}).get("synthesize") or {}) if isinstance(data.get("gan"), dict) else {}
+        derived = {
+            ("augment", "synthetic_manifest"): f"{synth.get('out_dir', GanSynthesizeConfig().out_dir)}/manifest.csv",
+            ("clf", "manifest"): f"{raw('augment', 'out_dir', AugmentConfig)}/manifest.csv",
+            ("promote", "model_file"): f"{raw('clf', 'out_dir', ClassifierConfig)}/model.pt",
+            ("promote", "metrics_file"): raw("evaluate", "metrics_file", EvaluateConfig),
+            ("promote", "eval_summary"): f"{raw('evaluate', 'reports_dir', EvaluateConfig)}/summary.json",
+        }
+        if isinstance(target, dict) and target.get("out_dir"):
+            derived[("augment", "manifest")] = f"{target['out_dir']}/manifest.csv"
+        data = dict(data)
+        for (section, key), value in derived.items():
+            current = data.get(section)
+            if current is None or isinstance(current, dict):
+                current = dict(current or {})
+                current.setdefault(key, value)
+                data[section] = current
+        return data
+
     @model_validator(mode="after")
     def _paths_said_twice_agree(self) -> Params:
         """A key that restates another stage's output must name the same file (dvc.yaml reads both)."""
@@ -587,6 +618,8 @@ def _norm(path: str | Path) -> str:
 def _describe(err: dict, model: type[BaseModel]) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"]
+    if not loc:  # a rule across sections (Params' own validators): the message names the keys
+        return msg.removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
         hint = _closest_key(err["loc"], model)
