@@ -145,3 +145,13 @@ def test_a_folder_without_readable_dicom_keeps_only_known_safe_path_parts(tmp_pa
         quarantine.add(FileResult("SMITH_ANNA_0012345/ACC778899/DICOM/IMG0001.dcm", code="unreadable", reason="r"))
         quarantine.add(FileResult("SMITH_ANNA_0012345/report_anna_smith.pdf", code="not_dicom", reason="r"))
     assert pd.read_csv(path)["file"].tolist() == ["***/***/DICOM/IMG0001.dcm", "***/***.pdf"]
+
+
+def test_anonymize_lists_hostile_entries_as_quarantined_and_finishes(hostile_tree, tmp_path):
+    from bonescan.dicom.anonymize import anonymize_tree
+
+    report = anonymize_tree(hostile_tree, tmp_path / "anon", AnonymizeConfig(), SECRET)
+    reasons = [q["reason"] for q in report.quarantined]
+    for reason in set(HOSTILE_REASONS.values()):
+        assert any(r.startswith(reason) for r in reasons), reason
+    assert report.anonymized > 0

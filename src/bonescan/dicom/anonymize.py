@@ -761,9 +761,16 @@ def anonymize_tree(src: Path, dst: Path, cfg: AnonymizeConfig, secret: bytes) ->
     dst.mkdir(parents=True, exist_ok=True)
     report, phi = AnonymizationReport(), PhiScanReport()
     written: set[str] = set()
+    from bonescan.intake import FileRejected, check_regular_file  # the intake imports this module
+
     for path in _walk(src, dst):
         report.files += 1
         rel = path.relative_to(src).as_posix()
+        try:  # a FIFO would block the read forever; a link may lead out of SRC or loop
+            check_regular_file(path, src)
+        except FileRejected as rejected:
+            report.quarantined.append({"file_id": file_id(rel, secret), "reason": rejected.reason})
+            continue
         reason = _anonymize_file(path, dst, anon, written, phi, report)
         if reason:
             report.quarantined.append({"file_id": file_id(rel, secret), "reason": reason})
@@ -775,9 +782,13 @@ def anonymize_tree(src: Path, dst: Path, cfg: AnonymizeConfig, secret: bytes) ->
 
 
 def _walk(src: Path, dst: Path) -> Iterable[Path]:
-    dst_resolved = dst.resolve()
-    for path in sorted(src.rglob("*")):
-        if path.is_file() and not path.resolve().is_relative_to(dst_resolved) and path.name != REPORT_NAME:
+    """Every entry under `src` but folders (links and FIFOs included, for the caller to reject), not DST's."""
+    from bonescan.intake import iter_files
+
+    inside_dst = os.path.realpath(dst) + os.sep
+    for rel in iter_files(src):
+        path = src / rel
+        if not os.path.realpath(path).startswith(inside_dst) and path.name != REPORT_NAME:
             yield path
 
 
