@@ -90,7 +90,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from bonescan.data.split import LedgerKeyError, run_split
+    from bonescan.data.split import LedgerKeyError, PredefinedSplitError, run_split
     from bonescan.dicom.anonymize import load_secret
 
     params = _params(args)
@@ -98,7 +98,7 @@ def cmd_split(args: argparse.Namespace) -> None:
     secret = load_secret(params.anonymize)  # as in cmd_ingest: every dataset's pseudonyms are keyed
     try:
         result = run_split(args.dataset, dataset, params.split, secret=secret)
-    except LedgerKeyError as exc:
+    except (LedgerKeyError, PredefinedSplitError) as exc:
         raise CommandError(str(exc)) from None
     console.print_json(json.dumps(result.metrics))
 

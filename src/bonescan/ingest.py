@@ -119,6 +119,7 @@ class _Context:
     dicom_dir: Path
     cwd: Path
     labels: dict[str, str] = field(default_factory=dict)  # accession (dicom) / relpath (image_csv) -> label
+    splits: dict[str, str] = field(default_factory=dict)  # the same keys -> a predefined split (labels' `split`)
     patients: dict[str, str] = field(default_factory=dict)  # relpath -> raw patient id (image_csv)
     anonymizer: Anonymizer | None = None
     secret: bytes | None = None
@@ -162,7 +163,8 @@ def _write_views(ctx: _Context, images, key: str, base: ManifestRow) -> tuple[Ma
         path = PurePosixPath(Path(os.path.relpath(png, ctx.cwd)).as_posix())
         rows.append(
             ManifestRow(
-                image_id, base.patient_id, base.study_id, name, base.label, source=base.source, path=str(path)
+                image_id, base.patient_id, base.study_id, name, base.label, base.split, source=base.source,
+                path=str(path),
             )
         )
     return tuple(rows)
@@ -225,7 +227,9 @@ def _ingest_dataset_file(ctx: _Context, relpath: str, ds, identifying: frozenset
                 identifying=identifying,
             )
         study_id = study_pseudonym(str(written.StudyInstanceUID))
-        base = ManifestRow("", str(written.PatientID), study_id, "", label, source=f"dicom:{modality}")
+        accession = str(ds.get("AccessionNumber", "") or "").strip()
+        base = ManifestRow("", str(written.PatientID), study_id, "", label, ctx.splits.get(accession, ""),
+                           source=f"dicom:{modality}")  # fmt: skip
         try:
             views = dicom_inputs(written, ctx.preprocessing, hints)  # decoded from what was scanned
         except ImageReadError as exc:  # scanned, then found undecodable: counted in phi_scan.json
@@ -264,6 +268,7 @@ def _ingest_image(ctx: _Context, relpath: str) -> FileResult:
             "s" + pseudonym(relpath, ctx.secret),
             "",
             label,
+            ctx.splits.get(relpath, ""),
             source="image",
         )
         views = prepare_image(ctx.raw_dir / relpath, ctx.preprocessing)
@@ -423,6 +428,7 @@ def _context(
         ctx = _Context(
             **common,
             labels=_label_map(table["accession_number"], table["label"]),
+            splits=_predefined_splits(table["accession_number"], table),
             anonymizer=Anonymizer(secret, anonymize),
             secret=secret,
         )
@@ -435,10 +441,19 @@ def _context(
             for n in table["filename"]
         ]
         patients = dict(zip(names, table["patient_id"], strict=True)) if "patient_id" in table.columns else {}
-        ctx = _Context(**common, labels=_label_map(names, table["label"]), patients=patients, secret=secret)
+        ctx = _Context(**common, labels=_label_map(names, table["label"]), patients=patients,
+                       splits=_predefined_splits(names, table), secret=secret)  # fmt: skip
     else:
         ctx = _Context(**common, secret=secret)
     return ctx, [labels_path] if labels_path else []
+
+
+def _predefined_splits(keys: Iterable[str], table: pd.DataFrame) -> dict[str, str]:
+    """key -> split from the labels file's optional `split` column (an official or regulatory test set)."""
+    if "split" not in table.columns:
+        return {}
+    splits = {str(k).strip(): str(s).strip().lower() for k, s in zip(keys, table["split"], strict=True)}
+    return {k: s for k, s in splits.items() if k and s}
 
 
 def _listed_relpath(name: str, raw_dir: Path, labels_dir: Path) -> str:
