@@ -137,7 +137,8 @@ def distributed_session(opts: RunOptions) -> Iterator[None]:
     """Join torchrun's process group for the duration of a stage (no-op for a single process)."""
     with process_group(opts.device) as env:
         if env.distributed and env.is_main:
-            log.info("DistributedDataParallel: %d processes; rank 0 logs progress", env.world_size)
+            backend = "nccl" if opts.device.type == "cuda" else "gloo"
+            log.info("DistributedDataParallel: %d processes (%s); rank 0 logs progress", env.world_size, backend)
         yield
 
 
