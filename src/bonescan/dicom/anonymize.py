@@ -531,12 +531,8 @@ class Anonymizer:
             if cleaned is not None:
                 return cleaned
         action = _RESOLVE[row.basic]
-        if action == "X":
-            return None
-        if action == "Z":
-            return _empty(elem)
-        if action == "D":
-            return self._dummy(elem, ctx)
+        if action in ("X", "Z", "D"):
+            return self._remove_empty_or_dummy(action, elem, ctx)
         if action == "U":
             return self._uid(elem, ctx)
         # U*: keep the referencing structure, remap the instance UIDs inside it
@@ -544,16 +540,18 @@ class Anonymizer:
             return self._sequence(elem, ctx)
         return self._uid(elem, ctx) if elem.VR == "UI" else _empty(elem)
 
+    def _remove_empty_or_dummy(self, action: str, elem: DataElement, ctx: _Context) -> DataElement | None:
+        """PS3.15 actions X (remove), Z (zero length) and D (dummy value), wherever the rule came from."""
+        if action == "X":
+            return None
+        return _empty(elem) if action == "Z" else self._dummy(elem, ctx)
+
     def _unlisted(self, elem: DataElement, ctx: _Context, parent: Dataset) -> DataElement | None:
         """Attributes outside Table E.1-1: the rules of ``beyond_e1_1`` (they only remove more)."""
         vr, keyword = elem.VR, elem.keyword or ""
         action = beyond_e1_1.ACTIONS.get(keyword)
-        if action == "X":
-            return None
-        if action == "Z":
-            return _empty(elem)
-        if action == "D":
-            return self._dummy(elem, ctx)
+        if action in ("X", "Z", "D"):
+            return self._remove_empty_or_dummy(action, elem, ctx)
         if vr == "SQ":
             return self._sequence(elem, ctx)
         if vr in ("DA", "DT", "TM"):
