@@ -262,10 +262,7 @@ def cmd_clf_pretrain(args: argparse.Namespace) -> None:
             params.base.classes, params.image_size("target"), resume=not args.no_resume,
             progress=not args.no_progress, callback=track.epoch_callback(),
         )
-        _write_metrics(Path(cfg.metrics_dir) / "clf_pretrain.json", result.metrics())
-        track.log_metrics(result.metrics())
-        track.log_artifacts([Path(cfg.plots_dir) / "pretrain.csv"], "plots")
-    console.print_json(json.dumps(_jsonable(result.metrics())))
+        _report_clf_stage(result, track, params, "pretrain")
 
 
 def cmd_clf_finetune(args: argparse.Namespace) -> None:
@@ -279,9 +276,15 @@ def cmd_clf_finetune(args: argparse.Namespace) -> None:
             resume=not args.no_resume, progress=not args.no_progress, callback=track.epoch_callback(),
             preprocessing=params.preprocessing("target"),
         )
-        _write_metrics(Path(cfg.metrics_dir) / "clf_finetune.json", result.metrics())
-        track.log_metrics(result.metrics())
-        track.log_artifacts([Path(cfg.plots_dir) / "finetune.csv"], "plots")
+        _report_clf_stage(result, track, params, "finetune")
+
+
+def _report_clf_stage(result, track: StageTracker, params: Params, stage: str) -> None:
+    """A classifier stage's metrics file, its MLflow metrics and curves, and the printed summary."""
+    cfg = params.clf
+    _write_metrics(Path(cfg.metrics_dir) / f"clf_{stage}.json", result.metrics())
+    track.log_metrics(result.metrics())
+    track.log_artifacts([Path(cfg.plots_dir) / f"{stage}.csv"], "plots")
     console.print_json(json.dumps(_jsonable(result.metrics())))
 
 
