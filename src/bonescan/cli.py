@@ -504,7 +504,7 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is the whole story (no traceback): a missing key, residual PHI, a bad model file."""
     from bonescan.classifier_file import ClassifierFormatError
     from bonescan.dicom.anonymize import MissingSecretError
-    from bonescan.ingest import IngestFailedError, ResidualPHIError
+    from bonescan.intake import IngestFailedError, ResidualPHIError
     from bonescan.tracking import TrackingUnavailableError
 
     return (MissingSecretError, ResidualPHIError, IngestFailedError, ClassifierFormatError, TrackingUnavailableError)

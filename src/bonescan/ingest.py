@@ -38,7 +38,9 @@ from bonescan.dicom.read import ImageReadError, read_dicom, write_png16
 from bonescan.intake import (
     FileRejected,
     FileResult,
+    IngestFailedError,
     QuarantineWriter,
+    ResidualPHIError,
     anonymize_dicom,
     check_dicom,
     check_image_name,
@@ -97,12 +99,6 @@ class IngestSummary:
         return flat
 
 
-class IngestFailedError(RuntimeError):
-    """The stage wrote no image, or rejected more files than `ingest.max_quarantined_fraction` allows."""
-
-
-class ResidualPHIError(RuntimeError):
-    """Anonymized output still contains identifying values (details in phi_scan.json, without the values)."""
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ from bonescan.dicom.read import (
 __all__ = [
     "QUARANTINE_COLUMNS",
     "FileRejected",
+    "IngestFailedError",
+    "ResidualPHIError",
     "FileResult",
     "PreparedDicom",
     "QuarantineWriter",
@@ -66,6 +68,14 @@ WHOLE_BODY = "WHOLE BODY"  # NM Image Type value 3 (PS3.3 C.8.4.7) of a whole-bo
 # Kermany et al. 2018 file names carry the patient: person123_virus_456.png, IM-0001-0001.png,
 # NORMAL2-IM-0777-0001.png (COVID-19 Radiography Database names do not: COVID-1.png -> one patient each).
 _PATIENT_PATTERNS = (re.compile(r"^(person\d+)_"), re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+"))
+
+
+class IngestFailedError(RuntimeError):
+    """Ingest wrote no image, or rejected more files than `ingest.max_quarantined_fraction` allows."""
+
+
+class ResidualPHIError(RuntimeError):
+    """Anonymized output still contains identifying values (details in phi_scan.json, without the values)."""
 
 
 class FileRejected(Exception):
