@@ -13,6 +13,7 @@ from bonescan.losses import (
     FocalLoss,
     JointLoss,
     LDAMLoss,
+    LogitAdjustedLoss,
     NormedLinear,
     available_losses,
     build_loss,
@@ -179,6 +180,7 @@ def test_ldam_on_a_cosine_head_trains():
         ("focal", FocalLoss),
         ("ldam", LDAMLoss),
         ("joint", JointLoss),
+        ("logit_adjusted", LogitAdjustedLoss),
     ],
 )
 def test_build_loss_by_name(name, kind):
@@ -202,4 +204,36 @@ def test_build_loss_passes_options_and_drops_none():
 def test_unknown_loss_raises_listing_the_known_ones():
     with pytest.raises(ValueError, match="unknown loss 'dice'"):
         build_loss("dice", [1, 2])
-    assert available_losses() == ["ce", "focal", "joint", "ldam", "weighted_ce"]
+    assert available_losses() == ["ce", "focal", "joint", "ldam", "logit_adjusted", "weighted_ce"]
+
+
+# --- logit adjustment ----------------------------------------------------------------------------------
+
+
+def test_logit_adjusted_loss_is_cross_entropy_of_logits_plus_tau_log_prior():
+    logits, target = _batch()
+    counts = torch.tensor([60.0, 30.0, 10.0])
+    expected = F.cross_entropy(logits + 0.5 * torch.log(counts / counts.sum()), target)
+    torch.testing.assert_close(LogitAdjustedLoss(counts, tau=0.5)(logits, target), expected)
+
+
+def test_logit_adjusted_loss_with_tau_zero_is_cross_entropy_with_its_smoothing():
+    logits, target = _batch(seed=3)
+    torch.testing.assert_close(
+        LogitAdjustedLoss([60, 30, 10], tau=0.0, label_smoothing=0.1)(logits, target),
+        F.cross_entropy(logits, target, label_smoothing=0.1),
+    )
+
+
+def test_logit_adjustment_penalises_a_rare_class_error_more_than_plain_ce():
+    """A rare-class sample scored as the common class: the prior term widens the common class's lead."""
+    logits, target = torch.tensor([[2.0, 0.0]]), torch.tensor([1])
+    adjusted = LogitAdjustedLoss([90, 10])(logits, target)
+    assert adjusted > F.cross_entropy(logits, target)
+
+
+def test_logit_adjusted_loss_rejects_a_wrong_class_count_and_a_negative_tau():
+    with pytest.raises(ValueError, match="class_counts has 2"):
+        LogitAdjustedLoss([5, 5])(*_batch(k=3))
+    with pytest.raises(ValueError, match="tau"):
+        LogitAdjustedLoss([5, 5], tau=-1.0)

@@ -560,3 +560,12 @@ def test_the_operating_point_is_fitted_on_validation_studies_and_saved_with_the_
     assert _cfg({"epochs": 1}).operating_point == "argmax"
     _, plain = classifier_file.load(project / _finetune(argmax_cfg, project, resume=False).model_path)
     assert plain.decision.kind == "argmax"
+
+
+def test_criterion_applies_label_smoothing_and_the_logit_adjustment_from_the_config():
+    smoothed = build_criterion(LossConfig(name="ce", label_smoothing=0.1), [4, 2, 2])
+    assert smoothed.label_smoothing == 0.1
+    adjusted = build_criterion(LossConfig(name="logit_adjusted", tau=0.5, label_smoothing=0.05), [6, 2, 2])
+    assert (adjusted.tau, adjusted.label_smoothing) == (0.5, 0.05)
+    with pytest.raises(ValueError, match="label_smoothing applies to"):
+        build_criterion(LossConfig(name="focal", label_smoothing=0.1), [4, 2, 2])

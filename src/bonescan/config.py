@@ -194,19 +194,21 @@ class AugmentConfig(_Section):
         return v
 
 
-LossName = Literal["ce", "weighted_ce", "focal", "ldam", "joint"]
+LossName = Literal["ce", "weighted_ce", "focal", "ldam", "joint", "logit_adjusted"]
 
 
 class LossConfig(_Section):
     """The training loss (bonescan.losses.build_loss) and its deferred re-weighting."""
 
-    name: LossName = "ce"  # ce | weighted_ce | focal | ldam | joint (= alpha focal + (1 - alpha) LDAM)
+    name: LossName = "ce"  # ce | weighted_ce | focal | ldam | joint (= alpha focal + (1 - alpha) LDAM) | logit_adjusted
     gamma: float = Field(2.0, ge=0)  # focal focusing parameter (Lin et al. 2017)
     max_m: float = Field(0.5, gt=0)  # LDAM margin of the rarest class (Cao et al. 2019)
     s: float = Field(30.0, gt=0)  # LDAM logit scale, meant for a cosine head (clf.normed_head)
     alpha: float = Field(0.5, ge=0, le=1)  # joint: weight of the focal term (Shi et al. 2023: 0.5)
     drw_epoch: int | None = Field(None, ge=0)  # epoch (0-based) from which DRW class weights apply; None: off
     drw_beta: float = Field(0.9999, ge=0, lt=1)  # DRW effective-number beta
+    tau: float = Field(1.0, ge=0)  # logit_adjusted: CE(z + tau log prior) (Menon et al. 2021)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # ce, weighted_ce, logit_adjusted
 
 
 class TrainConfig(_Section):

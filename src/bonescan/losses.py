@@ -9,6 +9,9 @@
 - DRW (same paper): plain weights early, effective-number class weights (1 - beta) / (1 - beta^n)
   after a given epoch (`drw_schedule`).
 - `JointLoss`: alpha * focal + (1 - alpha) * LDAM.
+- Logit adjustment (Menon et al. 2021, "Long-tail learning via logit adjustment"): cross-entropy on
+  logits + tau * log(class prior), so the model learns the balanced (prior-free) scores and argmax
+  of its raw logits is Fisher-consistent for balanced error; the adjustment is training-only.
 
 Plain (optionally class-weighted) cross-entropy is torch's own `nn.CrossEntropyLoss`; `build_loss`
 maps a config name to any of them. Class statistics live in buffers, so `.to(device)` moves them.
@@ -26,6 +29,7 @@ __all__ = [
     "FocalLoss",
     "JointLoss",
     "LDAMLoss",
+    "LogitAdjustedLoss",
     "NormedLinear",
     "available_losses",
     "build_loss",
@@ -243,6 +247,45 @@ class JointLoss(nn.Module):
         return self.alpha * self.focal(logits, target) + (1.0 - self.alpha) * self.ldam(logits, target)
 
 
+class LogitAdjustedLoss(_ClassWeighted):
+    """Logit-adjusted cross-entropy: CE(z + tau * log pi, y), pi the training class prior.
+
+    Args:
+        class_counts: training samples per class (K,).
+        tau: strength of the adjustment; 1.0 is the paper's (Bayes-consistent) choice, 0 is plain CE.
+        label_smoothing: as in `nn.CrossEntropyLoss`.
+        weight: optional (K,) class weights (DRW sets them late in training).
+    """
+
+    log_prior: Tensor
+
+    def __init__(
+        self,
+        class_counts: Sequence[int] | Tensor,
+        tau: float = 1.0,
+        label_smoothing: float = 0.0,
+        weight: Tensor | Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(weight)
+        if tau < 0:
+            raise ValueError(f"tau must be >= 0, got {tau}")
+        counts = _counts(class_counts)
+        self.register_buffer("log_prior", torch.log(counts / counts.sum()))
+        self.tau = tau
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """logits (B, K), target (B,) int64 -> scalar."""
+        if logits.shape[1] != self.log_prior.numel():
+            raise ValueError(
+                f"logits have {logits.shape[1]} classes but class_counts has {self.log_prior.numel()}"
+            )
+        adjusted = logits + self.tau * self.log_prior.to(logits.dtype)
+        return F.cross_entropy(
+            adjusted, target, weight=self._weight_for(logits), label_smoothing=self.label_smoothing
+        )
+
+
 def _ce(class_counts: Sequence[int] | Tensor, **kw) -> nn.Module:
     return nn.CrossEntropyLoss(**kw)
 
@@ -261,6 +304,7 @@ _LOSSES: dict[str, Callable[..., nn.Module]] = {
     "focal": _focal,
     "ldam": LDAMLoss,
     "joint": JointLoss,
+    "logit_adjusted": LogitAdjustedLoss,
 }
 
 

@@ -239,14 +239,18 @@ def build_scheduler(
 
 def build_criterion(cfg: LossConfig, class_counts: Sequence[int]) -> nn.Module:
     """The configured loss with only the hyper-parameters it takes."""
+    smoothing = {"label_smoothing": cfg.label_smoothing} if cfg.label_smoothing else {}
     kwargs: dict[str, dict[str, float]] = {
-        "ce": {},
-        "weighted_ce": {},
+        "ce": smoothing,
+        "weighted_ce": smoothing,
         "focal": {"gamma": cfg.gamma},
         "ldam": {"max_m": cfg.max_m, "s": cfg.s},
         "joint": {"alpha": cfg.alpha, "gamma": cfg.gamma, "max_m": cfg.max_m, "s": cfg.s},
+        "logit_adjusted": {"tau": cfg.tau, **smoothing},
     }
-    needs_counts = cfg.name in {"weighted_ce", "ldam", "joint"} or cfg.drw_epoch is not None
+    if cfg.label_smoothing and cfg.name not in {"ce", "weighted_ce", "logit_adjusted"}:
+        raise ValueError(f"label_smoothing applies to ce, weighted_ce and logit_adjusted, not to {cfg.name!r}")
+    needs_counts = cfg.name in {"weighted_ce", "ldam", "joint", "logit_adjusted"} or cfg.drw_epoch is not None
     if needs_counts and min(class_counts) == 0:
         raise ValueError(
             f"loss {cfg.name!r} needs every class in the training set; counts {list(class_counts)}"

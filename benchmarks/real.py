@@ -1,0 +1,293 @@
+"""BreastMNIST through bonescan's own stages, scored on the official test split; prints JSON.
+
+A real, small, imbalanced benchmark with published results (MedMNIST v2, Yang et al. 2023): 780
+breast-ultrasound images, 28 x 28, 27 % malignant, official train/val/test. The script
+
+1. exports `breastmnist.npz` to an `image_csv` dataset (one PNG per image, `labels.csv` with
+   `filename,label,patient_id,split`; the official split is the dataset's predefined split, the
+   source publishes no patient ids, so every image is its own patient);
+2. writes a `params.yaml` for that dataset into a work folder: the repository's params with the
+   dataset, the sizes and the settings of `--set` / `--config` replaced, nothing else;
+3. runs, as subprocesses of the `bonescan` CLI in that folder (MLflow store inside it):
+   `ingest` and `split` once, then per seed `augment`, `clf-pretrain` (with `pretrain_source:
+   none` it saves the seeded initialisation), `clf-finetune` and `evaluate`, each seed in its own
+   folder that links the shared ingested data;
+4. prints, per configuration, test accuracy, balanced accuracy, ROC AUC and per-class recall as
+   mean +- sd over the seeds, the per-seed values, the published figures and the wall time.
+
+No download: the npz is read from `../shared/data/breastmnist/` (or `--data`). Runs on the CPU
+(`--threads`) and on CUDA when present (`clf.device: auto`).
+
+Usage: python benchmarks/real.py [--seeds 0 1 2] [--config NAME ...] [--set KEY=VALUE ...]
+       [--work /tmp/bonescan_real] [--data PATH] [--jobs 2] [--threads 1] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import copy
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "breastmnist" / "breastmnist.npz"
+SHA256 = "5e68d79723fb3a63a399b0a66b66451799fc2eb3651f469cec0b679cfd743b68"
+CLASSES = ("malignant", "benign")  # label 0 = malignant, 1 = normal or benign (the npz's order)
+
+# MedMNIST v2, Table of 2D results, BreastMNIST test split (as quoted in the data folder's README).
+PUBLISHED = {
+    "ResNet-18 (28)": {"auc": 0.901, "accuracy": 0.863},
+    "ResNet-50 (224)": {"auc": 0.866, "accuracy": 0.842},
+    "auto-sklearn": {"auc": 0.836, "accuracy": 0.803},
+    "AutoKeras": {"auc": 0.871, "accuracy": 0.831},
+    "Google AutoML Vision": {"auc": 0.919, "accuracy": 0.861},
+}
+
+# What every configuration shares: the dataset and the stages this benchmark does not measure.
+BASE_SETTINGS: dict[str, object] = {
+    "base.image_size": [32, 32],  # 28 x 28 upscaled a little: the nets' strides need 32 (MedMNIST trains at 28)
+    "base.classes": list(CLASSES),
+    "ingest.workers": 1,
+    "ingest.crop_threshold": 0.001,  # ultrasound has no body outline to crop to: keep the frame
+    "augment.include_synthetic": False,  # GAN oversampling is measured in reports/experiments.md
+    "augment.poisson_p": 0.0,  # count noise is a scintigraphy model, not an ultrasound one
+    "augment.vflip": 0.0,
+    "clf.pretrain_source": "none",
+    "evaluate.unit": "image",
+    "evaluate.gradcam_per_class": 0,
+}
+
+# Named configurations, each a set of overrides on BASE_SETTINGS (the ablation of the defaults).
+E30 = {"clf.finetune.epochs": 30}
+CONFIGS: dict[str, dict[str, object]] = {
+    "defaults": {},  # params.yaml as it is (10 epochs, plain CE, argmax)
+    "ce_30": E30,
+    "weighted_ce_30": {**E30, "clf.finetune.loss.name": "weighted_ce"},
+    "logit_adjusted_30": {**E30, "clf.finetune.loss.name": "logit_adjusted"},
+    "label_smoothing_30": {**E30, "clf.finetune.loss.label_smoothing": 0.1},
+    "ldam_drw_30": {**E30, "clf.normed_head": True, "clf.finetune.loss.name": "ldam", "clf.finetune.loss.drw_epoch": 20},
+    "focal_30": {**E30, "clf.finetune.loss.name": "focal"},
+    "ce_30_balanced_point": {**E30, "clf.operating_point": "balanced_accuracy"},
+}
+
+
+def export_breastmnist(npz: Path, out: Path) -> dict[str, int]:
+    """The npz -> out/images/<split>_<index>.png and out/labels.csv (filename,label,patient_id,split)."""
+    data = np.load(npz)
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = ["filename,label,patient_id,split"]
+    counts: dict[str, int] = {}
+    for split in ("train", "val", "test"):
+        pixels, labels = data[f"{split}_images"], data[f"{split}_labels"].reshape(-1)
+        for index, (image, label) in enumerate(zip(pixels, labels, strict=True)):
+            name = f"{split}_{index:04d}.png"
+            Image.fromarray(image.astype(np.uint8), mode="L").save(images / name)
+            rows.append(f"images/{name},{CLASSES[int(label)]},{split}_{index:04d},{split}")
+        counts[split] = len(labels)
+    (out / "labels.csv").write_text("\n".join(rows) + "\n")
+    return counts
+
+
+def set_key(tree: dict, dotted: str, value: object) -> None:
+    """tree["a"]["b"] = value for "a.b" (the key must exist: params.yaml rejects unknown keys anyway)."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def benchmark_params(settings: dict[str, object]) -> dict:
+    """The repository's params.yaml with BreastMNIST as the target dataset and `settings` applied."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    target = params["datasets"]["target"]
+    target.update(
+        format="image_csv", raw_dir="raw", labels="raw/labels.csv", classes=list(CLASSES), split_views=False,
+    )
+    for key, value in settings.items():
+        set_key(params, key, value)
+    params["phantoms"]["out_dir"] = "phantoms_unused"
+    return params
+
+
+def parse_value(text: str) -> object:
+    return yaml.safe_load(text)
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> float:
+    """Run one `bonescan` command; its output goes to `log`. Returns seconds; raises naming the log."""
+    tic = time.perf_counter()
+    with log.open("a") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        done = subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {done.returncode}; see {log}")
+    return time.perf_counter() - tic
+
+
+def bonescan(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bonescan.cli", *args]
+
+
+def stage_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), BONESCAN_SECRET="breastmnist-benchmark",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")])),
+    )
+    env.pop("MLFLOW_TRACKING_URI", None)  # the work folder's own store
+    return env
+
+
+def prepare(work: Path, npz: Path, env: dict[str, str]) -> dict:
+    """Export, ingest and split once (independent of model settings); returns counts and seconds."""
+    digest = hashlib.sha256(npz.read_bytes()).hexdigest()
+    if digest != SHA256:
+        raise SystemExit(f"{npz}: sha256 {digest}, expected {SHA256} (not MedMNIST v2's BreastMNIST)")
+    shared = work / "shared"
+    marker = shared / "prepared.json"
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    if shared.exists():
+        shutil.rmtree(shared)
+    shared.mkdir(parents=True)
+    counts = export_breastmnist(npz, shared / "raw")
+    (shared / "params.yaml").write_text(yaml.safe_dump(benchmark_params(BASE_SETTINGS), sort_keys=False))
+    log = shared / "stages.log"
+    seconds = run(bonescan("ingest", "--dataset", "target"), shared, env, log)
+    seconds += run(bonescan("split", "--dataset", "target"), shared, env, log)
+    split = json.loads((shared / "metrics" / "split.json").read_text())
+    result = {"images": counts, "split": split, "seconds": round(seconds, 1)}
+    marker.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def run_seed(work: Path, name: str, settings: dict[str, object], seed: int, env: dict[str, str]) -> dict:
+    """augment -> (clf-pretrain) -> clf-finetune -> evaluate for one seed in its own folder."""
+    folder = work / name / f"seed{seed}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "data").mkdir(parents=True)
+    shared = work / "shared"
+    for link in ("raw", ".secrets"):
+        if (shared / link).exists():
+            (folder / link).symlink_to(shared / link)
+    for link in ("processed", "splits", "interim"):
+        if (shared / "data" / link).exists():
+            (folder / "data" / link).symlink_to(shared / "data" / link)
+    seeded = {**settings, "base.seed": seed, "augment.seed": seed, "clf.seed": seed}
+    params = benchmark_params(seeded)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = folder / "stages.log"
+    seconds = run(bonescan("augment", "--metrics", "metrics/augment.json"), folder, env, log)
+    seconds += run(bonescan("clf-pretrain", "--no-progress", "--no-resume"), folder, env, log)  # none: a seeded init
+    seconds += run(bonescan("clf-finetune", "--no-progress", "--no-resume"), folder, env, log)
+    seconds += run(bonescan("evaluate"), folder, env, log)
+    metrics = json.loads((folder / params["evaluate"]["metrics_file"]).read_text())
+    finetune = json.loads((folder / "metrics" / "clf_finetune.json").read_text())
+    return {"seed": seed, "seconds": round(seconds, 1), "metrics": metrics, "finetune": finetune}
+
+
+def headline(metrics: dict) -> dict[str, float]:
+    """The benchmark's numbers from an eval.json: accuracy, balanced accuracy, AUC, recall per class."""
+    row = {
+        "accuracy": metrics["accuracy"],
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        # binary: the one-vs-rest AUCs of the two classes are the same curve; macro AUC is the AUC
+        "auc": metrics["macro_auc"],
+    }
+    for name in CLASSES:
+        row[f"recall_{name}"] = metrics[f"recall_{name}"]
+    return row
+
+
+def summarise(runs: list[dict]) -> dict:
+    rows = [headline(r["metrics"]) for r in runs]
+    out = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        out[key] = {
+            "mean": round(statistics.fmean(values), 4),
+            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+            "per_seed": [round(v, 4) for v in values],
+        }
+    out["seconds_per_seed"] = round(statistics.fmean(r["seconds"] for r in runs), 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="breastmnist.npz (default: %(default)s)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bonescan_real"), help="work folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--config", nargs="+", default=["defaults"], choices=sorted(CONFIGS),
+                        help="named configurations to run (default: defaults)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra params override for every configuration, e.g. clf.finetune.epochs=30")
+    parser.add_argument("--jobs", type=int, default=2, help="seeds trained at once (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    if not args.data.is_file():
+        raise SystemExit(f"{args.data}: not found (pass --data PATH to BreastMNIST's breastmnist.npz)")
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        extra[key] = parse_value(value)
+
+    env = stage_env(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    tic = time.perf_counter()
+    prepared = prepare(args.work, args.data, env)
+    results: dict[str, dict] = {}
+    for name in args.config:
+        settings = {**BASE_SETTINGS, **CONFIGS[name], **extra}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            runs = list(pool.map(lambda seed: run_seed(args.work, name, settings, seed, env), args.seeds))
+        results[name] = {
+            "settings": {k: v for k, v in settings.items() if k not in BASE_SETTINGS or BASE_SETTINGS[k] != v},
+            **summarise(runs),
+        }
+        print(json.dumps({name: results[name]}), file=sys.stderr)
+    report = {
+        "dataset": "BreastMNIST (MedMNIST v2), official splits, test scored",
+        "prepared": prepared,
+        "base_settings": BASE_SETTINGS,
+        "seeds": args.seeds,
+        "results": results,
+        "published": PUBLISHED,
+        "wall_seconds": round(time.perf_counter() - tic, 1),
+        "jobs": args.jobs,
+        "threads": args.threads,
+        "device": "cuda" if _cuda() else "cpu",
+    }
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()
