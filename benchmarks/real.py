@@ -70,16 +70,15 @@ BASE_SETTINGS: dict[str, object] = {
 }
 
 # Named configurations, each a set of overrides on BASE_SETTINGS (the ablation of the defaults).
-E30 = {"clf.finetune.epochs": 30}
 CONFIGS: dict[str, dict[str, object]] = {
     "defaults": {},  # params.yaml as it is (10 epochs, plain CE, argmax)
-    "ce_30": E30,
-    "weighted_ce_30": {**E30, "clf.finetune.loss.name": "weighted_ce"},
-    "logit_adjusted_30": {**E30, "clf.finetune.loss.name": "logit_adjusted"},
-    "label_smoothing_30": {**E30, "clf.finetune.loss.label_smoothing": 0.1},
-    "ldam_drw_30": {**E30, "clf.normed_head": True, "clf.finetune.loss.name": "ldam", "clf.finetune.loss.drw_epoch": 20},
-    "focal_30": {**E30, "clf.finetune.loss.name": "focal"},
-    "ce_30_balanced_point": {**E30, "clf.operating_point": "balanced_accuracy"},
+    "weighted_ce": {"clf.finetune.loss.name": "weighted_ce"},
+    "logit_adjusted": {"clf.finetune.loss.name": "logit_adjusted"},
+    "label_smoothing": {"clf.finetune.loss.label_smoothing": 0.1},
+    "focal": {"clf.finetune.loss.name": "focal"},
+    "ldam_drw": {"clf.normed_head": True, "clf.finetune.loss.name": "ldam", "clf.finetune.loss.drw_epoch": 6},
+    "balanced_point": {"clf.operating_point": "balanced_accuracy"},
+    "epochs_20": {"clf.finetune.epochs": 20},
 }
 
 
@@ -179,6 +178,10 @@ def prepare(work: Path, npz: Path, env: dict[str, str]) -> dict:
 def run_seed(work: Path, name: str, settings: dict[str, object], seed: int, env: dict[str, str]) -> dict:
     """augment -> (clf-pretrain) -> clf-finetune -> evaluate for one seed in its own folder."""
     folder = work / name / f"seed{seed}"
+    seeded = {**settings, "base.seed": seed, "augment.seed": seed, "clf.seed": seed}
+    finished = folder / "result.json"
+    if finished.is_file() and json.loads(finished.read_text()).get("settings") == seeded:
+        return json.loads(finished.read_text())  # resume: a run that finished with these settings is kept
     if folder.exists():
         shutil.rmtree(folder)
     (folder / "data").mkdir(parents=True)
@@ -189,7 +192,6 @@ def run_seed(work: Path, name: str, settings: dict[str, object], seed: int, env:
     for link in ("processed", "splits", "interim"):
         if (shared / "data" / link).exists():
             (folder / "data" / link).symlink_to(shared / "data" / link)
-    seeded = {**settings, "base.seed": seed, "augment.seed": seed, "clf.seed": seed}
     params = benchmark_params(seeded)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = folder / "stages.log"
@@ -199,7 +201,10 @@ def run_seed(work: Path, name: str, settings: dict[str, object], seed: int, env:
     seconds += run(bonescan("evaluate"), folder, env, log)
     metrics = json.loads((folder / params["evaluate"]["metrics_file"]).read_text())
     finetune = json.loads((folder / "metrics" / "clf_finetune.json").read_text())
-    return {"seed": seed, "seconds": round(seconds, 1), "metrics": metrics, "finetune": finetune}
+    result = {"seed": seed, "settings": seeded, "seconds": round(seconds, 1), "metrics": metrics, "finetune": finetune}
+    finished.write_text(json.dumps(result, indent=2))
+    print(f"{name} seed {seed}: {json.dumps(headline(metrics))}", file=sys.stderr, flush=True)
+    return result
 
 
 def headline(metrics: dict) -> dict[str, float]:
@@ -255,16 +260,17 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     tic = time.perf_counter()
     prepared = prepare(args.work, args.data, env)
+    settings = {name: {**BASE_SETTINGS, "base.threads": args.threads, **CONFIGS[name], **extra} for name in args.config}
+    tasks = [(name, seed) for name in args.config for seed in args.seeds]  # one queue: no core idles between configs
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        done = list(pool.map(lambda task: run_seed(args.work, task[0], settings[task[0]], task[1], env), tasks))
     results: dict[str, dict] = {}
     for name in args.config:
-        settings = {**BASE_SETTINGS, **CONFIGS[name], **extra}
-        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            runs = list(pool.map(lambda seed: run_seed(args.work, name, settings, seed, env), args.seeds))
+        runs = [run for (config, _), run in zip(tasks, done, strict=True) if config == name]
         results[name] = {
-            "settings": {k: v for k, v in settings.items() if k not in BASE_SETTINGS or BASE_SETTINGS[k] != v},
+            "settings": {k: v for k, v in settings[name].items() if BASE_SETTINGS.get(k, object()) != v},
             **summarise(runs),
         }
-        print(json.dumps({name: results[name]}), file=sys.stderr)
     report = {
         "dataset": "BreastMNIST (MedMNIST v2), official splits, test scored",
         "prepared": prepared,

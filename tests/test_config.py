@@ -63,6 +63,14 @@ def test_a_target_dataset_is_required():
         parse_params(raw)
 
 
+def test_the_target_classes_must_be_the_classifier_classes_in_the_same_order():
+    """A mismatch would otherwise surface only in augment, after both GAN stages."""
+    raw = project_params()
+    raw["datasets"]["target"]["classes"] = ["healthy", "benign", "metastasis"]
+    with pytest.raises(ConfigError, match=r"base\.classes .* and datasets\.target\.classes .* differ"):
+        parse_params(raw)
+
+
 def test_unknown_dataset_name_lists_the_configured_ones():
     params = load_params(PROJECT_PARAMS)
     with pytest.raises(ConfigError, match=r"unknown dataset 'bone'.*\['source', 'target'\]"):
@@ -101,7 +109,7 @@ def test_the_gan_paper_preset_restores_the_papers_optimisation_and_keeps_the_oth
 
 def _tiny_target(out_dir: str = "tgt") -> dict:
     return {"raw_dir": "r", "interim_dir": "i", "reports_dir": "rep", "metrics_dir": "m", "out_dir": out_dir,
-            "classes": ["a", "b"]}  # fmt: skip
+            "classes": ["healthy", "metastasis", "benign"]}  # fmt: skip
 
 
 def test_paths_another_stage_reads_are_derived_from_the_stage_that_writes_them():

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from bonescan.runtime import (
+    cpu_budget,
+    set_torch_threads,
     atomic_path,
     atomic_write,
     atomic_write_json,
@@ -65,3 +67,27 @@ def test_an_atomic_write_replaces_the_file_whole_and_a_failed_one_leaves_it_inta
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temporary file left behind
     atomic_write(path, b"\x00\x01")
     assert path.read_bytes() == b"\x00\x01"
+
+
+def test_the_cpu_budget_is_capped_by_a_cgroup_quota(tmp_path):
+    """A container limited to 1.5 CPUs on a bigger host gets one thread, not the host's core count."""
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")
+    assert cpu_budget(quota) == 1
+    quota.write_text("max 100000\n")
+    assert cpu_budget(quota) == cpu_budget(tmp_path / "absent") >= 1
+
+
+def test_torch_threads_follow_params_or_share_the_budget_between_local_processes(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert set_torch_threads(1) == 1 == torch.get_num_threads()
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
+        assert set_torch_threads(None) == 1  # never zero threads
+        monkeypatch.delenv("LOCAL_WORLD_SIZE")
+        assert set_torch_threads(None) == cpu_budget() == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's explicit environment wins over the budget
+        assert set_torch_threads(None) == 1
+    finally:
+        torch.set_num_threads(before)

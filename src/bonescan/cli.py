@@ -33,7 +33,12 @@ class CommandError(RuntimeError):
 
 
 def _params(args: argparse.Namespace) -> Params:
-    return load_params(args.params)
+    """params.yaml, typed; also sets torch's threads per process (base.threads) before any stage runs."""
+    from bonescan.runtime import set_torch_threads
+
+    params = load_params(args.params)
+    set_torch_threads(params.base.threads)
+    return params
 
 
 def _tracked(stage: str, params: Params, *sections: str) -> AbstractContextManager[StageTracker]:

@@ -37,6 +37,7 @@ class BaseConfig(_Section):
     seed: int = 42
     image_size: Size = (256, 96)  # (H, W) every dataset is resized to; whole-body views are tall
     classes: tuple[str, ...] = ("healthy", "metastasis", "benign")
+    threads: int | None = Field(None, ge=1)  # torch threads per process; None: usable CPUs / local processes
 
     @field_validator("image_size")
     @classmethod
@@ -515,6 +516,13 @@ class Params(_Section):
     def _target_dataset_exists(self) -> Params:
         if "target" not in self.datasets:
             raise ValueError("datasets needs a 'target' entry (the bone scans to classify)")
+        if tuple(self.datasets["target"].classes) != tuple(self.base.classes):
+            raise ValueError(
+                f"base.classes {list(self.base.classes)} and datasets.target.classes "
+                f"{list(self.datasets['target'].classes)} differ: the classifier's label indices follow "
+                "base.classes and the target's labels are read with datasets.target.classes, so the two "
+                "must list the same classes in the same order"
+            )
         return self
 
     @model_validator(mode="before")

@@ -25,15 +25,49 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "autocast",
+    "cpu_budget",
     "dist_env",
     "is_main_process",
     "process_group",
     "resolve_device",
+    "set_torch_threads",
     "unwrap",
 ]
 
 
 # --------------------------------------------------------------------------- devices and processes
+
+
+def cpu_budget(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may really use: its affinity mask, capped by a cgroup v2 CPU quota.
+
+    `os.cpu_count()` (and torch's default thread count) can report the host's cores inside a
+    container limited to two, and torch then runs a dozen threads on two CPUs, which measured 10x
+    slower than one thread per process.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(float(quota) // float(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def set_torch_threads(threads: int | None, processes: int | None = None) -> int:
+    """Set torch's intra-op threads: `threads`, else OMP_NUM_THREADS, else the CPU budget shared by
+    this node's processes (`processes`, default torchrun's LOCAL_WORLD_SIZE, 1 outside torchrun).
+
+    Returns the count set.
+    """
+    if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    if threads is None:
+        local = processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        threads = max(1, cpu_budget() // max(1, local))
+    torch.set_num_threads(threads)
+    return threads
 
 
 @dataclass(frozen=True)
