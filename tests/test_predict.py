@@ -252,6 +252,22 @@ def test_without_the_key_ids_are_indices_of_the_run_and_probabilities_do_not_cha
     assert np.allclose(unkeyed[prob].to_numpy(), keyed[prob].to_numpy(), atol=1e-6)
 
 
+def test_every_row_carries_the_digest_of_its_input_file_to_join_on(world):
+    images = pd.read_csv(world["out"] / "predictions.csv")
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in world["raw"].rglob("*") if p.is_file()}
+    assert set(images["file_sha256"]) <= digests
+    per_file = images.groupby("file_index")["file_sha256"].nunique()
+    assert (per_file == 1).all() and images["file_sha256"].nunique() == len(per_file)  # one key per file
+    assert "path" not in images.columns  # raw paths may name the patient: only on request
+
+
+def test_paths_relative_to_the_input_are_written_only_when_asked(world, tmp_path):
+    run_predict(world["raw"], world["checkpoint"], tmp_path / "out", include_paths=True)
+    images = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    for path, digest in zip(images["path"], images["file_sha256"], strict=True):
+        assert hashlib.sha256((world["raw"] / path).read_bytes()).hexdigest() == digest
+
+
 def test_real_bone_scan_is_classified_and_an_undecodable_one_is_rejected(tmp_path, world):
     """pydicom's NM whole-body scan in JPEG 2000; JPEG-lossy.dcm holds a stream no plugin decodes."""
     inputs = tmp_path / "in"

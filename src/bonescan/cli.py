@@ -323,7 +323,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             summary = predict(
                 args.input, model, args.out, anonymize=anon, secret=secret,
                 preprocessing=params.preprocessing("target"), batch_size=args.batch_size,
-                device=args.device, gradcam=args.gradcam,
+                device=args.device, gradcam=args.gradcam, include_paths=args.paths,
                 on_file=lambda done, total: progress.update(task, completed=done, total=total),
             )
         except ValueError as exc:
@@ -487,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: clf.out_dir/model.pt, i.e. models/classifier/model.pt)")
     p.add_argument("--out", required=True, help="output folder (must not lie inside INPUT)")
     p.add_argument("--gradcam", action="store_true", help="also write Grad-CAM overlays of the predicted class")
+    p.add_argument("--paths", action="store_true", help="also write each row's path relative to INPUT, unmasked "
+                   "(may show identifying folder names; every row has file_sha256 to join on without it)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: cuda when present (default: %(default)s)")

@@ -25,6 +25,7 @@ summary.json, and with Grad-CAM gradcam/<image_id>_<layer>.png overlays for the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import secrets
@@ -340,10 +341,21 @@ class _Images(Dataset):
 @dataclass(frozen=True)
 class _Pending:
     file_index: int
+    file_sha256: str
+    path: str | None
     study_id: str
     image_id: str
     view: str
     image: np.ndarray  # (H, W)
+
+
+def _file_sha256(path: Path) -> str:
+    """Digest of a file's bytes: the user can compute it from their own copy to join outputs to inputs."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -414,6 +426,7 @@ def predict(
     gradcam: bool = False,
     project_root: str | Path = ".",
     on_file: Callable[[int, int], None] | None = None,
+    include_paths: bool = False,
 ) -> PredictSummary:
     """Classify the DICOM files under `input_path`; write the files named in the module docstring to `out_dir`.
 
@@ -432,6 +445,9 @@ def predict(
         gradcam: also write Grad-CAM overlays of the predicted class (needs `model.gradcam_layers()`).
         project_root: where the default MLflow store lives.
         on_file: called as `on_file(done, total)` after every file (progress display).
+        include_paths: also write each image's path relative to INPUT (raw, unmasked: it may hold
+            identifying folder names, so only on request). Every row carries `file_sha256`, the
+            digest of the input file's bytes, a stable key to join the outputs to the inputs.
 
     Raises:
         FileNotFoundError: `input_path` or the model does not exist.
@@ -483,7 +499,9 @@ def predict(
         prob = predict_probabilities(model, dataset, batch_size, torch_device)  # (B, K)
         predicted = record.decision.predict(prob)
         for p, row, k in zip(pending, prob, predicted, strict=True):
-            rows.append({"file_index": p.file_index, "study_id": p.study_id, "image_id": p.image_id,
+            rows.append({"file_index": p.file_index, "file_sha256": p.file_sha256,
+                         **({"path": p.path} if include_paths else {}),
+                         "study_id": p.study_id, "image_id": p.image_id,
                          "view": p.view, "predicted": classes[int(k)],
                          **{f"p_{c}": float(v) for c, v in zip(classes, row, strict=True)}})  # fmt: skip
         if gradcam:
@@ -504,8 +522,10 @@ def predict(
                 seen_instances.add(prepared.sop_uid)
                 study_id = ids.study(prepared, file_index)
                 image_ids = [ids.image(prepared, view, i) for i, (view, _) in enumerate(prepared.views)]
+                digest = _file_sha256(root / relpath)
+                shown = PurePosixPath(relpath).as_posix() if include_paths else None
                 for image_id, (view, image) in zip(image_ids, prepared.views, strict=True):
-                    pending.append(_Pending(file_index, study_id, image_id, view, image))
+                    pending.append(_Pending(file_index, digest, shown, study_id, image_id, view, image))
                 if len(pending) >= batch_size:
                     flush()
             if on_file is not None:
@@ -513,8 +533,9 @@ def predict(
         flush()
 
     prob_cols = [f"p_{c}" for c in classes]
+    keys = ["file_index", "file_sha256", *(["path"] if include_paths else [])]
     per_image = pd.DataFrame(
-        rows, columns=["file_index", "study_id", "image_id", "view", "predicted", *prob_cols]
+        rows, columns=[*keys, "study_id", "image_id", "view", "predicted", *prob_cols]
     )
     tagged = per_image.assign(
         label="", patient_id=""
