@@ -230,8 +230,24 @@ def summarise(runs: list[dict]) -> dict:
             "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
             "per_seed": [round(v, 4) for v in values],
         }
-    out["seconds_per_seed"] = round(statistics.fmean(r["seconds"] for r in runs), 1)
+    timed = [r["seconds"] for r in runs if r.get("seconds") is not None]
+    out["seconds_per_seed"] = round(statistics.fmean(timed), 1) if timed else None
+    out["train_seconds_per_seed"] = round(statistics.fmean(r["finetune"]["seconds"] for r in runs), 1)
     return out
+
+
+def markdown_table(report: dict) -> str:
+    """The results as a benchmarks/README.md table: one row per configuration, then the published ones."""
+    keys = ["accuracy", "balanced_accuracy", "auc", *(f"recall_{c}" for c in CLASSES)]
+    head = "| configuration | " + " | ".join(keys) + " | training s / seed |"
+    lines = [head, "|" + "---|" * (len(keys) + 2)]
+    for name, result in report["results"].items():
+        cells = [f"{result[k]['mean']:.3f} ± {result[k]['sd']:.3f}" for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {result['train_seconds_per_seed']:.0f} |")
+    for name, published in report["published"].items():
+        cells = [f"{published[k]:.3f}" if k in published else "" for k in keys]
+        lines.append(f"| MedMNIST v2: {name} | " + " | ".join(cells) + " | |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -246,7 +262,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="seeds trained at once (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--markdown", type=Path, help="print the table of a saved JSON report and exit")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(json.loads(args.markdown.read_text())))
+        return
     if not args.data.is_file():
         raise SystemExit(f"{args.data}: not found (pass --data PATH to BreastMNIST's breastmnist.npz)")
     extra = {}
