@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "MACRO_METRICS",
     "PER_CLASS_METRICS",
     "MetricReport",
+    "PairedDifference",
     "absent_classes",
     "bootstrap_indices",
     "cluster_bootstrap",
@@ -48,6 +49,7 @@ __all__ = [
     "compute_ovr_auc",
     "compute_specificity",
     "evaluate_predictions",
+    "paired_bootstrap_difference",
     "percentile_interval",
 ]
 
@@ -397,3 +399,70 @@ def fit_logit_offsets(
         if not improved:
             break
     return tuple(float(o) for o in offsets), float(best), float(baseline)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Challenger minus champion in one metric, on the same units, with a paired bootstrap interval.
+
+    Both models are scored on every resample of the same patients, so the interval reflects how
+    much the *difference* moves with the test set, not each model's own (much wider) interval.
+    """
+
+    metric: str
+    challenger: float
+    champion: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    ci: float
+    n_boot: int
+    n_units: int
+    n_groups: int
+
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        return {k: (_none_if_nan(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def paired_bootstrap_difference(
+    y_true: np.ndarray,
+    challenger_prob: np.ndarray,
+    champion_prob: np.ndarray,
+    groups: Sequence[str] | np.ndarray,
+    classes: Sequence[str],
+    metric: str,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> PairedDifference:
+    """metric(challenger) - metric(champion) and its patient-bootstrap percentile interval.
+
+    Args:
+        y_true: (N,) class indices of the shared units (studies), in the same order for both models.
+        challenger_prob, champion_prob: (N, K) probabilities of each model on those units (argmax
+            is each model's prediction, as in `compute_metrics`).
+        groups: (N,) patient of each unit; resampled as clusters.
+        metric: a key of `compute_metrics`, e.g. "macro_f1".
+    """
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    y_true, challenger_prob = _check(y_true, challenger_prob)
+    _, champion_prob = _check(y_true, champion_prob)
+    if challenger_prob.shape != champion_prob.shape:
+        raise ValueError(f"challenger {challenger_prob.shape} and champion {champion_prob.shape} probabilities differ")
+    if len(np.asarray(groups)) != len(y_true):
+        raise ValueError(f"{len(np.asarray(groups))} group ids for {len(y_true)} samples")
+
+    def value(prob: np.ndarray, idx: np.ndarray | slice) -> float:
+        metrics = compute_metrics(y_true[idx], prob[idx], classes)
+        if metric not in metrics:
+            raise ValueError(f"unknown metric {metric!r}; known: {sorted(metrics)}")
+        return metrics[metric]
+
+    every = slice(None)
+    a, b = value(challenger_prob, every), value(champion_prob, every)
+    diffs = np.array([value(challenger_prob, idx) - value(champion_prob, idx)
+                      for idx in bootstrap_indices(groups, n_boot, seed)])  # fmt: skip
+    low, high = percentile_interval(diffs, ci) if n_boot > 0 else (math.nan, math.nan)
+    n_groups = len(np.unique(np.asarray(groups)))
+    return PairedDifference(metric, a, b, a - b, low, high, ci, n_boot, len(y_true), n_groups)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from bonescan.metrics import paired_bootstrap_difference
 from bonescan.model_registry.rules import (
     CHALLENGER,
     CHAMPION,
@@ -91,3 +93,48 @@ def test_rollback_restores_the_previous_champion_and_steps_further_back():
     assert aliases_after_rollback(before) == {CHAMPION: "2", CHALLENGER: "3"}
     with pytest.raises(ValueError, match="no 'previous-champion'"):
         aliases_after_rollback({CHAMPION: "1"})
+
+
+# --------------------------------------------------------------------------- paired bootstrap
+
+
+def _studies(n_patients: int, champion_errors: int, challenger_errors: int, seed: int = 0):
+    """Two-class studies (one per patient) where each model gets a chosen number of them wrong."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n_patients)
+    right = np.eye(2)[y] * 0.8 + 0.1
+
+    def with_errors(count: int) -> np.ndarray:
+        prob = right.copy()
+        prob[:count] = prob[:count, ::-1]
+        return prob
+
+    return y, with_errors(challenger_errors), with_errors(champion_errors), [f"p{i:03d}" for i in range(n_patients)]
+
+
+def test_the_paired_difference_is_the_metric_gap_with_an_interval_around_it():
+    y, challenger, champion, patients = _studies(200, champion_errors=40, challenger_errors=10)
+    d = paired_bootstrap_difference(y, challenger, champion, patients, ["a", "b"], "accuracy", n_boot=200)
+    assert d.difference == pytest.approx(0.15) == d.challenger - d.champion
+    assert 0 < d.ci_low < d.difference < d.ci_high
+    assert (d.n_units, d.n_groups, d.n_boot) == (200, 200, 200)
+
+
+def test_a_gain_inside_the_test_splits_noise_is_not_promoted_though_it_clears_the_margin():
+    """52 minority studies, two more right: +0.02 clears a fixed 0.01 margin, not the paired interval."""
+    y, challenger, champion, patients = _studies(52, champion_errors=8, challenger_errors=7)
+    d = paired_bootstrap_difference(y, challenger, champion, patients, ["a", "b"], "accuracy", n_boot=200)
+    rule = PromotionRule("accuracy", min_improvement=0.01)
+    metrics = {"accuracy": d.challenger}
+    split = {"challenger_test_split": "abc", "champion_test_split": "abc"}
+    assert decide(metrics, {"accuracy": d.champion}, PromotionRule("accuracy", 0.01, paired=False), **split).promote
+    decision = decide(metrics, {"accuracy": d.champion}, rule, difference=d, **split)
+    assert not decision.promote and "noise" in decision.reason and "CI" in decision.reason
+
+
+def test_a_gain_beyond_the_noise_is_promoted_with_its_interval_in_the_reason():
+    y, challenger, champion, patients = _studies(200, champion_errors=40, challenger_errors=10)
+    d = paired_bootstrap_difference(y, challenger, champion, patients, ["a", "b"], "accuracy", n_boot=200)
+    decision = decide({"accuracy": d.challenger}, {"accuracy": d.champion}, PromotionRule("accuracy", 0.01),
+                      challenger_test_split="abc", champion_test_split="abc", difference=d)  # fmt: skip
+    assert decision.promote and f"{d.ci_low:+.4f}" in decision.reason

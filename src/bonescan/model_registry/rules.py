@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bonescan.metrics import PairedDifference
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"
@@ -26,11 +28,16 @@ class PromotionRule:
         primary_metric: key of the flat eval metrics to compare (higher is better), e.g. "macro_f1".
         min_improvement: the challenger must beat the champion by at least this much.
         min_class_recall: every `recall_<class>` of the challenger must reach this floor.
+        paired: when both models' predictions on the split are known, the challenger must also win
+            beyond the test split's noise: the lower bound of the paired patient-bootstrap difference
+            must be above 0 (the margin still applies to the point difference). Without both
+            models' predictions only the margin applies.
     """
 
     primary_metric: str = "macro_f1"
     min_improvement: float = 0.0
     min_class_recall: float = 0.0
+    paired: bool = True
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ def decide(
     *,
     challenger_test_split: str,
     champion_test_split: str | None = None,
+    difference: PairedDifference | None = None,
 ) -> Decision:
     """Should the challenger become champion?
 
@@ -68,6 +76,8 @@ def decide(
         challenger_test_split: fingerprint of the test split the challenger was scored on.
         champion_test_split: fingerprint of the champion's test split; comparing scores from two
             different test sets is meaningless, so a mismatch never promotes.
+        difference: the paired bootstrap difference of the primary metric (challenger - champion) on
+            that split, when both models' predictions are at hand (`rule.paired` then decides by it).
     """
     if not _defined(challenger.get(rule.primary_metric)):
         return Decision(False, f"challenger has no metric {rule.primary_metric!r}")
@@ -87,6 +97,8 @@ def decide(
     if not _defined(champion.get(rule.primary_metric)):
         return Decision(False, f"champion has no {rule.primary_metric}; re-evaluate it before comparing")
     best = float(champion[rule.primary_metric])
+    if rule.paired and difference is not None:
+        return _decide_paired(difference, rule)
     gain = score - best
     if gain < rule.min_improvement or gain <= 0:
         return Decision(
@@ -95,6 +107,21 @@ def decide(
             f"{rule.min_improvement:.4f}",
         )
     return Decision(True, f"{rule.primary_metric} {score:.4f} beats champion {best:.4f} by {gain:+.4f}")
+
+
+def _decide_paired(d: PairedDifference, rule: PromotionRule) -> Decision:
+    """Promote only when the paired difference clears the margin and its lower bound is above 0."""
+    if d.metric != rule.primary_metric:
+        raise ValueError(f"paired difference of {d.metric!r}, but the rule compares {rule.primary_metric!r}")
+    interval = (
+        f"{d.metric} {d.challenger:.4f} vs champion {d.champion:.4f}: paired difference {d.difference:+.4f}, "
+        f"{100 * d.ci:.0f} % CI [{d.ci_low:+.4f}, {d.ci_high:+.4f}] over {d.n_groups} patients"
+    )
+    if d.difference < rule.min_improvement or d.difference <= 0:
+        return Decision(False, f"{interval}: gain below the required {rule.min_improvement:.4f}")
+    if not (math.isfinite(d.ci_low) and d.ci_low > 0):
+        return Decision(False, f"{interval}: not better beyond the test split's noise (lower bound <= 0)")
+    return Decision(True, f"{interval}: better beyond the test split's noise")
 
 
 def _defined(value: object) -> bool:
