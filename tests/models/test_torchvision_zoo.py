@@ -64,3 +64,18 @@ def test_inception_rejects_inputs_below_its_minimum_size():
     assert model.min_input_size == (75, 75)
     with pytest.raises(ValueError, match="at least 75x75"):
         model(torch.randn(1, 1, 256, 74))
+
+
+@pytest.mark.parametrize("name", ["resnet34", "efficientnet_b0"])
+def test_nets_with_padded_strides_take_medmnist_sized_inputs(name):
+    """28 x 28 (MedMNIST's size) reaches a 1 x 1 map before global pooling; no minimum above it."""
+    model = build(name, 2).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 2)
+    assert model.min_input_size == (1, 1)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "densenet121"])
+def test_nets_that_pool_below_one_pixel_refuse_28_pixels_naming_their_minimum(name):
+    with pytest.raises(ValueError, match="at least 32x32"):
+        build(name, 2).eval()(torch.randn(1, 1, 28, 28))

@@ -122,6 +122,7 @@ _RESNET = Layout(
     head=("fc",),
     classifier="fc",
     gradcam="layer4",
+    min_input_size=(1, 1),  # padded strides and adaptive pooling: 28 x 28 (MedMNIST) works
 )
 
 
