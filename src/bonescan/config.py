@@ -346,7 +346,7 @@ GAN_PAPER_PRESET: dict[str, dict[str, object]] = {
 class GanModelConfig(_Section):
     """Generator/discriminator shape; gan_finetune must use the shape gan_pretrain was trained with."""
 
-    image_size: Size | None = (128, 48)  # GAN resolution (H, W), sides divisible by 16; None -> base.image_size
+    image_size: Size | None = (128, 48)  # GAN resolution (H, W), sides divisible by 16; None -> base.image_size rounded up to 16s
     z_dim: int = Field(64, ge=1)  # noise dimension
     base_channels: int | None = Field(8, ge=1)  # G width of the first level; None -> architecture default (32)
     d_base_channels: int | None = Field(None, ge=1)  # D width of the first block; None -> base_channels

@@ -257,6 +257,18 @@ def test_describe_models_counts_parameters_of_every_arch(make_params):
     assert info["image_size"] == [32, 16]
 
 
+def test_without_a_gan_size_the_base_size_is_rounded_up_to_what_the_gans_can_halve_four_times(make_params):
+    """28 x 28 images (MedMNIST) need no GAN setting: the GAN works at 32 x 32 and resizes."""
+    params = make_params(model={"image_size": None})
+    params = params.model_copy(update={"base": params.base.model_copy(update={"image_size": (28, 20)})})
+    assert describe_models(params)["image_size"] == [32, 32]
+
+
+def test_a_gan_size_that_is_not_a_multiple_of_16_names_the_key_and_a_size_that_works(make_params):
+    with pytest.raises(ValueError, match=r"gan\.model\.image_size \[28, 16\].*set gan\.model\.image_size: \[32, 16\]"):
+        describe_models(make_params(model={"image_size": [28, 16]}))
+
+
 _DDP_SCRIPT = """
 import os
 import sys
