@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -42,6 +43,7 @@ from bonescan.train import (
     fit,
     make_loader,
     pretrain_classifier,
+    prior_shift_rule,
     train_one_epoch,
     validate,
     write_history,
@@ -569,3 +571,29 @@ def test_criterion_applies_label_smoothing_and_the_logit_adjustment_from_the_con
     assert (adjusted.tau, adjusted.label_smoothing) == (0.5, 0.05)
     with pytest.raises(ValueError, match="label_smoothing applies to"):
         build_criterion(LossConfig(name="focal", label_smoothing=0.1), [4, 2, 2])
+
+
+# --------------------------------------------------------------------------- deployment prior
+
+
+def test_a_deployment_prior_shifts_the_decision_by_the_log_ratio_to_the_training_prior():
+    rule = prior_shift_rule(["a"] * 90 + ["b"] * 10, ["a", "b"], {"a": 0.5, "b": 0.5}, loss="ce")
+    assert rule.kind == "offsets"
+    assert rule.offsets == pytest.approx((math.log(0.5 / 0.9), math.log(0.5 / 0.1)))
+    # p(b) = 0.2 under the 9:1 training prior is p(b) = 0.69 under an even prior: b wins
+    assert list(rule.predict(np.array([[0.8, 0.2]]))) == [1]
+    assert "deployment prior a 0.500, b 0.500" in rule.chosen_on
+
+
+def test_a_logit_adjusted_model_is_shifted_from_a_uniform_prior():
+    rule = prior_shift_rule(["a"] * 90 + ["b"] * 10, ["a", "b"], {"a": 0.8, "b": 0.2}, loss="logit_adjusted")
+    assert rule.offsets == pytest.approx((math.log(0.8 / 0.5), math.log(0.2 / 0.5)))
+
+
+def test_a_deployment_prior_must_name_every_class_and_be_a_distribution():
+    with pytest.raises(ValueError, match="give every class"):
+        prior_shift_rule(["a", "b"], ["a", "b"], {"a": 1.0}, loss="ce")
+    with pytest.raises(ValueError, match="sum to 1"):
+        ClassifierConfig(deployment_prior={"a": 0.7, "b": 0.7})
+    with pytest.raises(ValueError, match="needs clf.deployment_prior"):
+        ClassifierConfig(operating_point="deployment_prior")

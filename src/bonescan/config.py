@@ -315,9 +315,20 @@ class ClassifierConfig(_Section):
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes (0: load in the training process)
     cache_images: bool = True  # keep decoded images in memory across epochs
     # How probabilities become a class, saved in model.pt and applied by evaluate, predict and the pyfunc:
-    # argmax, or per-class log-probability offsets that maximise validation balanced accuracy (per study).
-    operating_point: Literal["argmax", "balanced_accuracy"] = "argmax"
+    # argmax, or per-class log-probability offsets that maximise validation balanced accuracy (per study),
+    # or the Bayes prior shift from the training prior to `deployment_prior` (Saerens et al. 2002).
+    operating_point: Literal["argmax", "balanced_accuracy", "deployment_prior"] = "argmax"
+    deployment_prior: dict[str, float] | None = None  # class -> prevalence where the model is used
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _deployment_prior_is_a_distribution(self) -> ClassifierConfig:
+        prior = self.deployment_prior
+        if self.operating_point == "deployment_prior" and not prior:
+            raise ValueError("operating_point deployment_prior needs clf.deployment_prior (class -> prevalence)")
+        if prior is not None and (min(prior.values()) <= 0 or abs(sum(prior.values()) - 1.0) > 1e-6):
+            raise ValueError(f"clf.deployment_prior {prior} must be positive prevalences that sum to 1")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,6 +69,7 @@ __all__ = [
     "fit",
     "make_loader",
     "pretrain_classifier",
+    "prior_shift_rule",
     "set_loader_epoch",
     "train_one_epoch",
     "write_history",
@@ -569,6 +570,32 @@ def choose_operating_point(
     return DecisionRule("offsets", offsets, chosen_on=chosen)
 
 
+def prior_shift_rule(
+    train_labels: Sequence[str], classes: Sequence[str], deployment_prior: Mapping[str, float], loss: str
+) -> DecisionRule:
+    """Offsets log(deployment prior) - log(training prior): the Bayes-optimal rule under a prior shift.
+
+    A model trained with cross-entropy estimates posteriors under the prior of the images it trained
+    on (augmented and synthetic ones included, so oversampling moves it); one trained with the
+    logit-adjusted loss estimates prior-free (balanced) scores, so its training prior is uniform.
+    """
+    if set(deployment_prior) != set(classes):
+        raise ValueError(
+            f"clf.deployment_prior names {sorted(deployment_prior)}, the classes are {list(classes)}: give every class"
+        )
+    counts = np.array([sum(label == c for label in train_labels) for c in classes], dtype=np.float64)
+    if loss == "logit_adjusted":
+        counts = np.ones(len(classes))
+    if counts.min() <= 0:
+        raise ValueError(f"no training image of class {classes[int(counts.argmin())]!r}: no training prior to shift")
+    train_prior = counts / counts.sum()
+    target = np.array([deployment_prior[c] for c in classes])
+    offsets = tuple(float(v) for v in np.log(target) - np.log(train_prior))
+    chosen = ("deployment prior " + ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, target, strict=True))
+              + " over training prior " + ", ".join(f"{p:.3f}" for p in train_prior))  # fmt: skip
+    return DecisionRule("offsets", offsets, chosen_on=chosen)
+
+
 def _stage_result(
     stage: str,
     cfg: ClassifierConfig,
@@ -826,7 +853,11 @@ def finetune_classifier(
         path = out_dir / "model.pt"
         if opts.is_main:
             decision = DecisionRule()
-            if cfg.operating_point != "argmax" and val is not None:
+            if cfg.operating_point == "deployment_prior":
+                decision = prior_shift_rule(
+                    list(frames[0]["label"]), classes, cfg.deployment_prior or {}, cfg.finetune.loss.name
+                )
+            elif cfg.operating_point == "balanced_accuracy" and val is not None:
                 decision = choose_operating_point(unwrap(model), val, frames[1], classes, image_size, opts.device)
             record = ClassifierFile.from_model(
                 model, cfg.model, classes, image_size, normed_head=cfg.normed_head, preprocessing=preprocessing,
