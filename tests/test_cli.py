@@ -66,3 +66,19 @@ def test_a_missing_anonymization_key_is_a_one_line_error_not_a_traceback(tmp_pat
     assert main(["ingest", "--dataset", "target"]) == 1
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
+
+
+def test_the_phantom_stage_generates_nothing_when_no_dataset_reads_the_cohort(tmp_path, monkeypatch):
+    """A hospital's params point every dataset elsewhere: `dvc repro` must not spend time on phantoms."""
+    from pathlib import Path
+
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    for name, dataset in params["datasets"].items():
+        dataset.update(raw_dir=f"/data/hospital/{name}", labels=f"/data/hospital/{name}/labels.csv")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert main(["phantoms"]) == 0
+    out = tmp_path / params["phantoms"]["out_dir"]
+    assert [p.name for p in out.iterdir()] == ["NOT_USED.txt"]

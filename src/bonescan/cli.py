@@ -59,9 +59,20 @@ def cmd_phantoms(args: argparse.Namespace) -> None:
     updates = {k: v for k, v in {"patients": args.patients, "seed": args.seed}.items() if v is not None}
     cfg = params.phantoms.model_copy(update=updates)
     out = Path(args.out or cfg.out_dir)
+    if not args.out and not phantoms_in_use(params):
+        out.mkdir(parents=True, exist_ok=True)  # the DVC stage's output, so the pipeline stays valid
+        (out / "NOT_USED.txt").write_text("no dataset in params.yaml reads the phantom cohort; nothing generated\n")
+        console.print(f"no dataset reads {out}: phantom cohort not generated")
+        return
     summary = write_cohort(cfg, out)
     console.print(f"phantom cohort written to [bold]{out}[/]")
     console.print_json(json.dumps(_jsonable(summary.report())))  # aggregates only (the full record lists every study)
+
+
+def phantoms_in_use(params: Params) -> bool:
+    """Does any configured dataset read from the phantom cohort's folder (the demo's default)?"""
+    root = Path(params.phantoms.out_dir).resolve()
+    return any(root == (p := Path(d.raw_dir).resolve()) or root in p.parents for d in params.datasets.values())
 
 
 def cmd_anonymize(args: argparse.Namespace) -> None:
