@@ -22,8 +22,11 @@ from bonescan.intake import (
     check_regular_file,
     image_pseudonym,
     iter_files,
+    open_dicom,
+    prepare_dicom,
     prepare_image,
     pseudonym,
+    rejection,
 )
 from bonescan.predict import prepare_file
 from tests.chest_sets import CHEST_CLASSES, copy_chest_set
@@ -155,3 +158,27 @@ def test_anonymize_lists_hostile_entries_as_quarantined_and_finishes(hostile_tre
     for reason in set(HOSTILE_REASONS.values()):
         assert any(r.startswith(reason) for r in reasons), reason
     assert report.anonymized > 0
+
+
+@pytest.mark.slow
+def test_every_file_of_pydicoms_test_corpus_gets_a_specific_reason_never_an_unexpected_error():
+    """153 odd real-world files (RT objects, SR, waveforms, broken JPEG 2000, truncated, big-endian)."""
+    from pathlib import Path
+
+    from pydicom.data import get_testdata_files
+
+    preprocessing = Preprocessing(ingest=IngestConfig(), modalities=("NM", "CT", "MR", "CR", "DX", "PT", "OT"),
+                                  split_views=True, image_size=(64, 32))  # fmt: skip
+    anonymizer = Anonymizer(b"k" * 32, AnonymizeConfig())
+    outcomes: dict[str, str] = {}
+    for name in sorted(set(get_testdata_files("*"))):
+        path = Path(name)
+        try:
+            ds, _ = open_dicom(path, preprocessing.ingest.max_pixel_bytes)
+            prepare_dicom(ds, anonymizer, preprocessing)
+            outcomes[path.name] = "accepted"
+        except Exception as exc:  # noqa: BLE001 - what quarantine would record for it
+            outcomes[path.name] = rejection(path.name, exc).code
+    assert len(outcomes) > 100
+    assert [f for f, code in outcomes.items() if code == "unexpected"] == []
+    assert "accepted" in outcomes.values() and "decode_error" in outcomes.values()
