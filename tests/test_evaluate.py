@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from bonescan.config import EvaluateConfig, PrimaryMetric
 from bonescan.data.manifest import MANIFEST_COLUMNS, write_manifest
 from bonescan.dicom.read import write_png16
-from bonescan.evaluate import evaluate_model, run_evaluate, select_gradcam_rows
+from bonescan.evaluate import evaluate_model, run_evaluate, select_gradcam_cases
 from bonescan.gradcam import gradcam_maps, overlay
 from bonescan.metrics import MACRO_METRICS, aggregate_by_study
 from bonescan.models import Classifier, build
@@ -99,11 +99,14 @@ def test_a_study_with_two_labels_is_an_error():
         aggregate_by_study(per_image, ["healthy", "benign"])
 
 
-def test_gradcam_images_are_chosen_per_class_and_reproducibly():
-    labels = ["healthy"] * 5 + ["benign"] * 1
-    rows = select_gradcam_rows(labels, ["healthy", "metastasis", "benign"], per_class=2, seed=3)
-    assert len(rows) == 3 and rows[-1] == 5
-    assert rows == select_gradcam_rows(labels, ["healthy", "metastasis", "benign"], per_class=2, seed=3)
+def test_gradcam_cases_are_correct_and_wrong_ones_per_class_drawn_reproducibly():
+    labels = ["healthy"] * 5 + ["benign"] * 2
+    predicted = ["healthy", "healthy", "healthy", "benign", "metastasis", "benign", "healthy"]
+    cases = select_gradcam_cases(labels, predicted, CLASSES, per_class=2, seed=3)
+    by_kind = [(labels[i], ok) for i, ok in cases]
+    assert by_kind == [("healthy", True)] * 2 + [("healthy", False)] * 2 + [("benign", True), ("benign", False)]
+    assert all((predicted[i] == labels[i]) == ok for i, ok in cases)
+    assert cases == select_gradcam_cases(labels, predicted, CLASSES, per_class=2, seed=3)
 
 
 @pytest.mark.parametrize("model_name", ["tiny", "soft_threshold_net"])

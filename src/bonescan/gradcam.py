@@ -22,7 +22,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
-__all__ = ["GalleryItem", "gradcam_maps", "overlay", "save_gallery", "save_overlays"]
+__all__ = ["GalleryItem", "gradcam_maps", "overlay", "overlay_name", "save_gallery", "save_overlays"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,11 @@ class GalleryItem:
     maps: Mapping[str, np.ndarray]
 
 
+def overlay_name(key: str, layer: str) -> str:
+    """File name of one item's overlay for one layer: `<key>_<layer>.png` (dots in layer names as dashes)."""
+    return f"{key}_{layer.replace('.', '-')}.png"
+
+
 def save_overlays(items: Sequence[GalleryItem], out_dir: str | Path) -> list[Path]:
     """Write one `<key>_<layer>.png` RGB overlay per item and layer; return the paths."""
     out_dir = Path(out_dir)
@@ -86,7 +91,7 @@ def save_overlays(items: Sequence[GalleryItem], out_dir: str | Path) -> list[Pat
     paths = []
     for item in items:
         for layer, cam in item.maps.items():
-            path = out_dir / f"{item.key}_{layer.replace('.', '-')}.png"
+            path = out_dir / overlay_name(item.key, layer)
             Image.fromarray(np.round(overlay(item.image, cam) * 255).astype(np.uint8)).save(path)
             paths.append(path)
     return paths
