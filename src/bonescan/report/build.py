@@ -30,7 +30,6 @@ from markdown_it.common.utils import escapeHtml
 from markupsafe import Markup
 
 from bonescan.config import Params
-from bonescan.metrics import MACRO_METRICS, PER_CLASS_METRICS
 from bonescan.runtime import atomic_write
 
 __all__ = ["DatasetSources", "ReportResult", "ReportSources", "build_report", "render_report"]
@@ -222,10 +221,11 @@ def _evaluation_section(sources: ReportSources, images: _Images) -> dict | None:
         return None
     summary = summary or {}
     pct = round(100 * float(summary.get("ci", 0.95)))
+    summary_names, per_class_names = _metric_names(metrics, sources.classes)
     macro = [{"name": n, "value": _num(metrics.get(n)), "ci": _interval(metrics, n),
-              "primary": n == sources.primary_metric} for n in MACRO_METRICS if n in metrics]  # fmt: skip
+              "primary": n == sources.primary_metric} for n in summary_names]  # fmt: skip
     per_class = [{"name": c, "cells": [(_num(metrics.get(f"{m}_{c}")), _interval(metrics, f"{m}_{c}"))
-                                       for m in PER_CLASS_METRICS]} for c in sources.classes]  # fmt: skip
+                                       for m in per_class_names]} for c in sources.classes]  # fmt: skip
     calibration = []
     for label, suffix in (("raw", ""), ("temperature-scaled", "_calibrated")):
         if f"ece{suffix}" in metrics:
@@ -244,7 +244,7 @@ def _evaluation_section(sources: ReportSources, images: _Images) -> dict | None:
                            "precision": _num(((pr or {}).get("point") or [None, None])[1])})  # fmt: skip
     decision = summary.get("decision") or {}
     return {
-        "pct": pct, "macro": macro, "per_class": per_class, "per_class_names": PER_CLASS_METRICS,
+        "pct": pct, "macro": macro, "per_class": per_class, "per_class_names": per_class_names,
         "split": summary.get("split", "test"), "unit": summary.get("unit", "?"),
         "n_units": summary.get("n_units"), "n_images": summary.get("n_images"),
         "n_patients": summary.get("n_patients"), "n_boot": summary.get("n_boot"),
@@ -258,6 +258,20 @@ def _evaluation_section(sources: ReportSources, images: _Images) -> dict | None:
                    for name in ("roc_curves", "pr_curves", "reliability", "confusion_matrix")},
         "gradcam": _gradcam_grid(sources, images),
     }  # fmt: skip
+
+
+def _metric_names(metrics: Mapping[str, object], classes: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Summary and per-class metric names in the order evaluate wrote them: every value with an interval.
+
+    Read from the file rather than from `bonescan.metrics`, so the page shows what was measured (and the
+    report stage does not depend on the metric code). Calibration has a table of its own.
+    """
+    with_ci = [k for k in metrics if f"{k}_ci_low" in metrics]
+    suffixes = tuple(f"_{c}" for c in classes)
+    per_class = list(dict.fromkeys(k[: -len(s)] for k in with_ci for s in suffixes if k.endswith(s)))
+    calibration = ("ece", "brier")
+    summary = [k for k in with_ci if not k.endswith(suffixes) and not k.startswith(calibration)]
+    return summary, per_class
 
 
 def _gradcam_grid(sources: ReportSources, images: _Images) -> dict | None:
