@@ -238,8 +238,7 @@ def save_curves_png(curves: CurveSet, kind: str, path: str | Path, title: str = 
         if np.isfinite(curve.low).any():
             ax.fill_between(curve.grid, curve.low, curve.high, color="tab:blue", alpha=0.2, step=None,
                             label=f"{pct} % patient bootstrap")  # fmt: skip
-        drawstyle = "steps-post" if kind == "roc" else "default"
-        ax.plot(curve.x, curve.y, color="tab:blue", lw=1.5, drawstyle=drawstyle,
+        ax.plot(curve.x, curve.y, color="tab:blue", lw=1.5, drawstyle="steps-post",  # as scikit-learn's displays
                 label=f"{'AUC' if kind == 'roc' else 'AP'} {curve.area:.3f}")  # fmt: skip
         if kind == "roc":
             ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
