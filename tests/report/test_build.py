@@ -147,3 +147,58 @@ def _resolve(text: str, params) -> str:
         return str(value)
 
     return re.sub(r"\$\{([^}]+)\}", lookup, text)
+
+
+def test_bonescan_report_writes_the_page_and_logs_it_to_the_stages_mlflow_run(mlflow_store, monkeypatch):
+    import shutil
+
+    from bonescan import tracking
+    from bonescan.cli import main
+
+    shutil.copy(ROOT / "params.yaml", mlflow_store / "params.yaml")
+    monkeypatch.chdir(mlflow_store)
+    assert main(["report"]) == 0
+    assert (mlflow_store / "reports/index.html").is_file()
+
+    client = tracking.client(mlflow_store)
+    [run] = client.search_runs([tracking.experiment_id(client)], filter_string="tags.`bonescan.stage` = 'report'")
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "report")] == ["report/index.html"]
+    assert run.data.metrics["section.evaluation"] == 0.0  # nothing had run in this project
+
+
+@pytest.mark.slow  # a phantom cohort through ingest, split and evaluate: ~1 min on 2 cores
+def test_no_name_id_accession_or_raw_path_of_the_phantom_inputs_reaches_the_report(tmp_path, monkeypatch):
+    from bonescan.config import DatasetConfig, IngestConfig, PhantomConfig
+    from bonescan.data.split import run_split
+    from bonescan.dicom.phantom import sample_patient_identity, write_cohort
+    from bonescan.evaluate import run_evaluate
+    from bonescan.ingest import ingest_dataset
+    from tests.classifier_files import write_classifier
+
+    secret, size = b"test-secret-0123456789abcdef", (64, 32)
+    cohort_cfg = PhantomConfig(patients=10, chest_patients=0, bone_size=(256, 64))
+    cohort = write_cohort(cohort_cfg, tmp_path / "raw")
+    monkeypatch.chdir(tmp_path)
+    base = load_params(ROOT / "params.yaml")
+    target = DatasetConfig(**{**base.datasets["target"].model_dump(), "raw_dir": str(tmp_path / "raw/bone"),
+                              "labels": str(tmp_path / "raw/bone/labels.csv")})  # fmt: skip
+    params = run_params(base.model_copy(update={"datasets": {"target": target}}))
+    ingest_dataset("target", target, IngestConfig(workers=1), params.anonymize, size, secret)
+    run_split("target", target, params.split, secret=secret)
+    write_classifier(tmp_path / "model.pt", target.classes, size)
+    run_evaluate(params.evaluate.model_copy(update={"temperature_scaling": False}), target.classes,
+                 params.manifest("target"), tmp_path / "model.pt")  # fmt: skip
+    html = build_report(ReportSources.from_params(params), params.report.out).path.read_text()
+    shown = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
+
+    assert "0 leak(s)" in shown and "files seen" in shown, "the ingest of the phantoms is in the report"
+    identities = [sample_patient_identity(cohort_cfg.seed, "bone", i) for i in range(cohort_cfg.patients)]
+    forbidden = {str(tmp_path), "raw/bone", *(s.accession for s in cohort.bone)}
+    names = set()  # DICOM names are upper case; as whole words ("MAX" is no leak in "max_diversity_ssim")
+    for who in identities:
+        names |= set(who.name.split("^")[:2])
+        forbidden |= {who.patient_id, who.folder, who.phone, who.address, *who.other_ids}
+    forbidden |= {f for s in cohort.bone for f in s.files} | {b.path for b in cohort.bad_files}
+    leaked = sorted(value for value in forbidden if value and value.lower() in shown.lower())
+    leaked += sorted(name for name in names if re.search(rf"\b{re.escape(name)}\b", shown))
+    assert not leaked
