@@ -15,7 +15,7 @@ from bonescan.config import EvaluateConfig, PrimaryMetric
 from bonescan.data.manifest import MANIFEST_COLUMNS, write_manifest
 from bonescan.dicom.read import write_png16
 from bonescan.evaluate import evaluate_model, run_evaluate, select_gradcam_cases
-from bonescan.gradcam import gradcam_maps, overlay
+from bonescan.gradcam import GalleryItem, gradcam_maps, overlay, save_case_grid
 from bonescan.metrics import MACRO_METRICS, aggregate_by_study
 from bonescan.models import Classifier, build
 
@@ -154,7 +154,7 @@ def test_evaluate_model_writes_metrics_predictions_confusion_and_gallery(tmp_pat
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 13
     assert Image.open(tmp_path / "reports/eval/confusion_matrix.png").size[0] > 100
     gallery = Image.open(tmp_path / "reports/eval/gradcam_gallery.png")
-    assert gallery.size[1] > gallery.size[0]  # three rows of tall images, two columns
+    assert gallery.size[0] > 300  # a grid: a column per true class, a row each of correct and wrong cases
     assert len(list((tmp_path / "reports/eval/gradcam").glob("*.png"))) == 3
     assert "macro_f1" in (tmp_path / "reports/eval/report.md").read_text()
     assert result.fingerprint == json.loads((tmp_path / "reports/eval/summary.json").read_text())["fingerprint"]
@@ -285,3 +285,17 @@ def test_gradcam_cases_are_indexed_by_class_outcome_and_layer(tmp_path):
     assert (cases["correct"] == (cases["label"] == cases["predicted"])).all()
     assert cases.groupby(["label", "correct"]).size().max() <= 2
     assert all((tmp_path / "reports/eval/gradcam" / f).is_file() for f in cases["file"])
+
+
+def test_the_gradcam_grid_puts_classes_across_and_outcomes_down(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def case(label: str) -> GalleryItem:
+        return GalleryItem(label, rng.random((48, 24), dtype=np.float32), f"true {label}",
+                           {"conv": rng.random((48, 24), dtype=np.float32)})  # fmt: skip
+
+    cells = {("correct", c): [case(c), case(c)] for c in CLASSES} | {("wrong", "benign"): [case("benign")]}
+    grid = Image.open(save_case_grid(cells, ["correct", "wrong"], CLASSES, tmp_path / "grid.png"))
+    assert grid.size[0] > grid.size[1], "six tall images across, two rows down: wider than high"
+    with pytest.raises(ValueError, match="no images"):
+        save_case_grid({}, ["correct", "wrong"], CLASSES, tmp_path / "none.png")

@@ -41,7 +41,7 @@ from bonescan.classifier_file import DecisionRule, model_input, predict_probabil
 from bonescan.config import EvaluateConfig
 from bonescan.curves import CurveSet, ovr_curves, save_curves_png, save_training_curves_png, write_curve_plots
 from bonescan.data.dataset import ManifestDataset, label_indices, load_split
-from bonescan.gradcam import GalleryItem, gradcam_maps, overlay_name, save_gallery, save_overlays
+from bonescan.gradcam import GalleryItem, gradcam_maps, overlay_name, save_case_grid, save_overlays
 from bonescan.metrics import (
     MACRO_METRICS,
     PER_CLASS_METRICS,
@@ -375,7 +375,8 @@ def _gradcam(
     image_size: Sequence[int] | None,
     reports_dir: Path,
 ) -> dict[str, Path]:
-    """Overlays of correct and wrong cases per class, their index (`gradcam/cases.csv`) and the gallery."""
+    """Overlays of correct and wrong cases per class, their index (`gradcam/cases.csv`) and the gallery: a grid
+    with a column per true class and a row each of correct and wrong cases."""
     cases = select_gradcam_cases(per_image["label"], per_image["predicted"], classes, cfg.gradcam_per_class,
                                  cfg.seed)  # fmt: skip
     if not cases:
@@ -402,7 +403,11 @@ def _gradcam(
         stale.unlink()
     save_overlays(items, gradcam_dir)
     _write_csv(pd.DataFrame(index), gradcam_dir / "cases.csv")
-    gallery = save_gallery(items, reports_dir / "gradcam_gallery.png", title=f"Grad-CAM ({cfg.split} images)")
+    cells: dict[tuple[str, str], list[GalleryItem]] = {}
+    for item, (i, correct) in zip(items, cases, strict=True):
+        cells.setdefault(("correct" if correct else "wrong", f"true {per_image['label'][i]}"), []).append(item)
+    gallery = save_case_grid(cells, ["correct", "wrong"], [f"true {c}" for c in classes],
+                             reports_dir / "gradcam_gallery.png", title=f"Grad-CAM, {cfg.split} images")  # fmt: skip
     log.info("Grad-CAM of %d image(s) over %d layer(s) in %.1f s", len(rows), len(maps), time.perf_counter() - start)
     return {"gradcam_dir": gradcam_dir, "gradcam_cases": gradcam_dir / "cases.csv", "gradcam_gallery": gallery}
 
