@@ -93,7 +93,7 @@ def test_served_flow_runs_when_triggered_through_a_real_server(tmp_path, scratch
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),  # this checkout, whatever the venv installs
     }
     (scratch_project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     bin_dir = Path(sys.executable).parent

@@ -135,7 +135,7 @@ def test_the_report_stage_reads_only_files_that_are_its_dvc_deps(project_params)
             sources.promotion, sources.model_card]  # fmt: skip
     for path in read:
         assert any(Path(path) == Path(d) or Path(d) in Path(path).parents for d in resolved), path
-    assert stage["outs"] == [{"${report.out}": {"cache": False}}]
+    assert stage["outs"] == ["${report.out}"]
 
 
 def _resolve(text: str, params) -> str:
