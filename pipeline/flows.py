@@ -2,7 +2,7 @@
 
 What Prefect adds on top of `dvc repro`: schedules and a UI, retries of transient failures only
 (never of data errors or a held DVC lock), timeouts, a concurrency tag for the GPU-bound stages,
-and the run's metrics as a markdown artifact. What it does not do: decide what to re-run. DVC skips
+the run's metrics as a markdown artifact, and a link artifact to the run's offline HTML report. What it does not do: decide what to re-run. DVC skips
 unchanged stages itself, so a scheduled run with no new data finishes in seconds.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from bonescan import tracking
 from bonescan.config import load_params
@@ -55,6 +55,23 @@ def _tracking_on(project_root: str) -> bool:
     params_file = Path(project_root) / "params.yaml"
     enabled = load_params(params_file).tracking.enabled if params_file.is_file() else True
     return tracking.tracking_enabled(enabled)
+
+
+def report_file(project_root: str) -> Path | None:
+    """The run's HTML report (params' report.out) if the report stage has written it, else None."""
+    params_file = Path(project_root) / "params.yaml"
+    if not params_file.is_file():
+        return None
+    path = Path(project_root) / load_params(params_file).report.out
+    return path if path.is_file() else None
+
+
+def report_markdown(project_root: str) -> str:
+    """The artifact's line naming the HTML report (a file on the worker: Prefect's UI cannot serve it)."""
+    path = report_file(project_root)
+    if path is None:
+        return "HTML report: not built in this project (the `report` stage has not run)."
+    return f"HTML report: [{path.name}]({path.as_uri()}) at `{path}` (self-contained; open it in a browser)."
 
 
 def is_gpu_stage(stage: str) -> bool:
@@ -107,10 +124,16 @@ def retrain(
         table = metrics_markdown(root)
         ran = ", ".join(r.stage for r in results if r.ran) or "none (all up to date)"
         create_markdown_artifact(
-            markdown=f"# bonescan retrain\n\nStages run: {ran}\n\n{table}",
+            markdown=f"# bonescan retrain\n\nStages run: {ran}\n\n{report_markdown(root)}\n\n{table}",
             key="bonescan-metrics",
             description="DVC metrics after this pipeline run",
         )
+        report = report_file(root)
+        if report is not None:
+            create_link_artifact(link=report.as_uri(), link_text=str(report), key="bonescan-report",
+                                 description="offline HTML report of this pipeline run (reports/index.html)")
+            if parent:
+                parent.set_tags({"bonescan.report": str(report)})
         if parent:
             parent.set_tags({"stages_run": ran, "dvc_lock_sha256_after": tracking.dvc_lock_hash(root)})
             tracking.finish(parent, status)

@@ -22,6 +22,7 @@ COMMANDS = [
     "experiments",
     "predict",
     "promote",
+    "report",
 ]
 
 

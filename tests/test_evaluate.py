@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from bonescan.config import EvaluateConfig, PrimaryMetric
 from bonescan.data.manifest import MANIFEST_COLUMNS, write_manifest
 from bonescan.dicom.read import write_png16
-from bonescan.evaluate import evaluate_model, run_evaluate, select_gradcam_rows
-from bonescan.gradcam import gradcam_maps, overlay
+from bonescan.evaluate import evaluate_model, run_evaluate, select_gradcam_cases
+from bonescan.gradcam import GalleryItem, gradcam_maps, overlay, save_case_grid
 from bonescan.metrics import MACRO_METRICS, aggregate_by_study
 from bonescan.models import Classifier, build
 
@@ -99,11 +99,14 @@ def test_a_study_with_two_labels_is_an_error():
         aggregate_by_study(per_image, ["healthy", "benign"])
 
 
-def test_gradcam_images_are_chosen_per_class_and_reproducibly():
-    labels = ["healthy"] * 5 + ["benign"] * 1
-    rows = select_gradcam_rows(labels, ["healthy", "metastasis", "benign"], per_class=2, seed=3)
-    assert len(rows) == 3 and rows[-1] == 5
-    assert rows == select_gradcam_rows(labels, ["healthy", "metastasis", "benign"], per_class=2, seed=3)
+def test_gradcam_cases_are_correct_and_wrong_ones_per_class_drawn_reproducibly():
+    labels = ["healthy"] * 5 + ["benign"] * 2
+    predicted = ["healthy", "healthy", "healthy", "benign", "metastasis", "benign", "healthy"]
+    cases = select_gradcam_cases(labels, predicted, CLASSES, per_class=2, seed=3)
+    by_kind = [(labels[i], ok) for i, ok in cases]
+    assert by_kind == [("healthy", True)] * 2 + [("healthy", False)] * 2 + [("benign", True), ("benign", False)]
+    assert all((predicted[i] == labels[i]) == ok for i, ok in cases)
+    assert cases == select_gradcam_cases(labels, predicted, CLASSES, per_class=2, seed=3)
 
 
 @pytest.mark.parametrize("model_name", ["tiny", "soft_threshold_net"])
@@ -151,7 +154,7 @@ def test_evaluate_model_writes_metrics_predictions_confusion_and_gallery(tmp_pat
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 13
     assert Image.open(tmp_path / "reports/eval/confusion_matrix.png").size[0] > 100
     gallery = Image.open(tmp_path / "reports/eval/gradcam_gallery.png")
-    assert gallery.size[1] > gallery.size[0]  # three rows of tall images, two columns
+    assert gallery.size[0] > 300  # a grid: a column per true class, a row each of correct and wrong cases
     assert len(list((tmp_path / "reports/eval/gradcam").glob("*.png"))) == 3
     assert "macro_f1" in (tmp_path / "reports/eval/report.md").read_text()
     assert result.fingerprint == json.loads((tmp_path / "reports/eval/summary.json").read_text())["fingerprint"]
@@ -219,3 +222,80 @@ def test_run_evaluate_refuses_a_checkpoint_of_other_classes(tmp_path):
     _save_checkpoint(tmp_path / "model.pt", build("soft_threshold_net", len(CLASSES)), "soft_threshold_net")
     with pytest.raises(ValueError, match="trained on classes"):
         run_evaluate(_cfg(), ("a", "b", "c"), tmp_path / "manifest.csv", tmp_path / "model.pt", root=tmp_path)
+
+
+def test_evaluate_writes_curves_with_bands_calibration_and_the_training_curves(tmp_path):
+    torch.manual_seed(0)
+    manifest = _cohort(tmp_path)
+    images = manifest[(manifest["split"] == "test") & (manifest["synthetic"] == "false")]
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_macro_f1": 0.2 * e} for e in (1, 2, 3)]
+    result = evaluate_model(TinyNet(), images, CLASSES, _cfg(), root=tmp_path, history=history)
+
+    for name in ("roc_png", "pr_png", "reliability_png", "training_curves_png"):
+        assert Image.open(result.files[name]).size[0] > 300, name
+    for kind, x in (("roc", "fpr"), ("pr", "recall")):
+        files = sorted(p.name for p in (tmp_path / "plots/eval" / kind).glob("*.csv"))
+        assert files == sorted(f"{c}.csv" for c in CLASSES)
+        assert pd.read_csv(tmp_path / "plots/eval" / kind / "benign.csv").columns[0] == x
+    calibration = pd.read_csv(tmp_path / "plots/eval/calibration.csv")
+    assert {"confidence", "accuracy", "count"} <= set(calibration.columns)
+    assert calibration["count"].sum() == result.n_units
+
+    metrics = json.loads((tmp_path / "metrics/eval.json").read_text())
+    for name in ("ece", "brier"):
+        assert {name, f"{name}_ci_low", f"{name}_ci_high"} <= set(metrics)
+    assert "temperature" not in metrics, "temperature scaling is off by default"
+    summary = json.loads((tmp_path / "reports/eval/summary.json").read_text())
+    assert set(summary["curves"]["roc"]) == set(CLASSES)
+    assert summary["curves"]["roc"]["healthy"]["area"] == pytest.approx(metrics["auc_healthy"], abs=1e-5)
+    assert "ECE" in (tmp_path / "reports/eval/report.md").read_text()
+
+
+def test_temperature_scaling_is_fitted_on_val_and_reported_next_to_the_raw_calibration(tmp_path):
+    torch.manual_seed(0)
+    manifest = _cohort(tmp_path)
+    images = manifest[(manifest["split"] == "test") & (manifest["synthetic"] == "false")]
+    val = images.assign(split="val", image_id=images["image_id"] + "v", study_id=images["study_id"] + "v")
+    result = evaluate_model(TinyNet(), images, CLASSES, _cfg(temperature_scaling=True, gradcam_per_class=0),
+                            root=tmp_path, calibration_images=val)
+
+    assert result.calibrated is not None and result.calibrated.temperature > 0
+    assert result.metrics["temperature"] == pytest.approx(result.calibrated.temperature, abs=1e-5)
+    assert {"ece_calibrated", "brier_calibrated", "ece_calibrated_ci_low"} <= set(result.metrics)
+    assert "fitted on val" in (tmp_path / "reports/eval/report.md").read_text()
+    assert "accuracy_calibrated" in pd.read_csv(tmp_path / "plots/eval/calibration.csv").columns
+
+
+def test_temperature_scaling_needs_validation_images_and_cannot_calibrate_the_val_split_itself(tmp_path):
+    manifest = _cohort(tmp_path)
+    images = manifest[(manifest["split"] == "test") & (manifest["synthetic"] == "false")]
+    with pytest.raises(ValueError, match="validation images"):
+        evaluate_model(TinyNet(), images, CLASSES, _cfg(temperature_scaling=True), root=tmp_path)
+    with pytest.raises(ValueError, match="val split"):
+        EvaluateConfig(split="val", temperature_scaling=True)
+
+
+def test_gradcam_cases_are_indexed_by_class_outcome_and_layer(tmp_path):
+    torch.manual_seed(0)
+    manifest = _cohort(tmp_path)
+    images = manifest[(manifest["split"] == "test") & (manifest["synthetic"] == "false")]
+    evaluate_model(TinyNet(), images, CLASSES, _cfg(gradcam_per_class=2), root=tmp_path)
+    cases = pd.read_csv(tmp_path / "reports/eval/gradcam/cases.csv")
+    assert list(cases.columns) == ["image_id", "label", "predicted", "probability", "correct", "layer", "file"]
+    assert (cases["correct"] == (cases["label"] == cases["predicted"])).all()
+    assert cases.groupby(["label", "correct"]).size().max() <= 2
+    assert all((tmp_path / "reports/eval/gradcam" / f).is_file() for f in cases["file"])
+
+
+def test_the_gradcam_grid_puts_classes_across_and_outcomes_down(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def case(label: str) -> GalleryItem:
+        return GalleryItem(label, rng.random((48, 24), dtype=np.float32), f"true {label}",
+                           {"conv": rng.random((48, 24), dtype=np.float32)})  # fmt: skip
+
+    cells = {("correct", c): [case(c), case(c)] for c in CLASSES} | {("wrong", "benign"): [case("benign")]}
+    grid = Image.open(save_case_grid(cells, ["correct", "wrong"], CLASSES, tmp_path / "grid.png"))
+    assert grid.size[0] > grid.size[1], "six tall images across, two rows down: wider than high"
+    with pytest.raises(ValueError, match="no images"):
+        save_case_grid({}, ["correct", "wrong"], CLASSES, tmp_path / "none.png")

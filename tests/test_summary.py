@@ -9,7 +9,14 @@ import pytest
 from rich.console import Console
 
 from bonescan.config import load_params
-from bonescan.summary import evaluation_table, gan_table, promotion_line, render_summary, training_table
+from bonescan.summary import (
+    evaluation_table,
+    gan_table,
+    promotion_line,
+    render_summary,
+    report_line,
+    training_table,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,3 +84,13 @@ def test_promotion_line_states_version_and_reason(tmp_path):
                   "reason": "gain below the required 0.0100"})
     line = promotion_line(path)
     assert "version 3 kept as challenger" in line and "gain below" in line
+
+
+def test_summary_names_the_html_report_once_it_exists(params, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "not built yet" in report_line(params)
+    Path(params.report.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(params.report.out).write_text("<html></html>")
+    console = Console(width=200, record=True)
+    render_summary(params, console)
+    assert f"HTML report: {params.report.out}" in console.export_text()

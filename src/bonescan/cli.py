@@ -189,9 +189,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         track.log_metrics(result.metrics)
         track.set_tags({"bonescan.eval.split": cfg.split, "bonescan.eval.unit": result.unit,
                         "bonescan.eval.fingerprint": result.fingerprint, "bonescan.eval.model": model})
-        shared = ("report", "summary", "confusion_png", "confusion_csv", "gradcam_gallery")  # no per-image rows
+        shared = ("report", "summary", "confusion_png", "confusion_csv", "gradcam_gallery", "roc_png", "pr_png",
+                  "reliability_png", "training_curves_png", "calibration_csv")  # no per-image rows
         track.log_artifacts([result.files[k] for k in shared if k in result.files], "evaluate")
-    shown = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", cfg.primary_metric)
+        track.log_artifacts([result.files[k] for k in ("roc_plots", "pr_plots") if k in result.files], "plots")
+    shown = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece", "brier", cfg.primary_metric)
     summary = {
         "unit": result.unit,
         "units": result.n_units,
@@ -204,6 +206,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         "report": result.files["report"],
     }
     console.print_json(json.dumps(_jsonable(summary)))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from bonescan.report.build import ReportSources, build_report
+
+    params = _params(args)
+    out = Path(args.out or params.report.out)
+    with _tracked("report", params, "report") as track:
+        result = build_report(ReportSources.from_params(params), out)
+        track.log_metrics({"images": result.images, "bytes": result.bytes,
+                           **{f"section.{k}": v == "ok" for k, v in result.sections.items()}})
+        track.log_artifacts([result.path], "report")
+    console.print_json(json.dumps(_jsonable(result)))
+    console.print(f"HTML report: [bold]{result.path}[/] (open it in a browser; it needs no network)")
 
 
 def _csv(text: str | None) -> list[str]:
@@ -503,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: cuda when present (default: %(default)s)")
+    p = _add(sub, "report", cmd_report, "write the offline HTML report of the run (data, split, GAN, training, "
+             "test metrics and curves, Grad-CAM, promotion, model card) from the stages' outputs")
+    p.add_argument("--out", help="HTML file (default: report.out, i.e. reports/index.html)")
     p = _add(sub, "promote", cmd_promote, "register the evaluated classifier in MLflow as challenger and promote "
              "it to champion if it beats the champion (promote.* rule); --rollback restores the previous champion")
     mode = p.add_mutually_exclusive_group()

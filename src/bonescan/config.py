@@ -477,13 +477,30 @@ class EvaluateConfig(_Section):
     n_boot: int = Field(1000, ge=0)  # bootstrap resamples of patients; 0: point estimates only
     ci: float = Field(0.95, gt=0, lt=1)  # coverage of the percentile intervals
     seed: int = 42  # bootstrap resampling and the choice of Grad-CAM images
-    gradcam_per_class: int = Field(2, ge=0)  # test images per class in the Grad-CAM gallery; 0: none
+    gradcam_per_class: int = Field(2, ge=0)  # per class: this many correct and this many wrong cases; 0: none
     primary_metric: PrimaryMetric = "macro_f1"  # the one number models are ranked and promoted by
     batch_size: int = Field(32, ge=1)  # inference batch
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when present
     metrics_file: str = "metrics/eval.json"  # flat DVC metrics: m, m_ci_low, m_ci_high per metric
     reports_dir: str = "reports/eval"  # predictions.csv, confusion_matrix.png, report.md, gradcam/
-    plots_dir: str = "plots/eval"  # confusion.csv (DVC confusion plot)
+    plots_dir: str = "plots/eval"  # confusion.csv, roc/, pr/, calibration.csv (DVC plots)
+    calibration_bins: int = Field(10, ge=2)  # equal-width confidence bins of the reliability diagram and ECE
+    curve_points: int = Field(101, ge=11)  # grid of the bootstrap bands (FPR for ROC, recall for PR)
+    temperature_scaling: bool = False  # fit one temperature on the val split; report calibrated ECE next to raw
+
+    @model_validator(mode="after")
+    def _temperature_not_fitted_on_the_scored_split(self) -> EvaluateConfig:
+        if self.temperature_scaling and self.split == "val":
+            raise ValueError("temperature_scaling fits on the val split, so it cannot calibrate an evaluation "
+                             "of the val split itself (set evaluate.split: test or temperature_scaling: false)")
+        return self
+
+
+class ReportConfig(_Section):
+    """The offline HTML report of one pipeline run (`bonescan report`), read from the stages' outputs."""
+
+    out: str = "reports/index.html"  # one self-contained page: images inlined, no network request
+    title: str = "bonescan pipeline report"
 
 
 class TrackingConfig(_Section):
@@ -522,6 +539,7 @@ class Params(_Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     promote: PromoteConfig = PromoteConfig()
+    report: ReportConfig = ReportConfig()
 
     @model_validator(mode="after")
     def _target_dataset_exists(self) -> Params:

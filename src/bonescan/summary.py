@@ -158,6 +158,14 @@ def promotion_line(path: Path) -> str:
     return f"Model registry: {name} version {version} {verdict}: {report.get('reason', '')}"
 
 
+def report_line(params: Params) -> str:
+    """Where the run's offline HTML report is, or that it has not been built."""
+    path = Path(params.report.out)
+    if not path.is_file():
+        return f"HTML report: not built yet (`bonescan report` writes {path.as_posix()})."
+    return f"HTML report: {path.as_posix()} (open it in a browser; self-contained, no network needed)."
+
+
 def render_summary(params: Params, console: Console) -> None:
     """Print every summary table and where the results are."""
     console.print(cohort_line(params))
@@ -168,6 +176,7 @@ def render_summary(params: Params, console: Console) -> None:
     console.print(training_table(params))
     console.print(evaluation_table(params))
     console.print(promotion_line(Path(params.promote.report)))
+    console.print(report_line(params))
     target = params.dataset("target")
     console.print(
         "Results: manifest "

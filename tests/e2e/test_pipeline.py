@@ -125,6 +125,18 @@ def test_repro_registers_the_classifier_and_records_the_decision(project):
     assert (project / "reports/model_card.md").is_file()
 
 
+def test_repro_ends_with_the_offline_html_report_of_every_stage(project):
+    html = (project / "reports/index.html").read_text()
+    assert "<title>bonescan pipeline report</title>" in html
+    assert 'class="not-run"' not in html, "every stage ran, so every section has content"
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    assert {"ece", "ece_ci_low", "brier", "brier_ci_high"} <= set(metrics)
+    assert sorted(p.stem for p in (project / "plots/eval/roc").glob("*.csv")) == sorted(
+        yaml.safe_load((project / "params.yaml").read_text())["datasets"]["target"]["classes"]
+    )
+
+
 def test_second_repro_does_nothing(project):
     out = _run(["dvc", "repro"], project)
     assert "Running stage" not in out

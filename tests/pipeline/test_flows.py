@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from prefect.testing.utilities import prefect_test_harness
 
 from bonescan import tracking
-from pipeline.flows import is_gpu_stage, retrain, retry_only_transient
+from pipeline.flows import is_gpu_stage, report_file, report_markdown, retrain, retry_only_transient
 from pipeline.stages import FailureKind, StageFailed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +93,7 @@ def test_served_flow_runs_when_triggered_through_a_real_server(tmp_path, scratch
         "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),  # this checkout, whatever the venv installs
     }
     (scratch_project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     bin_dir = Path(sys.executable).parent
@@ -129,3 +130,14 @@ def test_served_flow_runs_when_triggered_through_a_real_server(tmp_path, scratch
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+def test_the_flow_artifact_names_the_html_report_only_once_it_is_built(tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    assert report_file(str(tmp_path)) is None
+    assert "not built" in report_markdown(str(tmp_path))
+    page = tmp_path / "reports" / "index.html"
+    page.parent.mkdir()
+    page.write_text("<html></html>")
+    assert report_file(str(tmp_path)) == page
+    assert page.as_uri() in report_markdown(str(tmp_path))
