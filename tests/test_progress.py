@@ -68,7 +68,9 @@ def test_a_short_loop_writes_no_line(caplog):
 def test_a_resumed_run_counts_only_its_own_steps_in_the_rate(caplog):
     caplog.set_level(logging.INFO)
     clock = FakeClock()
-    bar = ProgressLog("mu_acgan", total=1000, unit="steps", completed=800, every_s=10, fraction=None, clock=clock)
+    bar = ProgressLog(
+        "mu_acgan", total=1000, unit="steps", completed=800, every_s=10, fraction=None, clock=clock
+    )
     clock.now += 10
     bar.update(820)  # 20 steps in 10 s, not 820
     assert lines_of(caplog) == ["mu_acgan: 820/1000 steps (82%), 2.00 steps/s, ETA 1:30"]
@@ -88,7 +90,9 @@ def test_off_a_terminal_track_logs_loss_rate_and_eta_and_yields_every_item(caplo
     meter = RunningMean()
     meter.update(0.25, 4)
     not_a_tty = Console(file=io.StringIO())
-    items = list(track(range(10), "finetune 1/3", meter, total=10, refresh_every=1, every_s=0, console=not_a_tty))
+    items = list(
+        track(range(10), "finetune 1/3", meter, total=10, refresh_every=1, every_s=0, console=not_a_tty)
+    )
     assert items == list(range(10)) and not_a_tty.file.getvalue() == ""
     lines = lines_of(caplog)
     assert lines[0].startswith("finetune 1/3: 1/10 batches (10%), ") and "batches/s, ETA " in lines[0]
@@ -115,4 +119,8 @@ def test_disabled_progress_writes_nothing(caplog):
 
 
 def test_an_epoch_lines_eta_is_the_mean_epoch_time_times_the_epochs_left():
-    assert eta(2, 10, 60.0) == "ETA 4:00" and eta(10, 10, 61.0) == "done in 1:01" and eta(0, 10, 5.0) == "ETA unknown"
+    assert (
+        eta(2, 10, 60.0) == "ETA 4:00"
+        and eta(10, 10, 61.0) == "done in 1:01"
+        and eta(0, 10, 5.0) == "ETA unknown"
+    )

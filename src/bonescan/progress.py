@@ -78,7 +78,7 @@ def format_duration(seconds: float) -> str:
 
 
 def eta(done: int, total: int, elapsed_s: float) -> str:
-    """"ETA 4:05" at the rate so far (`done` items in `elapsed_s`), "done in 4:05" when all are done."""
+    """ "ETA 4:05" at the rate so far (`done` items in `elapsed_s`), "done in 4:05" when all are done."""
     if done >= total:
         return f"done in {format_duration(elapsed_s)}"
     if done <= 0 or elapsed_s <= 0:
@@ -129,7 +129,9 @@ class ProgressLog:
         self._bucket = self._bucket_of(completed)
 
     def _bucket_of(self, done: int) -> int:
-        return int(done / self.total / self.fraction + 1e-9) if self.total and self.fraction else 0  # 30/50/0.1 = 5.99..
+        if not (self.total and self.fraction):
+            return 0
+        return int(done / self.total / self.fraction + 1e-9)  # 30 / 50 / 0.1 is 5.999..
 
     def rate(self, now: float | None = None) -> float:
         """Items per second of this run so far."""
@@ -179,7 +181,8 @@ class _RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} {task.fields.get('unit', 'it')}/s" if speed else "", style="progress.data.speed")
+        shown = f"{speed:.1f} {task.fields.get('unit', 'it')}/s" if speed else ""
+        return Text(shown, style="progress.data.speed")
 
 
 class _RichBar:

@@ -14,7 +14,11 @@ from tests.classifier_files import write_classifier
 CLASSES = ("healthy", "metastasis", "benign")
 SIZE = (64, 32)
 TRAINED_ON_DICOM = Preprocessing(
-    ingest=IngestConfig(workers=1), modalities=("NM",), split_views=True, image_size=SIZE, input_format="dicom"
+    ingest=IngestConfig(workers=1),
+    modalities=("NM",),
+    split_views=True,
+    image_size=SIZE,
+    input_format="dicom",
 )
 
 

@@ -32,13 +32,17 @@ def png_bytes() -> bytes:
     return buffer.getvalue()
 
 
-def test_a_study_file_gets_the_probabilities_bonescan_predict_gives_its_study(served, phantom_study, dicom_classifier, tmp_path):
+def test_a_study_file_gets_the_probabilities_bonescan_predict_gives_its_study(
+    served, phantom_study, dicom_classifier, tmp_path
+):
     got = served.predict(pd.DataFrame({"path": [str(phantom_study)]}))
     predict(phantom_study, str(dicom_classifier), tmp_path / "out", anonymize=AnonymizeConfig(), secret=None,
             project_root=tmp_path)  # fmt: skip
     (study,) = pd.read_csv(tmp_path / "out" / "study_predictions.csv").to_dict("records")
     np.testing.assert_allclose(got[PROBS].to_numpy()[0], [study[f"p_{c}"] for c in CLASSES], atol=1e-6)
-    assert got.loc[0, "prediction"] == study["predicted"] and got.loc[0, "n_views"] == 2  # anterior + posterior
+    assert (
+        got.loc[0, "prediction"] == study["predicted"] and got.loc[0, "n_views"] == 2
+    )  # anterior + posterior
     assert got.loc[0, "reason"] == ""
 
 
@@ -68,7 +72,11 @@ def test_an_input_the_model_cannot_take_is_a_row_with_its_reason_not_an_error(se
     assert reasons[2].startswith("unreadable")
     assert reasons[3].startswith("shape: an image must be (1 or 1, 64, 32)")
     assert reasons[4].startswith("no_input: give exactly one of image, path, content")
-    assert got[PROBS].isna().all().all() and list(got["prediction"]) == [""] * 5 and list(got["n_views"]) == [0] * 5
+    assert (
+        got[PROBS].isna().all().all()
+        and list(got["prediction"]) == [""] * 5
+        and list(got["n_views"]) == [0] * 5
+    )
 
 
 def test_a_model_recording_no_preprocessing_takes_images_but_refuses_files(tmp_path, phantom_study):
@@ -76,7 +84,9 @@ def test_a_model_recording_no_preprocessing_takes_images_but_refuses_files(tmp_p
 
     write_classifier(tmp_path / "model.pt", CLASSES, SIZE, preprocessing=None)  # e.g. a source-domain model
     model = mlflow.pyfunc.load_model(str(save_pyfunc(tmp_path / "model.pt", tmp_path / "pyfunc")))
-    got = model.predict(pd.DataFrame({"image": [example_input(1, SIZE)[0], None], "path": [None, str(phantom_study)]}))
+    got = model.predict(
+        pd.DataFrame({"image": [example_input(1, SIZE)[0], None], "path": [None, str(phantom_study)]})
+    )
     assert got.loc[0, "reason"] == "" and got.loc[1, "reason"].startswith("no_preprocessing")
 
 

@@ -36,11 +36,19 @@ def free_port() -> int:
 
 def register_champion(root: Path) -> None:
     """What clf_finetune, evaluate and promote leave in the project's store: a champion version."""
-    record = write_classifier(root / "models/classifier/model.pt", CLASSES, SIZE, preprocessing=TRAINED_ON_DICOM)
+    record = write_classifier(
+        root / "models/classifier/model.pt", CLASSES, SIZE, preprocessing=TRAINED_ON_DICOM
+    )
     (root / "metrics").mkdir()
-    (root / "metrics/eval.json").write_text(json.dumps({"macro_f1": 0.5, **{f"recall_{c}": 0.5 for c in CLASSES}}))
+    (root / "metrics/eval.json").write_text(
+        json.dumps({"macro_f1": 0.5, **{f"recall_{c}": 0.5 for c in CLASSES}})
+    )
     (root / "reports/eval").mkdir(parents=True)
-    summary = {"split": "test", "fingerprint": "0123abcd", "model_digest": classifier_file.model_digest(record)}
+    summary = {
+        "split": "test",
+        "fingerprint": "0123abcd",
+        "model_digest": classifier_file.model_digest(record),
+    }
     (root / "reports/eval/summary.json").write_text(json.dumps(summary))
     assert promote(PromoteConfig(), "macro_f1", root).promoted
 
@@ -63,7 +71,9 @@ def wait_until_up(url: str, server: subprocess.Popen) -> None:
     pytest.fail(f"mlflow models serve did not answer within {STARTUP_S} s")
 
 
-def test_the_served_champion_classifies_a_dicom_study_and_explains_a_refused_file(mlflow_store, phantom_study):
+def test_the_served_champion_classifies_a_dicom_study_and_explains_a_refused_file(
+    mlflow_store, phantom_study
+):
     register_champion(mlflow_store)
     bin_dir = str(Path(sys.executable).parent)  # the server starts `uvicorn` from PATH
     mlflow_cli = shutil.which("mlflow", path=bin_dir) or "mlflow"
@@ -81,7 +91,9 @@ def test_the_served_champion_classifies_a_dicom_study_and_explains_a_refused_fil
         wait_until_up(url, server)
         study = base64.b64encode(phantom_study.read_bytes()).decode()
         text = base64.b64encode(b"a referral letter, not a scan").decode()
-        got = post(f"{url}/invocations", {"dataframe_split": {"columns": ["content"], "data": [[study], [text]]}})
+        got = post(
+            f"{url}/invocations", {"dataframe_split": {"columns": ["content"], "data": [[study], [text]]}}
+        )
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker

@@ -143,7 +143,9 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         self._key = secrets.token_bytes(32)
         self._anonymizer = Anonymizer(self._key, AnonymizeConfig())
 
-    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input, params: dict | None = None) -> pd.DataFrame:  # noqa: ANN001
+    def predict(  # noqa: ANN001 (model_input)
+        self, context: mlflow.pyfunc.PythonModelContext, model_input, params: dict | None = None
+    ) -> pd.DataFrame:
         """Input rows (see the module docstring) -> (rows, classes + prediction, n_views, reason).
 
         `model_input` is left unannotated: MLflow would otherwise derive a schema from the annotation.
@@ -195,9 +197,12 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         return [image[None] for _, image in prepared.views], ""
 
     def _image(self, value: Any) -> tuple[list[np.ndarray], str]:
-        image = np.asarray(value, dtype=np.float32)
-        image = image[None] if image.ndim == 2 else image
         h, w = self._record.image_size
+        try:
+            image = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):  # ragged nested lists, text
+            return [], f"shape: an image must be an array ({self._record.in_chans} or 1, {h}, {w}) of numbers"
+        image = image[None] if image.ndim == 2 else image
         if image.ndim != 3 or image.shape[0] not in (1, self._record.in_chans) or image.shape[1:] != (h, w):
             return [], f"shape: an image must be (1 or {self._record.in_chans}, {h}, {w}), got {image.shape}"
         return [image], ""

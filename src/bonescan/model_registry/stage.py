@@ -183,10 +183,10 @@ def _number(text: str) -> float | None:
 
 
 def _latest(metrics: Sequence[Metric]) -> dict[str, float | None]:
+    """The last value of each metric (a re-run on the same weights logs its metrics again)."""
     latest: dict[str, Metric] = {}
-    for metric in metrics:
-        if metric.key not in latest or (metric.timestamp, metric.step) >= (latest[metric.key].timestamp, latest[metric.key].step):
-            latest[metric.key] = metric
+    for metric in sorted(metrics, key=lambda m: (m.timestamp, m.step)):
+        latest[metric.key] = metric
     return {k: _number(m.value) for k, m in latest.items()}
 
 
@@ -337,7 +337,9 @@ def _test_split(candidate: Candidate, manifest: Path | None) -> PandasDataset | 
     rows = load_split(manifest, split, include_synthetic=False)
     table = rows[[c for c in TEST_SPLIT_COLUMNS if c in rows.columns]].reset_index(drop=True)
     source = manifest.name  # the file's name, not where it lies on this machine
-    return mlflow.data.from_pandas(table, source=source, targets="label", name=split, digest=candidate.test_split)
+    return mlflow.data.from_pandas(
+        table, source=source, targets="label", name=split, digest=candidate.test_split
+    )
 
 
 def _log_test_results(
