@@ -359,3 +359,13 @@ def test_a_store_error_is_not_read_as_no_champion(project, monkeypatch):
     monkeypatch.undo()
     assert current_aliases(tracking.client(project), NAME) == {"champion": "1", "challenger": "1"}
     assert len(versions(project)) == 1
+
+
+def test_bonescan_predict_finds_the_logged_model_by_alias_and_by_its_runs_uri(project, tmp_path):
+    from bonescan.predict import resolve_model
+
+    checkpoint = train_and_evaluate(project, seed=0, macro_f1=0.6)
+    result = run(project)
+    for n, uri in enumerate((f"models:/{NAME}@champion", f"runs:/{result.run_id}/classifier")):
+        local, source = resolve_model(uri, tmp_path / f"dl{n}", project)
+        assert local.read_bytes() == checkpoint.read_bytes() and source.run_id == result.run_id
