@@ -56,6 +56,7 @@ from bonescan.intake import (
     rejection,
     study_pseudonym,
 )
+from bonescan.progress import progress
 from bonescan.runtime import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -498,6 +499,7 @@ def ingest_dataset(
     manifest_path = Path(dataset.interim_dir) / "manifest.csv"
 
     files = iter_files(ctx.raw_dir, skip)
+    total = sum(1 for _ in iter_files(ctx.raw_dir, skip))  # a second walk of names only: for the ETA
     if ingest.workers > 1:
         results = ordered_map(
             _process_in_worker,
@@ -521,9 +523,10 @@ def ingest_dataset(
     quarantine_path = reports_dir / "quarantine.csv"
     with ManifestWriter(manifest_path) as manifest, QuarantineWriter(
         quarantine_path, mask_unknown=ctx.format == "dicom"
-    ) as quarantine:
+    ) as quarantine, progress(f"ingest {name}", total, unit="files", logger=log) as bar:
         for result in results:
             seen += 1
+            bar.update(seen, f"{written} images, {quarantine.rows} quarantined")  # before this file's own
             if result.phi_scanned:
                 phi.add(list(result.leaks))
             if not result.code and any(row.image_id in image_ids for row in result.rows):
@@ -541,8 +544,7 @@ def ingest_dataset(
                 labels[row.label] += 1
                 patients.add(row.patient_id)
                 studies.add(row.study_id)
-            if seen % 500 == 0:
-                log.info("%s: %d files, %d images, %d quarantined", name, seen, written, quarantine.rows)
+        bar.update(seen, f"{written} images, {quarantine.rows} quarantined")
 
     # Written for image datasets too (files: 0), so every dataset's stage has the same outputs.
     atomic_write_json(reports_dir / "phi_scan.json", phi.to_dict())

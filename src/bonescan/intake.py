@@ -1,7 +1,7 @@
 """File intake: one raw file -> checks -> anonymization -> views -> model input, or a rejection with a reason.
 
-The one path shared by the ingest stage (which writes what it produces) and `bonescan predict` (which
-keeps it in memory), so that a model is applied to exactly what it was trained on: the same checks
+The one path shared by the ingest stage (which writes what it produces), `bonescan predict` and the
+served MLflow model (which keep it in memory), so that a model is applied to exactly what it was trained on: the same checks
 reject the same files, the same anonymization runs before any pixel is decoded for the model, and
 the same preprocessing (`Preprocessing`, saved with each classifier) makes the same arrays. Also here:
 walking an input tree without following links out of it, the quarantine list with identifying path
@@ -44,11 +44,13 @@ __all__ = [
     "ResidualPHIError",
     "FileResult",
     "PreparedDicom",
+    "PreparedFile",
     "QuarantineWriter",
     "as_training_input",
     "anonymize_dicom",
     "check_dicom",
     "dicom_inputs",
+    "file_suffix",
     "check_image_name",
     "check_regular_file",
     "image_pseudonym",
@@ -57,6 +59,7 @@ __all__ = [
     "open_dicom",
     "parse_patient_id",
     "prepare_dicom",
+    "prepare_file",
     "prepare_image",
     "pseudonym",
     "rejection",
@@ -306,6 +309,87 @@ def prepare_image(path: Path, preprocessing: Preprocessing) -> tuple[tuple[str, 
 def as_training_input(image: np.ndarray) -> np.ndarray:
     """[0, 1] image -> the values `read_png16(write_png16(image))` gives, i.e. what training saw."""
     return np.round(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16).astype(np.float32) / 65535.0
+
+
+# --------------------------------------------------------------------------- one input file, either kind
+
+
+@dataclass(frozen=True)
+class PreparedFile:
+    """The model inputs of one accepted file, keyed by anonymized UIDs or keyed name pseudonyms (never raw).
+
+    Attributes:
+        study_uid: anonymized StudyInstanceUID ("" when the file has none, and for image files).
+        sop_uid: anonymized SOPInstanceUID; for an image file the keyed pseudonym of its name, as in ingest.
+        views: (view name, (H, W) float32 in [0, 1]) per view, as training read them from ingest's PNGs.
+        study_id: the manifest's study id when the file itself gives it (an image file is its own study).
+    """
+
+    study_uid: str
+    sop_uid: str
+    views: tuple[tuple[str, np.ndarray], ...]
+    study_id: str = ""
+
+
+def _input_kind(relpath: str, preprocessing: Preprocessing) -> str:
+    """"image" for an accepted image extension, else "dicom"; refuses what the model was not trained on."""
+    is_image = PurePosixPath(relpath).suffix.lower() in preprocessing.ingest.image_extensions
+    trained = preprocessing.input_format
+    if trained == "dicom" and is_image:
+        raise FileRejected("wrong_format", "an image file, but the model was trained on DICOM studies")
+    if trained in ("image_folder", "image_csv") and not is_image:
+        accepted = ", ".join(preprocessing.ingest.image_extensions)
+        raise FileRejected("wrong_format", f"not an image file ({accepted}): the model was trained on images")
+    return "image" if is_image else "dicom"
+
+
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"))
+
+
+def file_suffix(content: bytes) -> str:
+    """The extension a file of these bytes would carry: ".png" or ".jpg" by signature, else ".dcm".
+
+    Bytes sent without a name (a served request) are named by it, so that `prepare_file` takes the
+    same image-or-DICOM branch as for a file on disk; a non-DICOM rest is rejected by the DICOM reader.
+    """
+    for magic, suffix in _MAGIC:
+        if content.startswith(magic):
+            return suffix
+    return ".dcm"
+
+
+def prepare_file(
+    path: Path,
+    relpath: str,
+    anonymizer: Anonymizer,
+    preprocessing: Preprocessing,
+    root: Path | None = None,
+    name_key: bytes | None = None,
+) -> tuple[FileResult, PreparedFile | None]:
+    """One input file -> (its quarantine record, its model inputs or None when rejected). Never raises.
+
+    `prepare_dicom` or `prepare_image` (the steps ingest takes), then the 16-bit quantization of
+    ingest's PNGs: what predict and the MLflow pyfunc feed the model. The record carries the file's identifying values in
+    memory only, so rejected paths can be masked.
+
+    Args:
+        name_key: the key of image files' name pseudonyms (the anonymization key, or this run's).
+    """
+    identifying: frozenset[str] = frozenset()
+    try:
+        check_regular_file(path, root if root is not None else path.parent)
+        if _input_kind(relpath, preprocessing) == "image":
+            instance = pseudonym(relpath, name_key)
+            images = prepare_image(path, preprocessing)
+            views = tuple((name, as_training_input(image)) for name, image in images)
+            study_id = "s" + pseudonym(relpath, name_key)  # == ingest's study id of this file
+            return FileResult(relpath), PreparedFile("", instance, views, study_id)
+        ds, identifying = open_dicom(path, preprocessing.ingest.max_pixel_bytes)
+        prepared = prepare_dicom(ds, anonymizer, preprocessing)
+    except Exception as exc:  # one bad file never stops the run; the type name carries no patient data
+        return rejection(relpath, exc, identifying), None
+    views = tuple((name, as_training_input(image)) for name, image in prepared.views)
+    return FileResult(relpath, identifying=identifying), PreparedFile(prepared.study_uid, prepared.sop_uid, views)
 
 
 # --------------------------------------------------------------------------- labels from names

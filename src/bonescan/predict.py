@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -48,18 +48,12 @@ from bonescan.classifier_file import ClassifierFile, predict_probabilities
 from bonescan.config import AnonymizeConfig, Preprocessing
 from bonescan.dicom.anonymize import Anonymizer
 from bonescan.intake import (
-    FileRejected,
     FileResult,
+    PreparedFile,
     QuarantineWriter,
-    as_training_input,
-    check_regular_file,
     image_pseudonym,
     iter_files,
-    open_dicom,
-    prepare_dicom,
-    prepare_image,
-    pseudonym,
-    rejection,
+    prepare_file,
     study_pseudonym,
 )
 from bonescan.metrics import aggregate_by_study
@@ -228,72 +222,6 @@ def model_preprocessing(
     for difference in used.differences(current) if current is not None else []:
         log.warning("model %s was trained with %s (params.yaml): applying the model's", uri, difference)
     return used, "checkpoint"
-
-
-# --------------------------------------------------------------------------- one input file
-
-
-@dataclass(frozen=True)
-class PreparedFile:
-    """The model inputs of one accepted file, keyed by anonymized UIDs or keyed name pseudonyms (never raw).
-
-    Attributes:
-        study_uid: anonymized StudyInstanceUID ("" when the file has none, and for image files).
-        sop_uid: anonymized SOPInstanceUID; for an image file the keyed pseudonym of its name, as in ingest.
-        views: (view name, (H, W) float32 in [0, 1]) per view, as training read them from ingest's PNGs.
-        study_id: the manifest's study id when the file itself gives it (an image file is its own study).
-    """
-
-    study_uid: str
-    sop_uid: str
-    views: tuple[tuple[str, np.ndarray], ...]
-    study_id: str = ""
-
-
-def _input_kind(relpath: str, preprocessing: Preprocessing) -> str:
-    """"image" for an accepted image extension, else "dicom"; refuses what the model was not trained on."""
-    is_image = PurePosixPath(relpath).suffix.lower() in preprocessing.ingest.image_extensions
-    trained = preprocessing.input_format
-    if trained == "dicom" and is_image:
-        raise FileRejected("wrong_format", "an image file, but the model was trained on DICOM studies")
-    if trained in ("image_folder", "image_csv") and not is_image:
-        accepted = ", ".join(preprocessing.ingest.image_extensions)
-        raise FileRejected("wrong_format", f"not an image file ({accepted}): the model was trained on images")
-    return "image" if is_image else "dicom"
-
-
-def prepare_file(
-    path: Path,
-    relpath: str,
-    anonymizer: Anonymizer,
-    preprocessing: Preprocessing,
-    root: Path | None = None,
-    name_key: bytes | None = None,
-) -> tuple[FileResult, PreparedFile | None]:
-    """One input file -> (its quarantine record, its model inputs or None when rejected). Never raises.
-
-    The intake's path (`bonescan.intake.prepare_dicom` or `prepare_image`, the ones ingest takes), then
-    the 16-bit quantization of ingest's PNGs. The record carries the file's identifying values in
-    memory only, so rejected paths can be masked.
-
-    Args:
-        name_key: the key of image files' name pseudonyms (the anonymization key, or this run's).
-    """
-    identifying: frozenset[str] = frozenset()
-    try:
-        check_regular_file(path, root if root is not None else path.parent)
-        if _input_kind(relpath, preprocessing) == "image":
-            instance = pseudonym(relpath, name_key)
-            images = prepare_image(path, preprocessing)
-            views = tuple((name, as_training_input(image)) for name, image in images)
-            study_id = "s" + pseudonym(relpath, name_key)  # == ingest's study id of this file
-            return FileResult(relpath), PreparedFile("", instance, views, study_id)
-        ds, identifying = open_dicom(path, preprocessing.ingest.max_pixel_bytes)
-        prepared = prepare_dicom(ds, anonymizer, preprocessing)
-    except Exception as exc:  # one bad file never stops the run; the type name carries no patient data
-        return rejection(relpath, exc, identifying), None
-    views = tuple((name, as_training_input(image)) for name, image in prepared.views)
-    return FileResult(relpath, identifying=identifying), PreparedFile(prepared.study_uid, prepared.sop_uid, views)
 
 
 # --------------------------------------------------------------------------- ids

@@ -235,8 +235,19 @@ class RunHandle:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
 
-def _version_tags(project_root: str | Path) -> dict[str, str]:
-    return {"git_commit": git_commit(project_root), "dvc_lock_sha256": dvc_lock_hash(project_root)}
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own tag: its UI shows and links the commit
+GIT_DIRTY_TAG = "bonescan.git_dirty"  # "true": the commit had uncommitted changes on top
+DVC_LOCK_TAG = "dvc_lock_sha256"
+
+
+def code_version_tags(project_root: str | Path = ".") -> dict[str, str]:
+    """The code and data a run or a logged model came from: git commit (when known) and dvc.lock hash."""
+    tags = {DVC_LOCK_TAG: dvc_lock_hash(project_root)}
+    commit = git_commit(project_root)
+    if commit != "unknown":
+        tags[GIT_COMMIT_TAG] = commit.removesuffix("-dirty")
+        tags[GIT_DIRTY_TAG] = str(commit.endswith("-dirty")).lower()
+    return tags
 
 
 def start_pipeline_run(project_root: str | Path = ".", run_name: str | None = None) -> RunHandle:
@@ -245,7 +256,7 @@ def start_pipeline_run(project_root: str | Path = ".", run_name: str | None = No
     run = mlflow.create_run(
         experiment_id(mlflow),
         run_name=run_name or "pipeline",
-        tags={"bonescan.kind": "pipeline", **_version_tags(project_root)},
+        tags={"bonescan.kind": "pipeline", **code_version_tags(project_root)},
     )
     return RunHandle(mlflow, run.info.run_id)
 
@@ -260,7 +271,7 @@ def _create_stage_run(
     """A stage's run: in its parent's experiment when it has a parent (MLflow nests runs per experiment)."""
     parent_run_id = parent_run_id or os.environ.get(PARENT_RUN_ENV)
     mlflow = client(project_root)
-    tags = {"bonescan.kind": "stage", "bonescan.stage": stage, **_version_tags(project_root)}
+    tags = {"bonescan.kind": "stage", "bonescan.stage": stage, **code_version_tags(project_root)}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
         exp = mlflow.get_run(parent_run_id).info.experiment_id

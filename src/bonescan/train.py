@@ -52,7 +52,7 @@ from bonescan.data.manifest import read_manifest
 from bonescan.losses import build_loss, drw_schedule
 from bonescan.metrics import aggregate_by_study, fit_logit_offsets
 from bonescan.models import build, count_parameters
-from bonescan.progress import RunningMean, track
+from bonescan.progress import RunningMean, eta, track
 from bonescan.runtime import DistEnv, autocast, barrier, dist_env, process_group, resolve_device, unwrap
 
 __all__ = [
@@ -304,7 +304,7 @@ def train_one_epoch(
     model.train()
     meter = RunningMean()
     show = opts.progress and opts.is_main  # one bar under torchrun, not one per process
-    for images, target in track(loader, description, meter, total=len(loader), enabled=show):
+    for images, target in track(loader, description, meter, total=len(loader), enabled=show, logger=log):
         images = images.to(opts.device, non_blocking=True, memory_format=opts.memory_format)
         target = target.to(opts.device, non_blocking=True)
         with autocast(opts.device, opts.amp):
@@ -431,6 +431,7 @@ def fit(
             log.info("ignoring %s: it belongs to a finished or different run", checkpoint)
 
     stopped_early = False
+    run_tic = time.perf_counter()  # the ETA counts this run's epochs only (a resumed run skips some)
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.loss.drw_epoch is not None and class_counts is not None:
             weight = drw_schedule(epoch, class_counts, cfg.loss.drw_epoch, cfg.loss.drw_beta)
@@ -472,9 +473,11 @@ def fit(
         stopped_early = bool(val) and cfg.patience > 0 and bad_epochs >= cfg.patience
         finished = stopped_early or epoch + 1 == cfg.epochs
         log.info(
-            "%s epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.3f, val macro F1 %.3f, %.1f img/s",
+            "%s epoch %d/%d: train loss %.4f, val loss %.4f, val acc %.3f, val macro F1 %.3f, %.1f img/s, "
+            "%.1f s/epoch, %s",
             description, epoch + 1, cfg.epochs, stats.train_loss, stats.val_loss, stats.val_accuracy,
-            stats.val_macro_f1, stats.images_per_s,
+            stats.val_macro_f1, stats.images_per_s, stats.seconds,
+            eta(epoch + 1 - start_epoch, cfg.epochs - start_epoch, time.perf_counter() - run_tic),
         )  # fmt: skip
         if checkpoint is not None and opts.is_main:
             save_checkpoint(

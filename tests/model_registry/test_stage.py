@@ -22,8 +22,9 @@ from bonescan.model_registry import (
     example_input,
     promote,
     rollback,
+    stage,
 )
-from bonescan.model_registry.stage import TAG_DIGEST
+from bonescan.model_registry.stage import TAG_DIGEST, logged_model_id, version_metrics
 from tests.classifier_files import write_classifier
 
 CLASSES = ["healthy", "metastasis", "benign"]
@@ -87,9 +88,75 @@ def test_first_model_becomes_champion_and_challenger(project):
     report = json.loads((project / CFG.report).read_text())
     assert report["action"] == "promote" and report["aliases_after"] == {"challenger": "1", "champion": "1"}
     (version,) = versions(project)
-    assert version.tags["eval.macro_f1"] == "0.6" and version.tags["bonescan.test_split"] == SPLIT
-    assert version.tags["params.clf.model"] == "soft_threshold_net" and "git_commit" in version.tags
-    assert version.tags["bonescan.promotion.decision"] == "promote"
+    assert version.tags["bonescan.test_split"] == SPLIT and version.tags["bonescan.promotion.decision"] == "promote"
+
+
+def test_a_version_is_a_logged_model_with_its_metrics_and_params_and_only_a_handful_of_tags(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    result = run(project)
+    registry = tracking.client(project)
+    (version,) = versions(project)
+    assert set(version.tags) == {"bonescan.checkpoint_digest", "bonescan.test_split", "classes",
+                                 "bonescan.promotion.decision", "bonescan.promotion.reason"}  # fmt: skip
+    assert json.loads(version.tags["classes"]) == CLASSES
+    model = registry.get_logged_model(logged_model_id(registry, version))
+    assert model.name == "classifier" and model.source_run_id == result.run_id and model.status == "READY"
+    metrics = {m.key: m.value for m in model.metrics}
+    assert metrics["macro_f1"] == pytest.approx(0.6) and metrics["recall_benign"] == pytest.approx(0.6)
+    assert model.params["clf.model"] == "soft_threshold_net" and model.params["model_name"] == "soft_threshold_net"
+    assert model.tags["bonescan.checkpoint_digest"] == result.checkpoint_digest
+    assert "dvc_lock_sha256" in model.tags
+    assert registry.get_run(result.run_id).outputs.model_outputs[0].model_id == model.model_id
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": NAME, "version": "1"}]
+
+
+def test_the_test_split_is_the_runs_dataset_input_with_its_fingerprint_and_pseudonyms_only(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    manifest = pd.DataFrame({
+        "image_id": ["i1", "i2", "i3", "i4"], "patient_id": ["pA", "pA", "pB", "pC"],
+        "study_id": ["s1", "s1", "s2", "s3"], "view": ["anterior", "posterior", "anterior", "anterior"],
+        "label": ["healthy", "healthy", "benign", "metastasis"], "split": ["test", "test", "test", "train"],
+        "synthetic": [False, False, False, False], "source": ["dicom:NM"] * 4,
+        "path": [f"data/processed/images/secret-name-{i}.png" for i in range(4)],
+    })  # fmt: skip
+    manifest.to_csv(project / "manifest.csv", index=False)
+    result = run(project, sources=CardSources(manifest=project / "manifest.csv"))
+    registry = tracking.client(project)
+    (dataset_input,) = registry.get_run(result.run_id).inputs.dataset_inputs
+    dataset = dataset_input.dataset
+    assert dataset.name == "test" and dataset.digest == SPLIT  # evaluate's fingerprint: what promotion compares
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "test"
+    assert json.loads(dataset.profile)["num_rows"] == 3  # the test rows, not the train row
+    columns = [c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]]
+    assert columns == ["image_id", "patient_id", "study_id", "view", "label"]
+    assert "secret-name" not in dataset.source and "secret-name" not in dataset.schema
+    (version,) = versions(project)
+    linked = [m for m in registry.get_logged_model(logged_model_id(registry, version)).metrics if m.key == "macro_f1"]
+    assert [(m.dataset_name, m.dataset_digest) for m in linked] == [("test", SPLIT)]
+
+
+def test_a_rerun_on_the_same_weights_refreshes_the_logged_models_metrics(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.6)
+    run(project)
+    train_and_evaluate(project, seed=0, macro_f1=0.65)  # same weights, evaluate re-scored them
+    assert not run(project).new_version
+    (version,) = versions(project)
+    metrics, split = version_metrics(tracking.client(project), version)
+    assert metrics["macro_f1"] == pytest.approx(0.65) and split == SPLIT
+
+
+def test_a_champion_registered_with_eval_tags_is_still_compared(project, monkeypatch):
+    """Versions registered before logged models carry their test metrics as `eval.*` tags."""
+    train_and_evaluate(project, seed=0, macro_f1=0.8)
+    run(project)
+    registry = tracking.client(project)
+    (old,) = versions(project)
+    registry.set_model_version_tag(NAME, old.version, "eval.macro_f1", "0.9")
+    for m in ("recall_healthy", "recall_metastasis", "recall_benign"):
+        registry.set_model_version_tag(NAME, old.version, f"eval.{m}", "0.8")
+    old = registry.get_model_version(NAME, old.version)
+    monkeypatch.setattr(stage, "logged_model_id", lambda mlflow, version: None)  # registered by the earlier bonescan
+    assert version_metrics(registry, old)[0]["macro_f1"] == pytest.approx(0.9)
 
 
 def test_a_worse_challenger_stays_challenger(project):
@@ -200,16 +267,16 @@ def test_the_registered_pyfunc_predicts_the_checkpoints_probabilities(project):
     assert (local / "model_card" / "model_card.md").is_file()
 
     pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    (spec,) = pyfunc.metadata.get_input_schema().inputs
-    assert spec.shape == (-1, 1, *SIZE) and spec.type == np.dtype("float32")
+    assert pyfunc.metadata.get_input_schema().input_names() == ["image", "path", "content"]
     images = np.concatenate([example_input(1, SIZE), np.random.default_rng(0).random((2, 1, *SIZE))]).astype(
         np.float32
     )
-    got = pyfunc.predict(images)
+    got = pyfunc.predict(pd.DataFrame({"image": list(images)}))  # (1, H, W) per row
     model, _ = classifier_file.load(checkpoint)
     with torch.inference_mode():
         expected = torch.softmax(model(torch.from_numpy(images)), dim=1).numpy()
-    assert list(got.columns) == [*CLASSES, "prediction"]
+    assert list(got.columns) == [*CLASSES, "prediction", "n_views", "reason"]
+    assert list(got["reason"]) == ["", "", ""] and list(got["n_views"]) == [1, 1, 1]
     np.testing.assert_allclose(got[CLASSES].to_numpy(), expected, rtol=1e-5, atol=1e-6)
     assert list(got["prediction"]) == [CLASSES[i] for i in expected.argmax(axis=1)]
 
@@ -292,3 +359,13 @@ def test_a_store_error_is_not_read_as_no_champion(project, monkeypatch):
     monkeypatch.undo()
     assert current_aliases(tracking.client(project), NAME) == {"champion": "1", "challenger": "1"}
     assert len(versions(project)) == 1
+
+
+def test_bonescan_predict_finds_the_logged_model_by_alias_and_by_its_runs_uri(project, tmp_path):
+    from bonescan.predict import resolve_model
+
+    checkpoint = train_and_evaluate(project, seed=0, macro_f1=0.6)
+    result = run(project)
+    for n, uri in enumerate((f"models:/{NAME}@champion", f"runs:/{result.run_id}/classifier")):
+        local, source = resolve_model(uri, tmp_path / f"dl{n}", project)
+        assert local.read_bytes() == checkpoint.read_bytes() and source.run_id == result.run_id

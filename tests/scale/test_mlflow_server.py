@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bonescan import classifier_file, tracking
@@ -99,6 +100,7 @@ def test_promoted_model_loads_back_from_the_shared_registry(project, server):
     other_machine = _server_client(url)
     assert other_machine.get_model_version_by_alias(name, CHAMPION).version == result.version
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{CHAMPION}", tracking_uri=url)
-    probabilities = mlflow.pyfunc.load_model(local).predict(example_input(1, SIZE))[CLASSES].to_numpy()
+    images = pd.DataFrame({"image": list(example_input(1, SIZE))})  # one (1, H, W) image per row
+    probabilities = mlflow.pyfunc.load_model(local).predict(images)[CLASSES].to_numpy()
     assert probabilities.shape == (1, len(CLASSES))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

@@ -31,6 +31,7 @@ from bonescan.data.manifest import ManifestRow, ManifestWriter, read_manifest
 from bonescan.dicom.read import write_png16
 from bonescan.gan import quality
 from bonescan.gan.weights import GanRun, build_from_weights, generator_digest, load_weights, training_rows
+from bonescan.progress import progress
 from bonescan.runtime import atomic_write, atomic_write_json
 
 __all__ = ["SynthesisResult", "generate", "needed_counts", "run_synthesize"]
@@ -261,12 +262,16 @@ def _write_synthetic(
     size = params.image_size(params.gan.finetune.dataset)
     source = f"{arch}:{sha}:seed{cfg.seed}"
     written = dict.fromkeys(classes, 0)
-    with ManifestWriter(root / out_dir / "manifest.csv") as writer:
+    total = sum(needed[name] for name in classes if needed[name] > 0 and admitted[name])
+    with ManifestWriter(root / out_dir / "manifest.csv") as writer, progress(
+        f"synthesize {arch}", total, unit="images", logger=log
+    ) as bar:
         for k, name in enumerate(classes):
             if needed[name] <= 0 or not admitted[name]:
                 continue
             images = _resize(generate(g, k, needed[name], _class_seed(cfg.seed, name), cfg.batch_size), size)
             for i, image in enumerate(images):
+                bar.update(sum(written.values()) + i, name)
                 image_id = hashlib.sha256(f"{source}:{name}:{i}".encode()).hexdigest()[:16]
                 rel = out_dir / "images" / f"{image_id}.png"
                 write_png16(image[0].numpy(), root / rel)
@@ -284,5 +289,6 @@ def _write_synthetic(
                     )
                 )
             written[name] = len(images)
+            bar.update(sum(written.values()), name)
             log.info("wrote %d synthetic %s images", len(images), name)
     return written

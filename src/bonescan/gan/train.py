@@ -57,6 +57,7 @@ from bonescan.gan.weights import (
     state_digest,
     training_rows,
 )
+from bonescan.progress import progress
 from bonescan.runtime import autocast, dist_env, resolve_device, unwrap
 
 __all__ = [
@@ -449,79 +450,82 @@ def train_gan(
     start_step = step
     g.train()
     d.train()
-    while step < total_steps:
-        epoch, offset = divmod(step, steps_per_epoch)
-        batches = _batches(
-            _epoch_indices(labels, epoch, seed, train_cfg.balanced_sampling, ddp.rank, ddp.world),
-            train_cfg.batch_size,
-        )[offset:]
-        # Its own generator: a loader without one draws its worker seed from torch's global RNG, which
-        # dropout (ACGAN's D) also draws from, so a resumed run (one more loader) would drift.
-        loader = DataLoader(
-            dataset,
-            batch_sampler=batches,
-            num_workers=train_cfg.num_workers,
-            generator=torch.Generator().manual_seed(_derive_seed(rank_seed, "loader", epoch)),
-        )
-        for real, y_real in loader:
-            real = real.to(device, memory_format=memory_format, non_blocking=True)
-            y_real = y_real.to(device)
-            stats = train_step(
-                g_train,
-                d_train,
-                opt_g,
-                opt_d,
-                real,
-                y_real,
-                len(classes),
-                augment,
-                noise_gen,
-                aug_gen,
-                device,
-                d_fake_class_loss=train_cfg.d_fake_class_loss,
-                mode_seeking=train_cfg.mode_seeking,
+    # Rank 0 shows it: a bar on a terminal, else a log line per 30 s or 10 % with steps/s and ETA.
+    with progress(arch, total_steps, unit="steps", completed=step, enabled=ddp.main, logger=log) as bar:
+        while step < total_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            batches = _batches(
+                _epoch_indices(labels, epoch, seed, train_cfg.balanced_sampling, ddp.rank, ddp.world),
+                train_cfg.batch_size,
+            )[offset:]
+            # Its own generator: a loader without one draws its worker seed from torch's global RNG, which
+            # dropout (ACGAN's D) also draws from, so a resumed run (one more loader) would drift.
+            loader = DataLoader(
+                dataset,
+                batch_sampler=batches,
+                num_workers=train_cfg.num_workers,
+                generator=torch.Generator().manual_seed(_derive_seed(rank_seed, "loader", epoch)),
             )
-            step += 1
-            if ema is not None:
-                ema.decay = min(
-                    train_cfg.ema_decay, (1 + step) / (10 + step)
-                )  # warm-up: short runs still average
-                ema.update()
-            acc.add(stats)
-            if step_callback is not None and ddp.main:
-                step_callback(step, stats)
-            if step % steps_per_epoch == 0:
-                summary = acc.mean(ddp)
-                summary = {"epoch": step // steps_per_epoch, "step": step, **summary}
-                history.append(summary)
-                acc = _Accumulator()
-                if ddp.main:
-                    log.info(
-                        "%s epoch %d/%d step %d: %s",
-                        arch,
-                        summary["epoch"],
-                        epochs,
-                        step,
-                        " ".join(
-                            f"{k}={summary[k]:.3f}"
-                            for k in ("g_loss", "d_loss", "d_real_acc", "d_fake_acc", "d_cls_acc_real")
-                        ),
-                    )
-                    if epoch_callback is not None:
-                        epoch_callback(summary)
-                    if summary["epoch"] % train_cfg.sample_every == 0:
-                        _save_grid(
-                            ema.ema_model if ema else g,
-                            fixed_z,
-                            fixed_y,
-                            device,
-                            run.samples_dir / f"{arch}_epoch{summary['epoch']:04d}.png",
-                            len(classes),
+            for real, y_real in loader:
+                real = real.to(device, memory_format=memory_format, non_blocking=True)
+                y_real = y_real.to(device)
+                stats = train_step(
+                    g_train,
+                    d_train,
+                    opt_g,
+                    opt_d,
+                    real,
+                    y_real,
+                    len(classes),
+                    augment,
+                    noise_gen,
+                    aug_gen,
+                    device,
+                    d_fake_class_loss=train_cfg.d_fake_class_loss,
+                    mode_seeking=train_cfg.mode_seeking,
+                )
+                step += 1
+                bar.update(step)
+                if ema is not None:
+                    ema.decay = min(
+                        train_cfg.ema_decay, (1 + step) / (10 + step)
+                    )  # warm-up: short runs still average
+                    ema.update()
+                acc.add(stats)
+                if step_callback is not None and ddp.main:
+                    step_callback(step, stats)
+                if step % steps_per_epoch == 0:
+                    summary = acc.mean(ddp)
+                    summary = {"epoch": step // steps_per_epoch, "step": step, **summary}
+                    history.append(summary)
+                    acc = _Accumulator()
+                    if ddp.main:
+                        log.info(
+                            "%s epoch %d/%d step %d: %s",
+                            arch,
+                            summary["epoch"],
+                            epochs,
+                            step,
+                            " ".join(
+                                f"{k}={summary[k]:.3f}"
+                                for k in ("g_loss", "d_loss", "d_real_acc", "d_fake_acc", "d_cls_acc_real")
+                            ),
                         )
-            if step % train_cfg.checkpoint_every == 0 or step >= total_steps:
-                checkpoint()
-            if step >= total_steps:
-                break
+                        if epoch_callback is not None:
+                            epoch_callback(summary)
+                        if summary["epoch"] % train_cfg.sample_every == 0:
+                            _save_grid(
+                                ema.ema_model if ema else g,
+                                fixed_z,
+                                fixed_y,
+                                device,
+                                run.samples_dir / f"{arch}_epoch{summary['epoch']:04d}.png",
+                                len(classes),
+                            )
+                if step % train_cfg.checkpoint_every == 0 or step >= total_steps:
+                    checkpoint()
+                if step >= total_steps:
+                    break
 
     seconds = time.perf_counter() - started
     sampler_net = ema.ema_model if ema is not None else g

@@ -1,45 +1,75 @@
 """The classifier as an MLflow pyfunc model: a self-contained directory `mlflow models serve` can load.
 
 The directory holds the classifier file at `artifacts/model.pt` (what `bonescan predict --model
-models:/...` loads), the bonescan code under `code/`, a tensor signature, an input example and pinned
+models:/...` loads), the bonescan code under `code/`, a column signature, an input example and pinned
 pip requirements taken from this environment, so logging never resolves anything over the network.
-Its input is the training preprocessing's output, (B, in_chans, H, W) float32 in [0, 1]; its output
-is one probability column per class plus `prediction` (the model's own decision rule).
+
+Each input row is one of (the signature's optional columns):
+- `image`: a preprocessed image (in_chans or 1, H, W) float32 in [0, 1], what training read;
+- `path`: a DICOM or image file on the serving machine;
+- `content`: the bytes of such a file (base64 in a JSON request).
+A file takes the intake's path (`bonescan.intake.prepare_file`, as in `bonescan predict`): checks,
+anonymization under a key drawn per loaded model, views, the model's own preprocessing. The output
+has one row per input row: one probability column per class (a study's views averaged, as predict
+does per study), `prediction` (the model's decision rule), `n_views`, and `reason`, empty when the
+input was classified, else why it was not (`wrong_format: ...`, `unsupported_modality: ...`): an
+input the model cannot take is a row, never a failed request.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import importlib.metadata
 import logging
+import secrets
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import Dataset
 
 from bonescan import classifier_file
+from bonescan.config import AnonymizeConfig
+from bonescan.dicom.anonymize import Anonymizer
+from bonescan.intake import file_suffix, prepare_file
+
+if TYPE_CHECKING:
+    from mlflow.models import Model, ModelSignature
 
 __all__ = [
     "CHECKPOINT_KEY",
+    "CONTENT_COLUMN",
+    "IMAGE_COLUMN",
     "MODEL_ARTIFACT_PATH",
+    "PATH_COLUMN",
     "PREDICTION_COLUMN",
+    "REASON_COLUMN",
     "ClassifierPyfunc",
     "example_input",
     "inference_requirements",
     "save_pyfunc",
+    "signature",
 ]
 
 log = logging.getLogger(__name__)
 
-MODEL_ARTIFACT_PATH = "classifier"  # run artifact folder of the pyfunc model (the version's source)
+MODEL_ARTIFACT_PATH = "classifier"  # the LoggedModel's name
 CHECKPOINT_KEY = "checkpoint"  # pyfunc artifact name: the model dir holds artifacts/model.pt
+IMAGE_COLUMN, PATH_COLUMN, CONTENT_COLUMN = "image", "path", "content"
+INPUT_COLUMNS = (IMAGE_COLUMN, PATH_COLUMN, CONTENT_COLUMN)
 PREDICTION_COLUMN = "prediction"
-# What `classifier_file.load` imports (bonescan.classifier_file and its imports), pinned to this environment's
-# versions: an explicit list, so that logging never runs MLflow's requirement inference.
+VIEWS_COLUMN = "n_views"
+REASON_COLUMN = "reason"
+# What `classifier_file.load` and the intake import (bonescan.classifier_file, bonescan.intake and their
+# imports), pinned to this environment's versions: an explicit list, so that logging never runs
+# MLflow's requirement inference.
 _INFERENCE_PACKAGES = (
     "mlflow",
     "cloudpickle",
@@ -55,6 +85,7 @@ _INFERENCE_PACKAGES = (
     "pydicom",
     "pylibjpeg",
     "pylibjpeg-openjpeg",
+    "pylibjpeg-libjpeg",
     "python-gdcm",
     "rich",
 )
@@ -63,28 +94,118 @@ _INFERENCE_PACKAGES = (
 # --------------------------------------------------------------------------- the pyfunc model
 
 
+class _Views(Dataset):
+    """(C, H, W) arrays -> the (image, label) items `predict_probabilities` reads."""
+
+    def __init__(self, images: Sequence[np.ndarray]):
+        self.images = list(images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.tensor(self.images[index]), 0  # a copy: the broadcast views are read-only
+
+
+def _present(value: Any) -> bool:
+    """Whether a cell holds an input (a frame built from mixed rows fills the others with None/NaN)."""
+    if value is None:
+        return False
+    if isinstance(value, float):
+        return not np.isnan(value)
+    return not (isinstance(value, str | bytes) and not value)
+
+
+def _cells(model_input: Any) -> Iterator[dict[str, Any]]:
+    """Input rows as {column: value} of the input columns present; a 4-d array is a batch of images."""
+    if isinstance(model_input, np.ndarray | torch.Tensor) and np.ndim(model_input) == 4:
+        for image in np.asarray(model_input):
+            yield {IMAGE_COLUMN: image}
+        return
+    frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+    columns = [c for c in INPUT_COLUMNS if c in frame.columns]
+    for values in frame[columns].itertuples(index=False, name=None):
+        yield {c: v for c, v in zip(columns, values, strict=True) if _present(v)}
+
+
 class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
-    """A bonescan checkpoint served through MLflow: preprocessed images in, class probabilities out.
+    """A bonescan classifier file served through MLflow: images or whole files in, probabilities out.
 
     The classifier file (the `checkpoint` artifact) is rebuilt with `bonescan.classifier_file.load`, so
-    the served model is exactly the one `evaluate` scored. Inference runs on the CPU in fp32.
+    the served model is exactly the one `evaluate` scored. Inference runs on the CPU in fp32. Files are
+    anonymized under a key drawn when the model is loaded: nothing the server computes is linkable to
+    the project's pseudonyms, and nothing of a file but its probabilities leaves `predict`.
     """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self._model, record = classifier_file.load(context.artifacts[CHECKPOINT_KEY])
-        self._classes = list(record.classes)
-        self._decision = record.decision
+        self._model, self._record = classifier_file.load(context.artifacts[CHECKPOINT_KEY])
+        self._classes = list(self._record.classes)
+        self._key = secrets.token_bytes(32)
+        self._anonymizer = Anonymizer(self._key, AnonymizeConfig())
 
-    def predict(
-        self, context: mlflow.pyfunc.PythonModelContext, model_input: np.ndarray, params: dict | None = None
+    def predict(  # noqa: ANN001 (model_input)
+        self, context: mlflow.pyfunc.PythonModelContext, model_input, params: dict | None = None
     ) -> pd.DataFrame:
-        """Softmax probabilities of (B, in_chans, H, W) images -> (B, classes + `prediction`) frame."""
-        images = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        with torch.inference_mode():
-            prob = torch.softmax(self._model(images).float(), dim=1).numpy().astype(np.float64)  # (B, K)
-        out = pd.DataFrame(prob, columns=self._classes)
-        out[PREDICTION_COLUMN] = [self._classes[i] for i in self._decision.predict(prob)]
-        return out
+        """Input rows (see the module docstring) -> (rows, classes + prediction, n_views, reason).
+
+        `model_input` is left unannotated: MLflow would otherwise derive a schema from the annotation.
+        """
+        prepared = [self._views(cells) for cells in _cells(model_input)]
+        shape = (self._record.in_chans, *self._record.image_size)
+        images = [np.broadcast_to(image, shape) for views, _ in prepared for image in views]  # (C, H, W) each
+        prob = classifier_file.predict_probabilities(
+            self._model, _Views(images), image_size=self._record.image_size, num_classes=len(self._classes)
+        )  # (N views, K)
+        rows, start = [], 0
+        for views, reason in prepared:
+            nan = np.full(len(self._classes), np.nan)
+            mean = prob[start : start + len(views)].mean(axis=0) if views else nan  # a study: its views' mean
+            start += len(views)
+            label = self._classes[int(self._record.decision.predict(mean[None])[0])] if views else ""
+            rows.append([*mean, label, len(views), reason])
+        return pd.DataFrame(rows, columns=[*self._classes, PREDICTION_COLUMN, VIEWS_COLUMN, REASON_COLUMN])
+
+    def _views(self, cells: dict[str, Any]) -> tuple[list[np.ndarray], str]:
+        """One input row -> ((C, H, W) model inputs, "") or ([], why it cannot be classified)."""
+        if len(cells) != 1:
+            given = ", ".join(cells) or "none"
+            return [], f"no_input: give exactly one of {', '.join(INPUT_COLUMNS)} (given: {given})"
+        ((column, value),) = cells.items()
+        if column == IMAGE_COLUMN:
+            return self._image(value)
+        if self._record.preprocessing is None:
+            return [], "no_preprocessing: the model records no preprocessing; send preprocessed images"
+        if column == PATH_COLUMN:
+            path = Path(str(value))
+            return self._file(path, path.name)
+        content = value
+        if isinstance(content, str):  # sent without the signature's binary type: still base64
+            try:
+                content = base64.b64decode(content, validate=True)
+            except (binascii.Error, ValueError):
+                return [], "not_base64: content is text but not base64"
+        with tempfile.TemporaryDirectory(prefix="bonescan-request-") as tmp:
+            path = Path(tmp) / f"input{file_suffix(bytes(content))}"
+            path.write_bytes(bytes(content))
+            return self._file(path, path.name)
+
+    def _file(self, path: Path, relpath: str) -> tuple[list[np.ndarray], str]:
+        result, prepared = prepare_file(path, relpath, self._anonymizer, self._record.preprocessing,
+                                        path.parent, self._key)  # fmt: skip
+        if prepared is None:
+            return [], f"{result.code}: {result.reason}"
+        return [image[None] for _, image in prepared.views], ""
+
+    def _image(self, value: Any) -> tuple[list[np.ndarray], str]:
+        h, w = self._record.image_size
+        try:
+            image = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):  # ragged nested lists, text
+            return [], f"shape: an image must be an array ({self._record.in_chans} or 1, {h}, {w}) of numbers"
+        image = image[None] if image.ndim == 2 else image
+        if image.ndim != 3 or image.shape[0] not in (1, self._record.in_chans) or image.shape[1:] != (h, w):
+            return [], f"shape: an image must be (1 or {self._record.in_chans}, {h}, {w}), got {image.shape}"
+        return [image], ""
 
 
 def example_input(in_chans: int, image_size: Sequence[int]) -> np.ndarray:
@@ -123,30 +244,47 @@ def _stage_code(dst: Path) -> Path:
     return target
 
 
-def save_pyfunc(checkpoint: str | Path, dst: str | Path) -> Path:
+def signature(classes: Sequence[str]) -> ModelSignature:
+    """Optional `image` / `path` / `content` columns in; a probability per class, the decision, views and reason out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    inputs = Schema([
+        ColSpec(Array(Array(Array("double"))), IMAGE_COLUMN, required=False),  # (C, H, W) in [0, 1]
+        ColSpec("string", PATH_COLUMN, required=False),
+        ColSpec("binary", CONTENT_COLUMN, required=False),
+    ])  # fmt: skip
+    outputs = Schema([
+        *(ColSpec("double", c) for c in classes),
+        ColSpec("string", PREDICTION_COLUMN),
+        ColSpec("long", VIEWS_COLUMN),
+        ColSpec("string", REASON_COLUMN),
+    ])  # fmt: skip
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def save_pyfunc(checkpoint: str | Path, dst: str | Path, mlflow_model: Model | None = None) -> Path:
     """Write the classifier file as an MLflow pyfunc model directory at `dst` (which must not exist).
 
-    The directory holds `artifacts/model.pt`, `code/bonescan/`, MLmodel with a tensor signature
-    (float32, (-1, in_chans, H, W)) and an input example, and pinned requirements.
-    """
-    from mlflow.models import infer_signature
+    The directory holds `artifacts/model.pt`, `code/bonescan/`, MLmodel with the column signature and
+    a synthetic `image` input example, and pinned requirements (nothing is inferred, so nothing is
+    resolved over the network).
 
+    Args:
+        mlflow_model: the MLmodel to fill (one bound to a LoggedModel's id when logging), else a new one.
+    """
     checkpoint, dst = Path(checkpoint), Path(dst)
-    model, record = classifier_file.load(checkpoint)
-    classes = list(record.classes)
-    example = example_input(record.in_chans, record.image_size)
-    with torch.inference_mode():
-        prob = torch.softmax(model(torch.from_numpy(example)).float(), dim=1).numpy().astype(np.float64)
-    output = pd.DataFrame(prob, columns=classes)
-    output[PREDICTION_COLUMN] = [classes[i] for i in record.decision.predict(prob)]
+    record = classifier_file.read(checkpoint)
+    example = {IMAGE_COLUMN: [example_input(record.in_chans, record.image_size)[0].tolist()]}
     with tempfile.TemporaryDirectory(prefix="bonescan-code-") as tmp:
         mlflow.pyfunc.save_model(
             path=str(dst),
             python_model=ClassifierPyfunc(),
             artifacts={CHECKPOINT_KEY: str(checkpoint)},
             code_paths=[str(_stage_code(Path(tmp)))],
-            signature=infer_signature(example, output),
-            input_example=example,
+            signature=signature(record.classes),
+            input_example=pd.DataFrame(example),
             pip_requirements=inference_requirements(),
+            mlflow_model=mlflow_model,
         )
     return dst

@@ -1,10 +1,15 @@
 """The promote stage: register the evaluated classifier in MLflow and move aliases by the rule.
 
-`bonescan promote` registers the evaluated classifier file as a version of `bonescan-classifier` (a
-version per distinct model digest: re-running on the same weights reuses it), points `challenger` at
-it, and applies `bonescan.model_registry.rules.decide` against the current `champion`, whose metrics
-and test-split fingerprint are read back from its version tags. A promotion moves `champion` and keeps
-the old one as `previous-champion`; `rollback` undoes it. Every version carries a model card.
+`bonescan promote` logs the evaluated classifier file as an MLflow LoggedModel (the pyfunc of
+`pyfunc.py`, with the training config as its params and the test metrics as its metrics, linked to
+the test split recorded as the run's `mlflow.data` input) and registers it as a version of
+`bonescan-classifier` (a version per distinct model digest: re-running on the same weights reuses it
+and refreshes its metrics), points `challenger` at it, and applies
+`bonescan.model_registry.rules.decide` against the current `champion`, whose metrics are read back
+from its logged model and its test-split fingerprint from its version tag. A promotion moves
+`champion` and keeps the old one as `previous-champion`; `rollback` undoes it. Every version carries
+a model card. A version keeps a handful of tags (digest, test split, classes, the decision); the rest
+lives on the logged model, where the MLflow UI shows params and metrics as such.
 
 Runs and the registry are reached through one explicit `MlflowClient` (`bonescan.tracking.client`);
 the fluent, process-global `mlflow.start_run` state is never used.
@@ -18,13 +23,14 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bonescan import classifier_file, tracking
 from bonescan.config import PromoteConfig
+from bonescan.data.dataset import load_split
 from bonescan.model_registry.card import CardSources, card_summary, render_model_card
 from bonescan.model_registry.pyfunc import MODEL_ARTIFACT_PATH, save_pyfunc
 from bonescan.model_registry.rules import (
@@ -41,6 +47,8 @@ from bonescan.runtime import atomic_write_json
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.data.pandas_dataset import PandasDataset
+    from mlflow.entities import LoggedModel, Metric
     from mlflow.entities.model_registry import ModelVersion
 
 __all__ = [
@@ -49,6 +57,7 @@ __all__ = [
     "current_aliases",
     "find_version",
     "load_candidate",
+    "logged_model_id",
     "promote",
     "rollback",
     "version_metrics",
@@ -62,8 +71,9 @@ TAG_DECISION = "bonescan.promotion.decision"
 TAG_REASON = "bonescan.promotion.reason"
 TAG_REPLACED = "bonescan.replaced_version"  # the champion this version replaced: the next rollback target
 TAG_ROLLED_BACK = "bonescan.rolled_back"
-EVAL_TAG_PREFIX = "eval."
-PARAMS_TAG_PREFIX = "params.clf."
+TAG_CLASSES = "classes"
+EVAL_TAG_PREFIX = "eval."  # test metrics as version tags: versions registered before logged models
+TEST_SPLIT_COLUMNS = ("image_id", "patient_id", "study_id", "view", "label")  # pseudonyms and labels only
 _MAX_TAG_VALUE = 5000  # MLflow's limit for a model version tag value
 
 # --------------------------------------------------------------------------- the candidate
@@ -172,16 +182,29 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _latest(metrics: Sequence[Metric]) -> dict[str, float | None]:
+    """The last value of each metric (a re-run on the same weights logs its metrics again)."""
+    latest: dict[str, Metric] = {}
+    for metric in sorted(metrics, key=lambda m: (m.timestamp, m.step)):
+        latest[metric.key] = metric
+    return {k: _number(m.value) for k, m in latest.items()}
+
+
 def version_metrics(
     mlflow: MlflowClient, version: ModelVersion
 ) -> tuple[dict[str, float | None], str | None]:
-    """A version's test metrics and test-split fingerprint: its `eval.*` tags, else its run's metrics.
+    """A version's test metrics and test-split fingerprint.
 
-    A version registered by hand, without bonescan's tags, falls back to the metrics and the
-    `bonescan.eval.fingerprint` tag of the run that logged it (the evaluate stage's tags).
+    The metrics are those of its logged model (the latest value of each); a version registered before
+    bonescan logged models has them as `eval.*` tags, and one registered by hand falls back to the
+    metrics and the `bonescan.eval.fingerprint` tag of the run that logged it (the evaluate stage's tags).
     """
     tags = version.tags or {}
-    metrics = {
+    metrics: dict[str, float | None] = {}
+    model_id = logged_model_id(mlflow, version)
+    if model_id:
+        metrics = _latest(mlflow.get_logged_model(model_id).metrics or [])
+    metrics = metrics or {
         k.removeprefix(EVAL_TAG_PREFIX): _number(v) for k, v in tags.items() if k.startswith(EVAL_TAG_PREFIX)
     }
     split = tags.get(TAG_TEST_SPLIT)
@@ -274,24 +297,73 @@ def _decide(
     return decision, metrics.get(primary_metric)
 
 
-def _version_tags(candidate: Candidate, project_root: Path) -> dict[str, str]:
-    tags = {
+def _version_tags(candidate: Candidate) -> dict[str, str]:
+    """What the registry page shows per version: the weights, the split they were scored on, the classes."""
+    return {
         TAG_DIGEST: candidate.digest,
         TAG_TEST_SPLIT: candidate.test_split,
-        "git_commit": tracking.git_commit(project_root),
-        "dvc_lock_sha256": tracking.dvc_lock_hash(project_root),
-        "model_name": str(candidate.checkpoint_meta.get("model_name", "")),
-        "classes": json.dumps(list(candidate.checkpoint_meta.get("classes", []))),
-        "image_size": json.dumps(list(candidate.checkpoint_meta.get("image_size", []))),
+        TAG_CLASSES: json.dumps(list(candidate.checkpoint_meta.get("classes", []))),
     }
-    tags.update(_eval_tags(candidate.metrics))
-    config = candidate.checkpoint_meta.get("config") or {}
-    tags.update({f"{PARAMS_TAG_PREFIX}{k}": v[:_MAX_TAG_VALUE] for k, v in tracking.flatten(config).items()})
-    return tags
 
 
-def _eval_tags(metrics: Mapping[str, float | None]) -> dict[str, str]:
-    return {f"{EVAL_TAG_PREFIX}{k}": "nan" if v is None else repr(float(v)) for k, v in metrics.items()}
+def _model_params(candidate: Candidate) -> dict[str, str]:
+    """The logged model's params: the architecture, its input and the training config (`clf.*`)."""
+    meta = candidate.checkpoint_meta
+    params = {
+        "model_name": str(meta.get("model_name", "")),
+        "classes": json.dumps(list(meta.get("classes", []))),
+        "image_size": json.dumps(list(meta.get("image_size", []))),
+        "in_chans": str(meta.get("in_chans", "")),
+    }
+    return params | tracking.flatten(meta.get("config") or {}, "clf.")
+
+
+def _model_tags(candidate: Candidate, project_root: Path) -> dict[str, str]:
+    return {TAG_DIGEST: candidate.digest, TAG_TEST_SPLIT: candidate.test_split,
+            **tracking.code_version_tags(project_root)}  # fmt: skip
+
+
+def _test_split(candidate: Candidate, manifest: Path | None) -> PandasDataset | None:
+    """The scored test split as an `mlflow.data` dataset: pseudonymous ids and labels, digest = fingerprint.
+
+    Its rows are the manifest's real images of evaluate's split; its digest is the fingerprint
+    evaluate recorded for them, the one champion and challenger must share. None without a manifest.
+    """
+    import mlflow.data
+
+    if manifest is None or not manifest.is_file():
+        return None
+    split = str(candidate.summary.get("split", "test"))
+    rows = load_split(manifest, split, include_synthetic=False)
+    table = rows[[c for c in TEST_SPLIT_COLUMNS if c in rows.columns]].reset_index(drop=True)
+    source = manifest.name  # the file's name, not where it lies on this machine
+    return mlflow.data.from_pandas(
+        table, source=source, targets="label", name=split, digest=candidate.test_split
+    )
+
+
+def _log_test_results(
+    mlflow: MlflowClient,
+    run: tracking.RunHandle,
+    candidate: Candidate,
+    dataset: PandasDataset | None,
+    model_id: str | None,
+) -> None:
+    """The test split as the run's input, and the test metrics on the run and on the logged model."""
+    from mlflow.entities import DatasetInput, InputTag, Metric
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    if dataset is not None:
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "test")])
+        mlflow.log_inputs(run.run_id, datasets=[entity])
+    linked = {"model_id": model_id} if model_id else {}
+    if dataset is not None and model_id:
+        linked |= {"dataset_name": dataset.name, "dataset_digest": dataset.digest}
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0, run_id=run.run_id, **linked)
+               for k, v in candidate.metrics.items() if v is not None]  # fmt: skip
+    for i in range(0, len(metrics), 900):  # below MLflow's 1000 entities per batch
+        mlflow.log_batch(run.run_id, metrics=metrics[i : i + 900])
 
 
 def _apply_aliases(
@@ -325,15 +397,63 @@ def _register(
             "(research use only, not diagnosis). "
             f"Aliases: {CHAMPION}, {CHALLENGER}, {PREVIOUS_CHAMPION}.",
         )
-    with tempfile.TemporaryDirectory(prefix="bonescan-pyfunc-") as tmp:
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    model = _log_model(mlflow, run, candidate, project_root)
+    # The source is the model's artifact location, not `models:/<model_id>`: the SQL registry resolves
+    # that through the process-global tracking URI, whatever store this client is bound to.
+    version = mlflow.create_model_version(
+        cfg.registered_model, model.artifact_location, run_id=run.run_id, tags=_version_tags(candidate),
+        model_id=model.model_id,
+    )  # fmt: skip
+    link = [{"name": version.name, "version": str(version.version)}]  # what `mlflow.register_model` records
+    mlflow.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(link)})
+    return version
+
+
+def logged_model_id(mlflow: MlflowClient, version: ModelVersion) -> str | None:
+    """The LoggedModel a version was registered from: the output of the run that logged it, if any.
+
+    The SQL registry keeps no model id with a version; bonescan's promote run logs exactly one model.
+    """
+    if getattr(version, "model_id", None):
+        return version.model_id
+    if not version.run_id:
+        return None
+    outputs = mlflow.get_run(version.run_id).outputs
+    models = [o.model_id for o in (outputs.model_outputs if outputs else [])]
+    return models[-1] if models else None
+
+
+def _log_model(
+    mlflow: MlflowClient, run: tracking.RunHandle, candidate: Candidate, project_root: Path
+) -> LoggedModel:
+    """The pyfunc as a LoggedModel of `run` (what `mlflow.pyfunc.log_model(name=...)` records).
+
+    Done step by step through the explicit client: `log_model` would write through the process-global
+    tracking URI and active run, into the default experiment rather than this run's.
+    """
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+    from mlflow.models import Model
+
+    experiment = mlflow.get_run(run.run_id).info.experiment_id
+    model = mlflow.create_logged_model(
+        experiment, name=MODEL_ARTIFACT_PATH, source_run_id=run.run_id, params=_model_params(candidate),
+        tags=_model_tags(candidate, project_root), model_type="classifier",
+    )  # fmt: skip
+    try:
         tic = time.perf_counter()
-        local = save_pyfunc(candidate.checkpoint, Path(tmp) / "model")
-        run.log_artifact(local, MODEL_ARTIFACT_PATH)
-        log.info("logged the pyfunc model to run %s in %.1f s", run.run_id, time.perf_counter() - tic)
-    source = f"{mlflow.get_run(run.run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
-    return mlflow.create_model_version(
-        cfg.registered_model, source, run_id=run.run_id, tags=_version_tags(candidate, project_root)
-    )
+        with tempfile.TemporaryDirectory(prefix="bonescan-pyfunc-") as tmp:
+            record = Model(artifact_path=model.artifact_location, model_uuid=model.model_id,
+                           run_id=run.run_id, model_id=model.model_id)  # fmt: skip
+            local = save_pyfunc(candidate.checkpoint, Path(tmp) / "model", mlflow_model=record)
+            mlflow.log_model_artifacts(model.model_id, str(local))
+        mlflow.log_outputs(run.run_id, [LoggedModelOutput(model.model_id, step=0)])
+    except BaseException:
+        mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        raise
+    log.info("logged model %s to run %s in %.1f s", model.model_id, run.run_id, time.perf_counter() - tic)
+    return mlflow.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 
 
 def promote(
@@ -389,18 +509,16 @@ def promote(
         run.log_params(
             {"promote": cfg.model_dump(mode="json"), "evaluate": {"primary_metric": primary_metric}}
         )
-        run.log_metrics({k: v for k, v in candidate.metrics.items() if v is not None})
         if existing is None:
             version = _register(mlflow, run, cfg, candidate, root)
         else:
             version = existing
-            for key, value in _eval_tags(candidate.metrics).items():
-                if (version.tags or {}).get(key) != value:
-                    mlflow.set_model_version_tag(name, version.version, key, value)
             mlflow.set_model_version_tag(name, version.version, TAG_TEST_SPLIT, candidate.test_split)
             log.info(
                 "checkpoint %s is already version %s; reusing it", candidate.digest[:12], version.version
             )
+        _log_test_results(mlflow, run, candidate, _test_split(candidate, sources.manifest),
+                          logged_model_id(mlflow, version))  # fmt: skip
         number = str(version.version)
         decision, champion_value = _decide(mlflow, cfg, primary_metric, candidate, version, aliases)
         after = {**aliases, CHALLENGER: number}
@@ -499,6 +617,7 @@ def _write_card(
     path: Path,
 ) -> None:
     """The card as a file, on this run, and next to the version's model (refreshed on every decision)."""
+    model_id = logged_model_id(mlflow, version)
     png = sources.confusion_png if sources.confusion_png and sources.confusion_png.is_file() else None
     path.parent.mkdir(parents=True, exist_ok=True)
     local_link = Path(os.path.relpath(png.resolve(), path.parent.resolve())).as_posix() if png else None
@@ -507,7 +626,8 @@ def _write_card(
         named = Path(tmp) / "model_card.md"  # the same name whatever cfg.model_card is called
         named.write_text(render_model_card(candidate, result, cfg, sources, confusion_link=png and png.name))
         for file in [named, png] if png else [named]:
-            if version.run_id:  # next to the model: downloaded with it
+            if model_id:  # next to the model: downloaded with it
+                mlflow.log_model_artifact(model_id, str(file), "model_card")
+            elif version.run_id:  # a version registered from a run's folder (earlier bonescan)
                 mlflow.log_artifact(version.run_id, str(file), f"{MODEL_ARTIFACT_PATH}/model_card")
-            if version.run_id != run.run_id:  # and on the run that took this decision
-                run.log_artifact(file, "model_card")
+            run.log_artifact(file, "model_card")  # and on the run that took this decision
