@@ -9,15 +9,15 @@ import torch
 from torch import nn
 
 from bonescan.runtime import (
-    cpu_budget,
-    set_torch_threads,
     atomic_path,
     atomic_write,
     atomic_write_json,
     autocast,
+    cpu_budget,
     dist_env,
     is_main_process,
     resolve_device,
+    set_torch_threads,
     unwrap,
 )
 
