@@ -516,6 +516,8 @@ class PromoteConfig(_Section):
     registered_model: str = "bonescan-classifier"  # MLflow registered model name (aliases champion, challenger, ...)
     min_improvement: float = Field(0.01, ge=0)  # a challenger must beat the champion's primary metric by this much
     min_class_recall: float = Field(0.1, ge=0, le=1)  # every class recall must reach this floor (no abandoned class)
+    paired_bootstrap: bool = True  # also require the paired patient-bootstrap difference's lower bound > 0
+    n_boot: int = Field(1000, ge=100)  # resamples of that difference
     model_file: str = "models/classifier/model.pt"  # the fine-tuned checkpoint (clf.out_dir/model.pt)
     metrics_file: str = "metrics/eval.json"  # its flat test metrics (evaluate.metrics_file)
     eval_summary: str = "reports/eval/summary.json"  # evaluate's summary: test-split fingerprint, unit, counts

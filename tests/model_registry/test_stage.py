@@ -30,7 +30,7 @@ from tests.classifier_files import write_classifier
 CLASSES = ["healthy", "metastasis", "benign"]
 SIZE = (32, 16)
 NAME = "bonescan-classifier"
-CFG = PromoteConfig(min_improvement=0.01, min_class_recall=0.3)
+CFG = PromoteConfig(min_improvement=0.01, min_class_recall=0.3, n_boot=200)
 SPLIT = "5e4e27ab8b4a43c6"
 
 
@@ -369,3 +369,49 @@ def test_bonescan_predict_finds_the_logged_model_by_alias_and_by_its_runs_uri(pr
     for n, uri in enumerate((f"models:/{NAME}@champion", f"runs:/{result.run_id}/classifier")):
         local, source = resolve_model(uri, tmp_path / f"dl{n}", project)
         assert local.read_bytes() == checkpoint.read_bytes() and source.run_id == result.run_id
+
+
+# --------------------------------------------------------------------------- paired comparison
+
+
+def write_study_predictions(root: Path, wrong: int, studies: int = 90) -> None:
+    """evaluate's per-study predictions: the first `wrong` studies get the wrong class, the rest the right one."""
+    labels = [CLASSES[i % 3] for i in range(studies)]
+    rows = []
+    for i, label in enumerate(labels):
+        k = (CLASSES.index(label) + (1 if i < wrong else 0)) % 3
+        prob = np.full(3, 0.1)
+        prob[k] = 0.8
+        rows.append({"study_id": f"s{i:03d}", "label": label, "n_views": 2, **dict(zip([f"p_{c}" for c in CLASSES], prob, strict=True))})
+    pd.DataFrame(rows).to_csv(root / "reports" / "eval" / "study_predictions.csv", index=False)
+
+
+def test_a_gain_within_the_test_splits_noise_does_not_replace_the_champion(project):
+    """Two more studies right out of 90 clears the 0.01 margin, not the paired bootstrap's lower bound."""
+    train_and_evaluate(project, seed=0, macro_f1=0.70)
+    write_study_predictions(project, wrong=20)
+    assert run(project).promoted
+    train_and_evaluate(project, seed=1, macro_f1=0.73)
+    write_study_predictions(project, wrong=18)
+    result = run(project)
+    assert not result.promoted and "noise" in result.reason and "paired difference" in result.reason
+    assert current_aliases(tracking.client(project), NAME)["champion"] == "1"
+
+
+def test_a_gain_beyond_the_noise_is_promoted_with_the_paired_interval_in_the_reason(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.60)
+    write_study_predictions(project, wrong=30)
+    run(project)
+    train_and_evaluate(project, seed=1, macro_f1=0.90)
+    write_study_predictions(project, wrong=3)
+    result = run(project)
+    assert result.promoted and "95 % CI [+" in result.reason
+
+
+def test_without_the_champions_predictions_the_margin_rule_decides_and_says_so(project):
+    train_and_evaluate(project, seed=0, macro_f1=0.60)
+    run(project)  # no study predictions: an older evaluate, nothing stored to pair with
+    train_and_evaluate(project, seed=1, macro_f1=0.80)
+    write_study_predictions(project, wrong=3)
+    result = run(project)
+    assert result.promoted and "margin rule" in result.reason

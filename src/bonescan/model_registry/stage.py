@@ -28,9 +28,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
+
 from bonescan import classifier_file, tracking
+from bonescan.classifier_file import DecisionRule
 from bonescan.config import PromoteConfig
 from bonescan.data.dataset import load_split
+from bonescan.metrics import PairedDifference, paired_bootstrap_difference
 from bonescan.model_registry.card import CardSources, card_summary, render_model_card
 from bonescan.model_registry.pyfunc import MODEL_ARTIFACT_PATH, save_pyfunc
 from bonescan.model_registry.rules import (
@@ -263,7 +268,91 @@ class PromotionResult:
 
 
 def _rule(cfg: PromoteConfig, primary_metric: str) -> PromotionRule:
-    return PromotionRule(primary_metric, cfg.min_improvement, cfg.min_class_recall)
+    return PromotionRule(primary_metric, cfg.min_improvement, cfg.min_class_recall, paired=cfg.paired_bootstrap)
+
+
+# --------------------------------------------------------------------------- paired comparison
+
+PREDICTIONS_ARTIFACT = "evaluation/unit_predictions.csv"  # on the run that registered a version
+
+
+def decision_scores(predictions: pd.DataFrame, classes: Sequence[str], decision: DecisionRule) -> pd.DataFrame:
+    """Per unit: id, label and `q_<class>` = softmax(log p + offsets), whose argmax is the model's decision.
+
+    What a version keeps of its test predictions, so a later challenger is compared with the
+    champion's decisions on the same studies without loading the champion's weights.
+    """
+    prob = predictions[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    scores = np.log(np.clip(prob, 1e-12, None))
+    if decision.kind == "offsets":
+        scores = scores + np.asarray(decision.offsets)
+    scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+    scores /= scores.sum(axis=1, keepdims=True)
+    unit = "study_id" if "n_views" in predictions.columns or "image_id" not in predictions.columns else "image_id"
+    out = predictions[[unit, "label"]].rename(columns={unit: "unit_id"}).reset_index(drop=True)
+    out[[f"q_{c}" for c in classes]] = scores
+    return out
+
+
+def _candidate_scores(candidate: Candidate, eval_summary: Path) -> pd.DataFrame | None:
+    """The challenger's `decision_scores` from evaluate's per-unit predictions, if evaluate wrote them."""
+    unit = str(candidate.summary.get("unit", "study"))
+    path = eval_summary.parent / ("study_predictions.csv" if unit == "study" else "predictions.csv")
+    if not path.is_file():
+        return None
+    record = classifier_file.read(candidate.checkpoint)
+    frame = pd.read_csv(path, dtype={"study_id": str, "image_id": str})
+    if unit != "study":
+        frame = frame.drop(columns=["n_views"], errors="ignore")
+    return decision_scores(frame, record.classes, record.decision)
+
+
+def _champion_scores(mlflow: MlflowClient, version: ModelVersion) -> pd.DataFrame | None:
+    """The champion's stored decision scores, or None (registered by an older bonescan, or unreadable)."""
+    from mlflow.exceptions import MlflowException
+
+    if not version.run_id:
+        return None
+    with tempfile.TemporaryDirectory(prefix="bonescan-champion-") as tmp:
+        try:
+            local = mlflow.download_artifacts(version.run_id, PREDICTIONS_ARTIFACT, tmp)
+            return pd.read_csv(local, dtype={"unit_id": str})
+        except (MlflowException, OSError, ValueError) as exc:
+            log.info("champion version %s has no stored test predictions (%s): margin rule only",
+                     version.version, type(exc).__name__)  # fmt: skip
+            return None
+
+
+def paired_difference(
+    challenger: pd.DataFrame,
+    champion: pd.DataFrame,
+    patients: Mapping[str, str],
+    classes: Sequence[str],
+    metric: str,
+    n_boot: int,
+) -> PairedDifference | None:
+    """The paired bootstrap difference on the units both scored, resampling patients; None if they differ."""
+    if set(challenger["unit_id"]) != set(champion["unit_id"]) or not len(challenger):
+        return None
+    both = challenger.merge(champion, on="unit_id", suffixes=("", "_champion"))
+    if (both["label"] != both["label_champion"]).any():
+        return None
+    columns = [f"q_{c}" for c in classes]
+    groups = [patients.get(u, u) for u in both["unit_id"]]  # a unit without a known patient is its own
+    y = np.array([list(classes).index(label) for label in both["label"]])
+    return paired_bootstrap_difference(
+        y, both[columns].to_numpy(), both[[f"{c}_champion" for c in columns]].to_numpy(), groups, classes,
+        metric, n_boot=n_boot, seed=0,
+    )
+
+
+def _unit_patients(candidate: Candidate, manifest: Path | None) -> dict[str, str]:
+    """Unit id -> pseudonymous patient id, from the manifest's rows of the scored split."""
+    if manifest is None or not manifest.is_file():
+        return {}
+    rows = load_split(manifest, str(candidate.summary.get("split", "test")), include_synthetic=False)
+    unit = "study_id" if str(candidate.summary.get("unit", "study")) == "study" else "image_id"
+    return dict(zip(rows[unit].astype(str), rows["patient_id"].astype(str), strict=True))
 
 
 def _decide(
@@ -273,8 +362,15 @@ def _decide(
     candidate: Candidate,
     version: ModelVersion | None,
     aliases: Mapping[str, str],
+    scores: pd.DataFrame | None = None,
+    patients: Mapping[str, str] | None = None,
 ) -> tuple[Decision, float | None]:
-    """The rule, plus the two cases it cannot see: the version is already champion, or was rolled back."""
+    """The rule, plus the two cases it cannot see: the version is already champion, or was rolled back.
+
+    `scores` are the challenger's `decision_scores` and `patients` their units' patients: with the
+    champion's stored scores they give the paired bootstrap difference the rule decides by.
+    """
+    patients = patients or {}
     champion = aliases.get(CHAMPION)
     if version is not None and champion == str(version.version):
         return Decision(False, f"version {version.version} is already the champion"), candidate.metrics.get(
@@ -286,14 +382,24 @@ def _decide(
         return decide(
             candidate.metrics, None, _rule(cfg, primary_metric), challenger_test_split=candidate.test_split
         ), None
-    metrics, split = version_metrics(mlflow, mlflow.get_model_version(cfg.registered_model, champion))
+    champion_version = mlflow.get_model_version(cfg.registered_model, champion)
+    metrics, split = version_metrics(mlflow, champion_version)
+    difference = None
+    if cfg.paired_bootstrap and split == candidate.test_split and scores is not None:
+        stored = _champion_scores(mlflow, champion_version)
+        if stored is not None:
+            classes = list(candidate.checkpoint_meta.get("classes", []))
+            difference = paired_difference(scores, stored, patients, classes, primary_metric, cfg.n_boot)
     decision = decide(
         candidate.metrics,
         metrics,
         _rule(cfg, primary_metric),
         challenger_test_split=candidate.test_split,
         champion_test_split=split,
+        difference=difference,
     )
+    if cfg.paired_bootstrap and difference is None and decision.promote:
+        decision = Decision(True, decision.reason + " (margin rule: no paired predictions of the champion)")
     return decision, metrics.get(primary_metric)
 
 
@@ -482,6 +588,8 @@ def promote(
     root = Path(project_root)
     sources = (sources or CardSources()).under(root)
     candidate = load_candidate(cfg.model_file, cfg.metrics_file, cfg.eval_summary, root)
+    scores = _candidate_scores(candidate, root / cfg.eval_summary)
+    patients = _unit_patients(candidate, sources.manifest)
     mlflow = tracking.client(root)
     name = cfg.registered_model
     aliases = current_aliases(mlflow, name)
@@ -496,7 +604,8 @@ def promote(
         checkpoint_digest=candidate.digest,
     )
     if dry_run:
-        decision, champion_value = _decide(mlflow, cfg, primary_metric, candidate, existing, aliases)
+        decision, champion_value = _decide(mlflow, cfg, primary_metric, candidate, existing, aliases,
+                                           scores, patients)  # fmt: skip
         log.info("dry run: %s", decision.reason)
         return PromotionResult(
             "promote" if decision.promote else "keep", decision.promote, decision.reason,
@@ -511,6 +620,11 @@ def promote(
         )
         if existing is None:
             version = _register(mlflow, run, cfg, candidate, root)
+            if scores is not None:  # what a later challenger is paired against
+                with tempfile.TemporaryDirectory(prefix="bonescan-scores-") as tmp:
+                    local = Path(tmp) / Path(PREDICTIONS_ARTIFACT).name
+                    scores.to_csv(local, index=False, float_format="%.6g")
+                    run.log_artifact(local, str(Path(PREDICTIONS_ARTIFACT).parent))
         else:
             version = existing
             mlflow.set_model_version_tag(name, version.version, TAG_TEST_SPLIT, candidate.test_split)
@@ -520,7 +634,8 @@ def promote(
         _log_test_results(mlflow, run, candidate, _test_split(candidate, sources.manifest),
                           logged_model_id(mlflow, version))  # fmt: skip
         number = str(version.version)
-        decision, champion_value = _decide(mlflow, cfg, primary_metric, candidate, version, aliases)
+        decision, champion_value = _decide(mlflow, cfg, primary_metric, candidate, version, aliases,
+                                           scores, patients)  # fmt: skip
         after = {**aliases, CHALLENGER: number}
         if decision.promote:
             after = aliases_after_promotion(after, number)
