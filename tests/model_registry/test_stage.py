@@ -88,7 +88,10 @@ def test_first_model_becomes_champion_and_challenger(project):
     report = json.loads((project / CFG.report).read_text())
     assert report["action"] == "promote" and report["aliases_after"] == {"challenger": "1", "champion": "1"}
     (version,) = versions(project)
-    assert version.tags["bonescan.test_split"] == SPLIT and version.tags["bonescan.promotion.decision"] == "promote"
+    assert (
+        version.tags["bonescan.test_split"] == SPLIT
+        and version.tags["bonescan.promotion.decision"] == "promote"
+    )
 
 
 def test_a_version_is_a_logged_model_with_its_metrics_and_params_and_only_a_handful_of_tags(project):
@@ -103,7 +106,10 @@ def test_a_version_is_a_logged_model_with_its_metrics_and_params_and_only_a_hand
     assert model.name == "classifier" and model.source_run_id == result.run_id and model.status == "READY"
     metrics = {m.key: m.value for m in model.metrics}
     assert metrics["macro_f1"] == pytest.approx(0.6) and metrics["recall_benign"] == pytest.approx(0.6)
-    assert model.params["clf.model"] == "soft_threshold_net" and model.params["model_name"] == "soft_threshold_net"
+    assert (
+        model.params["clf.model"] == "soft_threshold_net"
+        and model.params["model_name"] == "soft_threshold_net"
+    )
     assert model.tags["bonescan.checkpoint_digest"] == result.checkpoint_digest
     assert "dvc_lock_sha256" in model.tags
     assert registry.get_run(result.run_id).outputs.model_outputs[0].model_id == model.model_id
@@ -124,14 +130,20 @@ def test_the_test_split_is_the_runs_dataset_input_with_its_fingerprint_and_pseud
     registry = tracking.client(project)
     (dataset_input,) = registry.get_run(result.run_id).inputs.dataset_inputs
     dataset = dataset_input.dataset
-    assert dataset.name == "test" and dataset.digest == SPLIT  # evaluate's fingerprint: what promotion compares
+    assert (
+        dataset.name == "test" and dataset.digest == SPLIT
+    )  # evaluate's fingerprint: what promotion compares
     assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "test"
     assert json.loads(dataset.profile)["num_rows"] == 3  # the test rows, not the train row
     columns = [c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]]
     assert columns == ["image_id", "patient_id", "study_id", "view", "label"]
     assert "secret-name" not in dataset.source and "secret-name" not in dataset.schema
     (version,) = versions(project)
-    linked = [m for m in registry.get_logged_model(logged_model_id(registry, version)).metrics if m.key == "macro_f1"]
+    linked = [
+        m
+        for m in registry.get_logged_model(logged_model_id(registry, version)).metrics
+        if m.key == "macro_f1"
+    ]
     assert [(m.dataset_name, m.dataset_digest) for m in linked] == [("test", SPLIT)]
 
 
@@ -155,7 +167,9 @@ def test_a_champion_registered_with_eval_tags_is_still_compared(project, monkeyp
     for m in ("recall_healthy", "recall_metastasis", "recall_benign"):
         registry.set_model_version_tag(NAME, old.version, f"eval.{m}", "0.8")
     old = registry.get_model_version(NAME, old.version)
-    monkeypatch.setattr(stage, "logged_model_id", lambda mlflow, version: None)  # registered by the earlier bonescan
+    monkeypatch.setattr(
+        stage, "logged_model_id", lambda mlflow, version: None
+    )  # registered by the earlier bonescan
     assert version_metrics(registry, old)[0]["macro_f1"] == pytest.approx(0.9)
 
 
@@ -211,7 +225,10 @@ def test_rerunning_on_the_same_checkpoint_reuses_its_version(project):
 def test_a_retraining_that_reproduces_the_weights_reuses_the_version_whatever_its_timings(project):
     path = train_and_evaluate(project, seed=0, macro_f1=0.6)
     first = run(project)
-    retrained = load_checkpoint(path) | {"history": [{"epoch": 1, "images_per_s": 123.4}], "best": {"seconds": 9.9}}
+    retrained = load_checkpoint(path) | {
+        "history": [{"epoch": 1, "images_per_s": 123.4}],
+        "best": {"seconds": 9.9},
+    }
     save_checkpoint(retrained, path)  # a deterministic re-run: same weights, other wall-clock figures
     again = run(project)
     assert again.version == first.version and not again.new_version and len(versions(project)) == 1
@@ -315,7 +332,9 @@ def test_model_card_has_counts_metrics_and_decision_but_no_identifiers(project):
     assert "| train | 2 | 0 | 2 | 4 | 2 |" in card  # healthy, metastasis, benign, images, patients
     assert "| macro_f1 | 0.600 | 0.500 - 0.700 |" in card
     assert "found 0 leak(s) in 6 anonymized file(s)" in card
-    assert "modalities NM, anterior + posterior views" in card and "with margin 0.04" in card  # from the checkpoint
+    assert (
+        "modalities NM, anterior + posterior views" in card and "with margin 0.04" in card
+    )  # from the checkpoint
     assert "Decision: **promote**" in card and "## Limitations" in card
     assert not any(s in card for s in ("PATIENT-", "img0", "s1 ", "data/processed/images"))
 
@@ -336,7 +355,9 @@ def test_cli_promote_dry_run_and_rollback_without_history(project, monkeypatch, 
 def test_metrics_of_another_model_are_never_promoted(project):
     """A clf-finetune without evaluate leaves the last model's metrics next to a new model."""
     train_and_evaluate(project, seed=0, macro_f1=0.6)
-    write_classifier(project / "models" / "classifier" / "model.pt", CLASSES, SIZE, seed=5)  # retrained, not scored
+    write_classifier(
+        project / "models" / "classifier" / "model.pt", CLASSES, SIZE, seed=5
+    )  # retrained, not scored
     with pytest.raises(ValueError, match="were not computed for this model"):
         run(project)
     assert versions(project) == [] and not (project / "reports" / "promotion.json").exists()
@@ -382,7 +403,14 @@ def write_study_predictions(root: Path, wrong: int, studies: int = 90) -> None:
         k = (CLASSES.index(label) + (1 if i < wrong else 0)) % 3
         prob = np.full(3, 0.1)
         prob[k] = 0.8
-        rows.append({"study_id": f"s{i:03d}", "label": label, "n_views": 2, **dict(zip([f"p_{c}" for c in CLASSES], prob, strict=True))})
+        rows.append(
+            {
+                "study_id": f"s{i:03d}",
+                "label": label,
+                "n_views": 2,
+                **dict(zip([f"p_{c}" for c in CLASSES], prob, strict=True)),
+            }
+        )
     pd.DataFrame(rows).to_csv(root / "reports" / "eval" / "study_predictions.csv", index=False)
 
 

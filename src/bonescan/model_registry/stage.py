@@ -123,7 +123,9 @@ def load_candidate(
             the classifier file on disk (evaluate did not run after the last training).
     """
     root = Path(root)
-    checkpoint, metrics_file, summary_file = (root / Path(p) for p in (checkpoint, metrics_file, summary_file))
+    checkpoint, metrics_file, summary_file = (
+        root / Path(p) for p in (checkpoint, metrics_file, summary_file)
+    )
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{metrics_file}: no test metrics; run `bonescan evaluate` first")
     metrics = json.loads(metrics_file.read_text())
@@ -268,7 +270,9 @@ class PromotionResult:
 
 
 def _rule(cfg: PromoteConfig, primary_metric: str) -> PromotionRule:
-    return PromotionRule(primary_metric, cfg.min_improvement, cfg.min_class_recall, paired=cfg.paired_bootstrap)
+    return PromotionRule(
+        primary_metric, cfg.min_improvement, cfg.min_class_recall, paired=cfg.paired_bootstrap
+    )
 
 
 # --------------------------------------------------------------------------- paired comparison
@@ -276,7 +280,9 @@ def _rule(cfg: PromoteConfig, primary_metric: str) -> PromotionRule:
 PREDICTIONS_ARTIFACT = "evaluation/unit_predictions.csv"  # on the run that registered a version
 
 
-def decision_scores(predictions: pd.DataFrame, classes: Sequence[str], decision: DecisionRule) -> pd.DataFrame:
+def decision_scores(
+    predictions: pd.DataFrame, classes: Sequence[str], decision: DecisionRule
+) -> pd.DataFrame:
     """Per unit: id, label and `q_<class>` = softmax(log p + offsets), whose argmax is the model's decision.
 
     What a version keeps of its test predictions, so a later challenger is compared with the
@@ -288,7 +294,11 @@ def decision_scores(predictions: pd.DataFrame, classes: Sequence[str], decision:
         scores = scores + np.asarray(decision.offsets)
     scores = np.exp(scores - scores.max(axis=1, keepdims=True))
     scores /= scores.sum(axis=1, keepdims=True)
-    unit = "study_id" if "n_views" in predictions.columns or "image_id" not in predictions.columns else "image_id"
+    unit = (
+        "study_id"
+        if "n_views" in predictions.columns or "image_id" not in predictions.columns
+        else "image_id"
+    )
     out = predictions[[unit, "label"]].rename(columns={unit: "unit_id"}).reset_index(drop=True)
     out[[f"q_{c}" for c in classes]] = scores
     return out
@@ -341,8 +351,14 @@ def paired_difference(
     groups = [patients.get(u, u) for u in both["unit_id"]]  # a unit without a known patient is its own
     y = np.array([list(classes).index(label) for label in both["label"]])
     return paired_bootstrap_difference(
-        y, both[columns].to_numpy(), both[[f"{c}_champion" for c in columns]].to_numpy(), groups, classes,
-        metric, n_boot=n_boot, seed=0,
+        y,
+        both[columns].to_numpy(),
+        both[[f"{c}_champion" for c in columns]].to_numpy(),
+        groups,
+        classes,
+        metric,
+        n_boot=n_boot,
+        seed=0,
     )
 
 
