@@ -160,6 +160,26 @@ def test_evaluate_model_writes_metrics_predictions_confusion_and_gallery(tmp_pat
     assert result.fingerprint == json.loads((tmp_path / "reports/eval/summary.json").read_text())["fingerprint"]
 
 
+def test_the_metrics_are_those_of_the_models_decision_rule_not_of_argmax(tmp_path):
+    """A rule that always says benign: accuracy is benign's share and benign recall 1, AUC unchanged."""
+    from bonescan.classifier_file import DecisionRule
+
+    torch.manual_seed(0)
+    manifest = _cohort(tmp_path)
+    images = manifest[(manifest["split"] == "test") & (manifest["synthetic"] == "false")]
+    evaluate_model(TinyNet(), images, CLASSES, _cfg(), root=tmp_path, model_name="tiny")
+    argmax = json.loads((tmp_path / "metrics/eval.json").read_text())
+    always_benign = DecisionRule("offsets", (0.0, 0.0, 50.0), chosen_on="test")
+    torch.manual_seed(0)
+    evaluate_model(TinyNet(), images, CLASSES, _cfg(), root=tmp_path, model_name="tiny", decision=always_benign)
+    rule = json.loads((tmp_path / "metrics/eval.json").read_text())
+    studies = pd.read_csv(tmp_path / "reports/eval/study_predictions.csv")
+    assert set(studies["predicted"]) == {"benign"}
+    assert rule["recall_benign"] == 1.0 and rule["recall_healthy"] == 0.0
+    assert rule["accuracy"] == pytest.approx((studies["label"] == "benign").mean())
+    assert rule["macro_auc"] == argmax["macro_auc"]
+
+
 def test_no_patient_identifier_reaches_the_written_reports(tmp_path):
     manifest = _cohort(tmp_path)
     images = manifest[manifest["split"] == "test"]

@@ -169,7 +169,7 @@ def evaluate_model(
     prob_cols = [f"p_{c}" for c in classes]
     y_true = np.asarray(label_indices(list(units["label"]), classes))
     y_prob, groups = units[prob_cols].to_numpy(), units["patient_id"].to_numpy()
-    report = evaluate_predictions(y_true, y_prob, groups, classes, cfg.n_boot, cfg.ci, cfg.seed)
+    report = evaluate_predictions(y_true, y_prob, groups, classes, cfg.n_boot, cfg.ci, cfg.seed, rule)
     for note in report.notes:
         log.warning("%s", note)
     y_pred = np.asarray(label_indices(list(units["predicted"]), classes))

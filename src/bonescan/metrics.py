@@ -131,16 +131,21 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if len(finite) else math.nan
 
 
-def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+def compute_metrics(
+    y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str], decision: DecisionRule | None = None
+) -> dict[str, float]:
     """All point metrics, flat: `MACRO_METRICS` plus "<metric>_<class>" for `PER_CLASS_METRICS`.
 
-    The prediction is the most probable class. With every class present, the macro values equal
-    scikit-learn's `average="macro"` (precision of a class never predicted counts as 0, as there).
+    The prediction is the decision rule's (the most probable class without one): the metrics of a
+    model are those at its operating point, while ROC AUC uses the probabilities. With every class
+    present, the macro values equal scikit-learn's `average="macro"` (precision of a class never
+    predicted counts as 0, as there).
 
     Args:
         y_true: (N,) class indices.
         y_prob: (N, K) class probabilities, K == len(classes).
         classes: class names in index order.
+        decision: the model's `DecisionRule`; None = argmax.
 
     Returns:
         metric name -> value (NaN where undefined, e.g. recall of a class absent from `y_true`).
@@ -151,7 +156,7 @@ def compute_metrics(y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[st
         raise ValueError(f"{y_prob.shape[1]} probability columns for {k} classes")
     if len(y_true) == 0:
         raise ValueError("no samples to evaluate")
-    y_pred = y_prob.argmax(axis=1)
+    y_pred = decision.predict(y_prob) if decision is not None else y_prob.argmax(axis=1)
     present = np.bincount(y_true, minlength=k) > 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -231,6 +236,7 @@ def cluster_bootstrap(
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
+    decision: DecisionRule | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile confidence interval of every metric of `compute_metrics`, resampling groups.
 
@@ -253,7 +259,7 @@ def cluster_bootstrap(
         raise ValueError(f"{len(np.asarray(groups))} group ids for {len(y_true)} samples")
     replicates: dict[str, list[float]] = {}
     for idx in bootstrap_indices(groups, n_boot, seed):
-        for name, value in compute_metrics(y_true[idx], y_prob[idx], classes).items():
+        for name, value in compute_metrics(y_true[idx], y_prob[idx], classes, decision).items():
             replicates.setdefault(name, []).append(value)
     return {name: percentile_interval(np.asarray(vals), ci) for name, vals in replicates.items()}
 
@@ -304,10 +310,11 @@ def evaluate_predictions(
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
+    decision: DecisionRule | None = None,
 ) -> MetricReport:
-    """Point metrics, patient-bootstrap intervals and notes on undefined metrics, in one report."""
-    point = compute_metrics(y_true, y_prob, classes)
-    interval = cluster_bootstrap(y_true, y_prob, groups, classes, n_boot, ci, seed) if n_boot > 0 else {}
+    """Point metrics at the decision rule's predictions, patient-bootstrap intervals and notes, in one report."""
+    point = compute_metrics(y_true, y_prob, classes, decision)
+    interval = cluster_bootstrap(y_true, y_prob, groups, classes, n_boot, ci, seed, decision) if n_boot > 0 else {}
     notes = [
         f"class {name!r} has no sample in the evaluated set: its recall, F1 and ROC AUC are undefined (NaN) "
         "and the macro averages are over the other classes"
