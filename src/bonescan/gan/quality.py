@@ -88,11 +88,26 @@ def _gaussian_window(dtype: torch.dtype) -> torch.Tensor:
     return w / w.sum()  # (11,)
 
 
-def _filter(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter without padding: (B, 1, H, W) -> (B, 1, H - 10, W - 10)."""
+def _bands(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The separable Gaussian filter as two banded matrices, (H - 10, H) and (W - 10, W), float64."""
+    window = _gaussian_window(torch.float64)
     k = len(window)
-    x = F.conv2d(x, window.view(1, 1, k, 1))
-    return F.conv2d(x, window.view(1, 1, 1, k))
+
+    def band(n: int) -> torch.Tensor:
+        rows = torch.arange(n - k + 1)[:, None] + torch.arange(k)[None]  # (n - k + 1, k) column of each tap
+        return torch.zeros(n - k + 1, n, dtype=torch.float64).scatter_(1, rows, window.expand(n - k + 1, k))
+
+    return band(height), band(width)
+
+
+def _filter(x: torch.Tensor, bands: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Separable Gaussian filter without padding: (B, 1, H, W) -> (B, 1, H - 10, W - 10).
+
+    Two matrix products: float64 BLAS runs them ~5x faster on a CPU than `conv2d`'s float64 path, with
+    the same values to rounding.
+    """
+    rows, cols = bands
+    return rows @ x @ cols.T
 
 
 def ssim_matrix(
@@ -113,18 +128,18 @@ def ssim_matrix(
         raise ValueError(
             f"ssim_matrix needs equal sizes of at least 11x11, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
-    window = _gaussian_window(torch.float64)
+    bands = _bands(*a.shape[1:])
     a = a.to(torch.float64)[:, None]  # (N, 1, H, W)
     b = b.to(torch.float64)[:, None]
     c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
-    mu_a, mu_b = _filter(a, window), _filter(b, window)  # (N, 1, h, w), (M, 1, h, w)
-    var_a = _filter(a * a, window) - mu_a**2
-    var_b = _filter(b * b, window) - mu_b**2
+    mu_a, mu_b = _filter(a, bands), _filter(b, bands)  # (N, 1, h, w), (M, 1, h, w)
+    var_a = _filter(a * a, bands) - mu_a**2
+    var_b = _filter(b * b, bands) - mu_b**2
     out = torch.empty(len(a), len(b), dtype=torch.float64)
     for i in range(len(a)):
         for start in range(0, len(b), chunk):
             sl = slice(start, start + chunk)
-            cov = _filter(a[i : i + 1] * b[sl], window) - mu_a[i : i + 1] * mu_b[sl]
+            cov = _filter(a[i : i + 1] * b[sl], bands) - mu_a[i : i + 1] * mu_b[sl]
             num = (2 * mu_a[i : i + 1] * mu_b[sl] + c1) * (2 * cov + c2)
             den = (mu_a[i : i + 1] ** 2 + mu_b[sl] ** 2 + c1) * (var_a[i : i + 1] + var_b[sl] + c2)
             out[i, sl] = (num / den).mean(dim=(1, 2, 3))
@@ -147,16 +162,16 @@ def ssim_pairs(
         raise ValueError(
             f"ssim_pairs needs equal shapes of at least 11x11, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
-    window = _gaussian_window(torch.float64)
+    bands = _bands(*a.shape[1:])
     c1, c2 = (_K1 * data_range) ** 2, (_K2 * data_range) ** 2
     out = torch.empty(len(a), dtype=torch.float64)
     for start in range(0, len(a), chunk):
         x = a[start : start + chunk].to(torch.float64)[:, None]  # (B, 1, H, W)
         y = b[start : start + chunk].to(torch.float64)[:, None]
-        mu_x, mu_y = _filter(x, window), _filter(y, window)
-        var_x = _filter(x * x, window) - mu_x**2
-        var_y = _filter(y * y, window) - mu_y**2
-        cov = _filter(x * y, window) - mu_x * mu_y
+        mu_x, mu_y = _filter(x, bands), _filter(y, bands)
+        var_x = _filter(x * x, bands) - mu_x**2
+        var_y = _filter(y * y, bands) - mu_y**2
+        cov = _filter(x * y, bands) - mu_x * mu_y
         num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
         den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
         out[start : start + chunk] = (num / den).mean(dim=(1, 2, 3))
