@@ -23,12 +23,12 @@ training steps per architecture (`bonescan.gan.train.train_step`, batch `gan.tra
 extrapolates to `gan.finetune.epochs` over the real train images.
 
 Times are CPU seconds of this process (`time.process_time`, one torch thread by default): the
-machine is shared, and wall-clock seconds there measure the neighbours. The judge and TSTR
-classifiers train `--classifier-epochs` (2, so that the old gate fits in ~2 minutes; params: 8) in
-both gates alike.
+machine is shared, and wall-clock seconds there measure the neighbours. The judge trains
+`--judge-epochs` (2, so that the old gate fits in ~2 minutes; params: 8) in both gates alike; the
+TSTR classifiers train params' epochs.
 
-Usage: python benchmarks/gate.py [--classes 2] [--per-class 300] [--val-per-class 40] [--size 64x64]
-       [--classifier-epochs 2] [--threads 1] [--params params.yaml] [--skip-before]
+Usage: python benchmarks/gate.py [--classes 2] [--per-class 250] [--val-per-class 40] [--size 64x64]
+       [--judge-epochs 2] [--threads 1] [--params params.yaml] [--skip-before]
 """
 
 from __future__ import annotations
@@ -62,14 +62,15 @@ def _phantoms(n: int, label: int, num_classes: int, size: tuple[int, int], gener
     return (0.5 * body + 0.25 * smooth + 0.4 * spot + grain).clamp(0, 1)
 
 
+def _labels(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([torch.full((len(p),), c, dtype=torch.long) for c, p in enumerate(parts)])
+
+
 def _cohort(args, generator):
     k, size = args.classes, args.size
     train = [_phantoms(args.per_class, c, k, size, generator) for c in range(k)]
     val = [_phantoms(args.val_per_class, c, k, size, generator) for c in range(k)]
-    labels = lambda parts: torch.cat(
-        [torch.full((len(p),), c, dtype=torch.long) for c, p in enumerate(parts)]
-    )  # noqa: E731
-    return torch.cat(train), labels(train), torch.cat(val), labels(val)
+    return torch.cat(train), _labels(train), torch.cat(val), _labels(val)
 
 
 def _samples(args, n, generator):
@@ -99,7 +100,7 @@ def _decisions(entry):
     return {name: q["admitted"] for name, q in entry["classes"].items()}
 
 
-def gate_before(cfg, real_train, y_train, real_val, y_val, samples, classes):
+def gate_before(cfg, judge_cfg, real_train, y_train, real_val, y_val, samples, classes):
     """The old cost: judge on all images, full real diversity recomputed per architecture; old rule."""
     from bonescan.gan import quality
 
@@ -109,12 +110,15 @@ def gate_before(cfg, real_train, y_train, real_val, y_val, samples, classes):
             "diversity_pairs": None,
             "max_diversity_margin": None,
             "min_tstr_lift": None,
+            "tstr_samples_per_class": cfg.samples_per_class,
         }
     )
     timings, entries = {}, {}
     started = time.process_time()
-    # real_reference with diversity over nothing: the judge part alone (its diversity is recomputed below, per arch)
-    judge = quality.train_classifier(real_train, y_train, len(classes), **quality._classifier_kwargs(old))
+    # the old gate trained the judge once too, but recomputed the real diversity per architecture (below)
+    judge = quality.train_classifier(
+        real_train, y_train, len(classes), **quality.classifier_kwargs(judge_cfg)
+    )
     val_pred = quality.predict(judge, real_val)
     recall = tuple(quality.per_class_recall(val_pred, y_val, len(classes)))
     timings["judge_s"] = time.process_time() - started
@@ -134,13 +138,13 @@ def gate_before(cfg, real_train, y_train, real_val, y_val, samples, classes):
     return timings, entries
 
 
-def gate_after(cfg, real_train, y_train, real_val, y_val, samples, classes):
+def gate_after(cfg, judge_cfg, real_train, y_train, real_val, y_val, samples, classes):
     """The new cost: `real_reference` once, `measure_arch` per architecture; new rule."""
     from bonescan.gan import quality
 
     timings, entries = {}, {}
     started = time.process_time()
-    reference = quality.real_reference(real_train, y_train, real_val, y_val, len(classes), cfg)
+    reference = quality.real_reference(real_train, y_train, real_val, y_val, len(classes), judge_cfg)
     timings["reference_s"] = time.process_time() - started
     for arch, per_class in samples.items():
         t0 = time.process_time()
@@ -178,9 +182,12 @@ def _seconds_per_image(arch, params, size, num_classes, steps):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=2)
-    parser.add_argument("--per-class", type=int, default=300, help="real train images per class")
+    parser.add_argument("--per-class", type=int, default=250, help="real train images per class")
     parser.add_argument(
-        "--classifier-epochs", type=int, default=2, help="judge and TSTR epochs, both gates (params: 8); 0 = params'"
+        "--classifier-epochs",
+        type=int,
+        default=2,
+        help="judge and TSTR epochs, both gates (params: 8); 0 = params'",
     )
     parser.add_argument("--val-per-class", type=int, default=40)
     parser.add_argument("--size", default="64x64", help="HxW")
@@ -199,14 +206,15 @@ def main() -> None:
     raw = yaml.safe_load(args.params.read_text())
     params = parse_params(raw)
     cfg = params.gan.quality
-    if args.classifier_epochs:
-        cfg = cfg.model_copy(update={"classifier_epochs": args.classifier_epochs})
+    judge_cfg = cfg.model_copy(update={"classifier_epochs": args.judge_epochs}) if args.judge_epochs else cfg
     classes = [f"class{k}" for k in range(args.classes)]
     generator = torch.Generator().manual_seed(0)
     real_train, y_train, real_val, y_val = _cohort(args, generator)
-    samples = _samples(args, cfg.samples_per_class, generator)
+    samples = _samples(args, max(cfg.samples_per_class, cfg.tstr_samples_per_class), generator)
 
-    after_t, after_e, reference = gate_after(cfg, real_train, y_train, real_val, y_val, samples, classes)
+    after_t, after_e, reference = gate_after(
+        cfg, judge_cfg, real_train, y_train, real_val, y_val, samples, classes
+    )
     result: dict[str, object] = {
         "classes": args.classes,
         "real_train_images": len(y_train),
@@ -239,14 +247,18 @@ def main() -> None:
         },
     }
     if not args.skip_before:
-        before_t, before_e = gate_before(cfg, real_train, y_train, real_val, y_val, samples, classes)
+        before_t, before_e = gate_before(
+            cfg, judge_cfg, real_train, y_train, real_val, y_val, samples, classes
+        )
         result["before"] = {k: round(v, 2) for k, v in before_t.items()}
         result["before_decisions"] = {arch: _decisions(e) for arch, e in before_e.items()}
         result["before_real_diversity_ssim"] = [
             round(q["real_diversity_ssim"], 4) for q in before_e["diverse"]["classes"].values()
         ]
         result["speedup_before_over_after"] = round(before_t["total_s"] / after_t["total_s"], 2)
-    epoch_s = {a: _seconds_per_image(a, params, args.size, args.classes, 3) * len(y_train) for a in params.gan.archs}
+    epoch_s = {
+        a: _seconds_per_image(a, params, args.size, args.classes, 3) * len(y_train) for a in params.gan.archs
+    }
     finetune_s = sum(epoch_s.values()) * params.gan.finetune.epochs
     result["gan_finetune_estimate_s"] = {
         "epochs": params.gan.finetune.epochs,

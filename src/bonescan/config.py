@@ -406,6 +406,8 @@ class GanQualityConfig(_Section):
     max_diversity_margin: float | None = Field(0.1, ge=0, le=1)
     # ... and its TSTR lift (recall - rate of naming it for other classes' real val images; chance = 0) >= this; None: off
     min_tstr_lift: float | None = Field(0.1, ge=-1, le=1)
+    # generated images per class the TSTR classifier trains on (>= samples_per_class; 32 is too few steps to learn)
+    tstr_samples_per_class: int = Field(64, ge=2)
     diversity_pairs: int | None = Field(4096, ge=1)  # seeded sample of pairs for diversity SSIM (real and generated); None: all
     judge_images_per_class: int | None = Field(256, ge=2)  # seeded sample of real train images per class the judge trains on; None: all
     seed: int = 11  # noise of the measured samples, classifier initialisation, the samples above

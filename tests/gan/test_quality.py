@@ -105,7 +105,10 @@ def test_a_class_the_judge_names_for_every_generated_image_is_not_admitted_on_fi
         "for the other classes too)",
     )
     faithful = quality.gate(fidelity[2], 0.4, 0.5, 0.9, off_label_rate=off_label[2], min_label_lift=0.2)
-    assert faithful == (True, "admitted: fidelity 0.500 >= 0.5, label lift 0.500 >= 0.2, diversity SSIM 0.400 <= 0.9")
+    assert faithful == (
+        True,
+        "admitted: fidelity 0.500 >= 0.5, label lift 0.500 >= 0.2, diversity SSIM 0.400 <= 0.9",
+    )
     assert math.isnan(quality.off_label_rates(torch.tensor([0, 0]), torch.tensor([0, 0]), 1)[0])  # one class
     assert quality.gate(0.6, 0.4, 0.5, 0.9, min_label_lift=0.2)[0] is True  # no other class: lift not checked
 
@@ -144,8 +147,15 @@ def test_an_ensemble_judge_averages_the_probabilities_of_consecutive_seeds():
 
 def test_markdown_report_states_the_ssim_variant_each_class_and_the_gate_decisions():
     entry = quality.class_quality(
-        _images(3, 9), _images(2, 10), fidelity=0.2, tstr_recall=0.0, min_fidelity=0.5, max_diversity_ssim=0.9,
-        judge_real_recall=0.75, off_label_rate=0.1, min_label_lift=0.2,
+        _images(3, 9),
+        _images(2, 10),
+        fidelity=0.2,
+        tstr_recall=0.0,
+        min_fidelity=0.5,
+        max_diversity_ssim=0.9,
+        judge_real_recall=0.75,
+        off_label_rate=0.1,
+        min_label_lift=0.2,
     ).as_dict()
     report = {
         "ssim_variant": quality.SSIM_VARIANT,
@@ -176,7 +186,9 @@ def test_markdown_report_states_the_ssim_variant_each_class_and_the_gate_decisio
     assert "| no |" in table and "- benign: rejected: fidelity 0.200 < 0.5" in table
     assert "`acgan:0123456789ab` | 0.250 |" in table
     # fidelity | its sd over judge seeds (none recorded here) | off-label | judge recall | TSTR recall | TSTR lift
-    assert "judge recall (real val)" in table and "| 0.200 | nan | 0.100 | 0.750 | 0.000 | nan | no |" in table
+    assert (
+        "judge recall (real val)" in table and "| 0.200 | nan | 0.100 | 0.750 | 0.000 | nan | no |" in table
+    )
     assert "fidelity - off-label rate >= 0.2" in table
 
 
@@ -196,7 +208,7 @@ def test_sampled_diversity_ssim_equals_the_full_mean_when_the_sample_covers_ever
 def test_sampled_pairs_are_distinct_pairs_i_below_j_for_any_number_of_images():
     for n, k in [(7, 20), (50, 100), (3107, 4096), (10**6, 64)]:
         i, j = quality.sample_pairs(n, k, seed=0)
-        assert len(i) == k and bool(((0 <= i) & (i < j) & (j < n)).all())
+        assert len(i) == k and bool(((i >= 0) & (i < j) & (j < n)).all())
         assert len(set(zip(i.tolist(), j.tolist(), strict=True))) == k
     i, j = quality.sample_pairs(4, None, seed=0)
     assert list(zip(i.tolist(), j.tolist(), strict=True)) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
@@ -212,9 +224,13 @@ def test_a_collapsed_class_whose_tstr_is_at_chance_is_refused_even_with_perfect_
     assert "diversity SSIM 0.857 > real images' 0.583 + 0.1" in collapsed[1]
     assert "TSTR lift 0.000 < 0.1" in collapsed[1] and "label lift" not in collapsed[1]
     # diverse enough, but what it teaches finds the class no better than chance: still refused
-    at_chance = quality.gate(1.0, 0.6, 0.5, 0.9, real_diversity_ssim=0.583, tstr_recall=1.0, tstr_lift=0.0, **kw)
+    at_chance = quality.gate(
+        1.0, 0.6, 0.5, 0.9, real_diversity_ssim=0.583, tstr_recall=1.0, tstr_lift=0.0, **kw
+    )
     assert at_chance[0] is False and at_chance[1].startswith("rejected: TSTR lift 0.000 < 0.1")
-    assert quality.gate(1.0, 0.6, 0.5, 0.9, real_diversity_ssim=0.583, tstr_lift=float("nan"), **kw)[0] is False
+    assert (
+        quality.gate(1.0, 0.6, 0.5, 0.9, real_diversity_ssim=0.583, tstr_lift=float("nan"), **kw)[0] is False
+    )
     taught = quality.gate(1.0, 0.6, 0.5, 0.9, real_diversity_ssim=0.583, tstr_lift=0.4, **kw)
     assert taught == (
         True,

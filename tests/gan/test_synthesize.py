@@ -138,9 +138,15 @@ def test_weights_for_other_classes_are_refused(trained_root, make_params):
 
 def test_synthetic_rows_are_named_by_what_the_generator_generates_not_by_its_training_history(trained_root):
     weights = load_weights(trained_root / "models/gan/finetune/mu_acgan.pt")
-    rerun = {**weights, "history": [{"epoch": 1, "seconds": 99.0}]}  # a deterministic re-run: other wall clock
+    rerun = {
+        **weights,
+        "history": [{"epoch": 1, "seconds": 99.0}],
+    }  # a deterministic re-run: other wall clock
     assert generator_digest(rerun) == generator_digest(weights)
-    changed = {**weights, "ema": {k: v + 1 if v.is_floating_point() else v for k, v in weights["ema"].items()}}
+    changed = {
+        **weights,
+        "ema": {k: v + 1 if v.is_floating_point() else v for k, v in weights["ema"].items()},
+    }
     assert generator_digest(changed) != generator_digest(weights)
     assert generator_digest({**weights, "classes": ["a", "b", "c"]}) != generator_digest(weights)
 
@@ -169,9 +175,12 @@ def test_what_concerns_only_real_images_is_measured_once_for_both_architectures(
     assert calls["judges"] == 1 + 2  # the real-trained judge once, one TSTR classifier per architecture
     assert calls["diversity"] == 3 + 2 * 3  # real images per class once, generated per class and architecture
     for arch in ("mu_acgan", "acgan"):
-        for k, name in enumerate(CLASSES):
+        for name in CLASSES:
             q = report["archs"][arch]["classes"][name]
-            assert q["real_diversity_ssim"] == report["archs"]["mu_acgan"]["classes"][name]["real_diversity_ssim"]
+            assert (
+                q["real_diversity_ssim"]
+                == report["archs"]["mu_acgan"]["classes"][name]["real_diversity_ssim"]
+            )
             assert len(q["fidelity_members"]) == 3  # gan.quality.classifier_members, with their sd
             assert q["fidelity_sd"] is None or q["fidelity_sd"] >= 0
     assert len(report["classifier"]["real_val_accuracy_members"]) == 3

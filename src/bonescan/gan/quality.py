@@ -468,7 +468,8 @@ def class_quality(
 # --------------------------------------------------------------------------- the gate's stage-level steps
 
 
-def _classifier_kwargs(cfg: GanQualityConfig) -> dict[str, object]:
+def classifier_kwargs(cfg: GanQualityConfig) -> dict[str, object]:
+    """`train_classifier` settings of the judge and the TSTR classifiers."""
     return {
         "name": cfg.classifier,
         "epochs": cfg.classifier_epochs,
@@ -506,7 +507,7 @@ def real_reference(
         real_val: (V, 1, H, W) real val images; y_val (V,).
     """
     picked = balanced_subsample(y_train, cfg.judge_images_per_class, cfg.seed)
-    judge = train_classifier(real_train[picked], y_train[picked], num_classes, **_classifier_kwargs(cfg))
+    judge = train_classifier(real_train[picked], y_train[picked], num_classes, **classifier_kwargs(cfg))
     val_pred = predict(judge, real_val)
     members = member_predictions(judge, real_val)
     diversity = tuple(
@@ -538,24 +539,33 @@ def measure_arch(
     """One architecture's report entry: per-class quality and gate decisions, TSTR summary.
 
     Args:
-        samples: per class k, (n, 1, H, W) images generated for class k, in [0, 1].
+        samples: per class k, images generated for class k, (n, 1, H, W) in [0, 1]: the first
+            `cfg.samples_per_class` are measured, the first `cfg.tstr_samples_per_class` train TSTR.
         reference: the real images' measurements (`real_reference`), shared by all architectures.
     """
     num_classes = len(classes)
-    fake = torch.cat(list(samples))  # (K * n, 1, H, W)
-    y_fake = torch.cat([torch.full((len(x),), k, dtype=torch.long) for k, x in enumerate(samples)])
+    n = cfg.samples_per_class
+    fake = torch.cat([x[:n] for x in samples])  # (K * n, 1, H, W): the measured images
+    y_fake = torch.cat([torch.full((len(x[:n]),), k, dtype=torch.long) for k, x in enumerate(samples)])
+    taught = torch.cat([x[: cfg.tstr_samples_per_class] for x in samples])  # what TSTR trains on
+    y_taught = torch.cat(
+        [
+            torch.full((len(x[: cfg.tstr_samples_per_class]),), k, dtype=torch.long)
+            for k, x in enumerate(samples)
+        ]
+    )
     judged = predict(reference.judge, fake)
     fidelity = per_class_recall(judged, y_fake, num_classes)
     by_member = [per_class_recall(m, y_fake, num_classes) for m in member_predictions(reference.judge, fake)]
     off_label = off_label_rates(judged, y_fake, num_classes)
-    tstr = train_classifier(fake, y_fake, num_classes, **_classifier_kwargs(cfg))
+    tstr = train_classifier(taught, y_taught, num_classes, **classifier_kwargs(cfg))
     tstr_pred = predict(tstr, real_val)
     tstr_recall = per_class_recall(tstr_pred, y_val, num_classes)
     tstr_other = off_label_rates(tstr_pred, y_val, num_classes)
     per_class = {}
     for k, name in enumerate(classes):
         per_class[name] = class_quality(
-            samples[k][:, 0],
+            samples[k][:n, 0],
             real_train[y_train == k][:, 0],
             fidelity[k],
             tstr_recall[k],

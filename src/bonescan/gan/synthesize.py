@@ -180,9 +180,8 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
         g, _ = build_from_weights(state)
         generators[arch] = g
         digest = generator_digest(state)
-        samples = [
-            generate(g, k, qcfg.samples_per_class, _class_seed(qcfg.seed, c)) for k, c in enumerate(classes)
-        ]
+        n = max(qcfg.samples_per_class, qcfg.tstr_samples_per_class)  # the measured ones are the first
+        samples = [generate(g, k, n, _class_seed(qcfg.seed, c)) for k, c in enumerate(classes)]
         entry = quality.measure_arch(samples, classes, reference, real_train, y_train, real_val, y_val, qcfg)
         for name, q in entry["classes"].items():
             log.info("%s %s: %s", arch, name, q["reason"])
