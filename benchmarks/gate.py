@@ -183,12 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=2)
     parser.add_argument("--per-class", type=int, default=250, help="real train images per class")
-    parser.add_argument(
-        "--classifier-epochs",
-        type=int,
-        default=2,
-        help="judge and TSTR epochs, both gates (params: 8); 0 = params'",
-    )
+    parser.add_argument("--judge-epochs", type=int, default=2, help="both gates (params: 8); 0 = params'")
     parser.add_argument("--val-per-class", type=int, default=40)
     parser.add_argument("--size", default="64x64", help="HxW")
     parser.add_argument("--threads", type=int, default=1)
