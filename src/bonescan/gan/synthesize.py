@@ -2,10 +2,10 @@
 
 Per class, the fine-tuned generator's EMA copy produces the number of images that brings the class to
 the majority count of the real train split (Yu et al.'s balancing) or `gan.synthesize.count`. Before
-anything is written every trained architecture is measured (`bonescan.gan.quality`; what concerns only the real images is
-measured once); only classes of `gan.synthesize.arch` (`auto`: the gate's choice, `quality.choose_arch`)
-that pass the gate are written, as 16-bit PNGs at `base.image_size` under
-`<out_dir>/images/` with manifest rows (synthetic=true, split=train,
+anything is written every trained architecture is measured (`bonescan.gan.quality`; what concerns
+only the real images is measured once); only classes of `gan.synthesize.arch` (`auto`: the gate's
+choice, `quality.choose_arch`) that pass the gate are written, as 16-bit PNGs at `base.image_size`
+under `<out_dir>/images/` with manifest rows (synthetic=true, split=train,
 source="<arch>:<generator digest[:12]>:seed<seed>", patient_id/study_id "synthetic-<image_id>"). The
 digest (`generator_digest`) covers the sampling weights, not the file's training history, so a
 deterministic re-run writes the same ids.
