@@ -394,7 +394,7 @@ class GanStageConfig(_Section):
 class GanSynthesizeConfig(_Section):
     """Balancing the target train split with generated images."""
 
-    arch: GanArch = "mu_acgan"  # whose images are written (it must be in gan.archs)
+    arch: GanArch | Literal["auto"] = "auto"  # whose images are written (in gan.archs); auto: the gate's choice
     count: int | None = Field(None, ge=0)  # images per class; None: bring every class to the majority count
     seed: int = 7  # noise seed; recorded in each row's `source`
     batch_size: int = Field(32, ge=1)  # images generated per forward pass
@@ -413,7 +413,15 @@ class GanQualityConfig(_Section):
     min_fidelity: float = Field(0.5, ge=0, le=1)  # admit a class if the real-trained classifier recognises >= this
     min_label_lift: float = Field(0.2, ge=-1, le=1)  # ... and >= this more often than for images generated as others; -1: off
     max_diversity_ssim: float = Field(0.9, ge=0, le=1)  # ... and its images' mean pairwise SSIM is <= this
-    seed: int = 11  # noise of the measured samples and classifier initialisation
+    # ... and <= the real images' diversity SSIM + this (a collapsed class sits far above its real images); None: off
+    max_diversity_margin: float | None = Field(0.1, ge=0, le=1)
+    # ... and its TSTR lift (recall - rate of naming it for other classes' real val images; chance = 0) >= this; None: off
+    min_tstr_lift: float | None = Field(0.1, ge=-1, le=1)
+    # generated images per class the TSTR classifier trains on (>= samples_per_class; 32 is too few steps to learn)
+    tstr_samples_per_class: int = Field(64, ge=2)
+    diversity_pairs: int | None = Field(4096, ge=1)  # seeded sample of pairs for diversity SSIM (real and generated); None: all
+    judge_images_per_class: int | None = Field(256, ge=2)  # seeded sample of real train images per class the judge trains on; None: all
+    seed: int = 11  # noise of the measured samples, classifier initialisation, the samples above
 
 
 class GanConfig(_Section):
@@ -449,8 +457,10 @@ class GanConfig(_Section):
     def _synthesis_arch_is_trained(self) -> GanConfig:
         if not self.archs:
             raise ValueError("gan.archs needs at least one architecture")
-        if self.synthesize.arch not in self.archs:
-            raise ValueError(f"gan.synthesize.arch {self.synthesize.arch!r} is not in gan.archs {list(self.archs)}")
+        if self.synthesize.arch != "auto" and self.synthesize.arch not in self.archs:
+            raise ValueError(
+                f"gan.synthesize.arch {self.synthesize.arch!r} is not 'auto' or in gan.archs {list(self.archs)}"
+            )
         return self
 
 

@@ -11,12 +11,18 @@ import torch
 from bonescan.data import dataset as dataset_module
 from bonescan.data.manifest import read_manifest
 from bonescan.dicom.read import read_png16
-from bonescan.gan import build
+from bonescan.gan import build, quality
 from bonescan.gan.synthesize import generate, needed_counts, run_synthesize
 from bonescan.gan.weights import generator_digest, load_weights
 
 CLASSES = ["healthy", "metastasis", "benign"]
-ADMIT_ALL = {"min_fidelity": 0.0, "min_label_lift": -1.0, "max_diversity_ssim": 1.0}
+ADMIT_ALL = {
+    "min_fidelity": 0.0,
+    "min_label_lift": -1.0,
+    "max_diversity_ssim": 1.0,
+    "max_diversity_margin": None,
+    "min_tstr_lift": None,
+}
 REJECT_ALL = {"min_fidelity": 1.0, "max_diversity_ssim": 0.0}
 
 
@@ -132,8 +138,73 @@ def test_weights_for_other_classes_are_refused(trained_root, make_params):
 
 def test_synthetic_rows_are_named_by_what_the_generator_generates_not_by_its_training_history(trained_root):
     weights = load_weights(trained_root / "models/gan/finetune/mu_acgan.pt")
-    rerun = {**weights, "history": [{"epoch": 1, "seconds": 99.0}]}  # a deterministic re-run: other wall clock
+    rerun = {
+        **weights,
+        "history": [{"epoch": 1, "seconds": 99.0}],
+    }  # a deterministic re-run: other wall clock
     assert generator_digest(rerun) == generator_digest(weights)
-    changed = {**weights, "ema": {k: v + 1 if v.is_floating_point() else v for k, v in weights["ema"].items()}}
+    changed = {
+        **weights,
+        "ema": {k: v + 1 if v.is_floating_point() else v for k, v in weights["ema"].items()},
+    }
     assert generator_digest(changed) != generator_digest(weights)
     assert generator_digest({**weights, "classes": ["a", "b", "c"]}) != generator_digest(weights)
+
+
+def test_what_concerns_only_real_images_is_measured_once_for_both_architectures(
+    trained_root, make_params, monkeypatch
+):
+    calls = {"reference": 0, "judges": 0, "diversity": 0}
+    real_reference, train_classifier = quality.real_reference, quality.train_classifier
+    mean_pairwise_ssim = quality.mean_pairwise_ssim
+
+    def counting(key, fn):
+        def wrapped(*args, **kwargs):
+            calls[key] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(quality, "real_reference", counting("reference", real_reference))
+    monkeypatch.setattr(quality, "train_classifier", counting("judges", train_classifier))
+    monkeypatch.setattr(quality, "mean_pairwise_ssim", counting("diversity", mean_pairwise_ssim))
+    result = run_synthesize(_params(make_params, "once", **ADMIT_ALL), root=trained_root)
+    report = json.loads(result.report.read_text())
+    assert set(report["archs"]) == {"mu_acgan", "acgan"}
+    assert calls["reference"] == 1
+    assert calls["judges"] == 1 + 2  # the real-trained judge once, one TSTR classifier per architecture
+    assert calls["diversity"] == 3 + 2 * 3  # real images per class once, generated per class and architecture
+    for arch in ("mu_acgan", "acgan"):
+        for name in CLASSES:
+            q = report["archs"][arch]["classes"][name]
+            assert (
+                q["real_diversity_ssim"]
+                == report["archs"]["mu_acgan"]["classes"][name]["real_diversity_ssim"]
+            )
+            assert len(q["fidelity_members"]) == 3  # gan.quality.classifier_members, with their sd
+            assert q["fidelity_sd"] is None or q["fidelity_sd"] >= 0
+    assert len(report["classifier"]["real_val_accuracy_members"]) == 3
+
+
+def test_auto_arch_writes_the_images_of_the_architecture_the_gate_chose(trained_root, make_params):
+    params = _params(make_params, "auto", **ADMIT_ALL)
+    params = params.model_copy(
+        update={
+            "gan": params.gan.model_copy(
+                update={"synthesize": params.gan.synthesize.model_copy(update={"arch": "auto"})}
+            )
+        }
+    )
+    result = run_synthesize(params, root=trained_root)
+    report = json.loads(result.report.read_text())
+    chosen = quality.choose_arch(report["archs"], result.needed)
+    assert report["synthesis"]["arch"] == chosen and report["synthesis"]["arch_choice"] == "auto"
+    rows = read_manifest(result.manifest)
+    assert {s.split(":")[0] for s in rows["source"]} == {chosen}
+    assert "chosen by the gate" in result.report.with_suffix(".md").read_text()
+
+
+def test_a_synthesize_arch_outside_archs_is_refused_but_auto_is_accepted(make_params):
+    assert make_params(synthesize={"arch": "auto"}).gan.synthesize.arch == "auto"
+    with pytest.raises(ValueError, match="not 'auto' or in gan.archs"):
+        make_params(archs=["mu_acgan"], synthesize={"arch": "acgan"})

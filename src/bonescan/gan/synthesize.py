@@ -2,9 +2,10 @@
 
 Per class, the fine-tuned generator's EMA copy produces the number of images that brings the class to
 the majority count of the real train split (Yu et al.'s balancing) or `gan.synthesize.count`. Before
-anything is written every trained architecture is measured (`bonescan.gan.quality`); only classes of
-`gan.synthesize.arch` that pass the gate are written, as 16-bit PNGs at `base.image_size` under
-`<out_dir>/images/` with manifest rows (synthetic=true, split=train,
+anything is written every trained architecture is measured (`bonescan.gan.quality`; what concerns
+only the real images is measured once); only classes of `gan.synthesize.arch` (`auto`: the gate's
+choice, `quality.choose_arch`) that pass the gate are written, as 16-bit PNGs at `base.image_size`
+under `<out_dir>/images/` with manifest rows (synthetic=true, split=train,
 source="<arch>:<generator digest[:12]>:seed<seed>", patient_id/study_id "synthetic-<image_id>"). The
 digest (`generator_digest`) covers the sampling weights, not the file's training history, so a
 deterministic re-run writes the same ids.
@@ -144,19 +145,12 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
 
     real_train, y_train = _load_images(train, classes, gan_size, root)
     real_val, y_val = _load_images(val, classes, gan_size, root)
-    clf_kw = {
-        "name": qcfg.classifier,
-        "epochs": qcfg.classifier_epochs,
-        "batch_size": qcfg.classifier_batch_size,
-        "lr": qcfg.classifier_lr,
-        "seed": qcfg.seed,
-        "members": qcfg.classifier_members,
-    }
-    real_clf = quality.train_classifier(real_train, y_train, len(classes), **clf_kw)
-    real_val_acc = quality.classifier_accuracy(real_clf, real_val, y_val)
-    judge_recall = quality.per_class_recall(quality.predict(real_clf, real_val), y_val, len(classes))
-    log.info("%s trained on real images: val accuracy %.3f, recall per class %s", qcfg.classifier,
-             real_val_acc, dict(zip(classes, (round(r, 3) for r in judge_recall), strict=True)))  # fmt: skip
+    # the judge and the real images' diversity are the same for every architecture: measured once
+    reference = quality.real_reference(real_train, y_train, real_val, y_val, len(classes), qcfg)
+    log.info("%s trained on %d real images: val accuracy %.3f (members %s), recall per class %s", qcfg.classifier,
+             reference.judge_train_images, reference.val_accuracy,
+             [round(a, 3) for a in reference.val_accuracy_members],
+             dict(zip(classes, (round(r, 3) for r in reference.val_recall), strict=True)))  # fmt: skip
 
     report: dict = {
         "ssim_variant": quality.SSIM_VARIANT,
@@ -165,13 +159,20 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
             "name": qcfg.classifier,
             "epochs": qcfg.classifier_epochs,
             "members": qcfg.classifier_members,
-            "real_val_accuracy": real_val_acc,
-            "real_val_recall": dict(zip(classes, judge_recall, strict=True)),
+            "judge_train_images": reference.judge_train_images,
+            "real_val_accuracy": reference.val_accuracy,
+            "real_val_accuracy_members": list(reference.val_accuracy_members),
+            "real_val_accuracy_sd": quality.stdev(reference.val_accuracy_members),
+            "real_val_recall": dict(zip(classes, reference.val_recall, strict=True)),
         },
         "gate": {
             "min_fidelity": qcfg.min_fidelity,
             "min_label_lift": qcfg.min_label_lift,
             "max_diversity_ssim": qcfg.max_diversity_ssim,
+            "max_diversity_margin": qcfg.max_diversity_margin,
+            "min_tstr_lift": qcfg.min_tstr_lift,
+            "diversity_pairs": qcfg.diversity_pairs,
+            "judge_images_per_class": qcfg.judge_images_per_class,
         },
         "archs": {},
     }
@@ -180,42 +181,17 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
         g, _ = build_from_weights(state)
         generators[arch] = g
         digest = generator_digest(state)
-        samples = [
-            generate(g, k, qcfg.samples_per_class, _class_seed(qcfg.seed, c)) for k, c in enumerate(classes)
-        ]
-        fake = torch.cat(samples)  # (K * n, 1, h, w)
-        y_fake = torch.arange(len(classes)).repeat_interleave(qcfg.samples_per_class)
-        judged = quality.predict(real_clf, fake)
-        fidelity = quality.per_class_recall(judged, y_fake, len(classes))
-        off_label = quality.off_label_rates(judged, y_fake, len(classes))
-        tstr_clf = quality.train_classifier(fake, y_fake, len(classes), **clf_kw)
-        tstr_pred = quality.predict(tstr_clf, real_val)
-        tstr_recall = quality.per_class_recall(tstr_pred, y_val, len(classes))
-        per_class = {}
-        for k, name in enumerate(classes):
-            q = quality.class_quality(
-                samples[k][:, 0],
-                real_train[y_train == k][:, 0],
-                fidelity[k],
-                tstr_recall[k],
-                qcfg.min_fidelity,
-                qcfg.max_diversity_ssim,
-                judge_recall[k],
-                off_label_rate=off_label[k],
-                min_label_lift=qcfg.min_label_lift,
-            )
-            per_class[name] = q.as_dict()
-            log.info("%s %s: %s", arch, name, q.reason)
-        report["archs"][arch] = {
-            "generator": f"{arch}:{digest[:12]}",
-            "generator_sha256": digest,
-            "tstr_val_accuracy": float((tstr_pred == y_val).float().mean()) if len(y_val) else float("nan"),
-            "mean_fidelity": quality.summarise(fidelity),
-            "mean_ssim_to_real": quality.summarise([q["ssim_to_real"] for q in per_class.values()]),
-            "classes": per_class,
-        }
+        n = max(qcfg.samples_per_class, qcfg.tstr_samples_per_class)  # the measured ones are the first
+        samples = [generate(g, k, n, _class_seed(qcfg.seed, c)) for k, c in enumerate(classes)]
+        entry = quality.measure_arch(samples, classes, reference, real_train, y_train, real_val, y_val, qcfg)
+        for name, q in entry["classes"].items():
+            log.info("%s %s: %s", arch, name, q["reason"])
+        report["archs"][arch] = {"generator": f"{arch}:{digest[:12]}", "generator_sha256": digest, **entry}
 
-    arch = gan.synthesize.arch
+    choice = gan.synthesize.arch
+    arch = quality.choose_arch(report["archs"], needed) if choice == "auto" else choice
+    rule = quality.ARCH_RULE if choice == "auto" else "gan.synthesize.arch"
+    log.info("synthesis architecture: %s (%s)", arch, rule)
     decisions = {name: report["archs"][arch]["classes"][name]["reason"] for name in classes}
     admitted = {name: bool(report["archs"][arch]["classes"][name]["admitted"]) for name in classes}
     written = _write_synthetic(
@@ -223,6 +199,8 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
     )
     report["synthesis"] = {
         "arch": arch,
+        "arch_choice": "auto" if choice == "auto" else "fixed",
+        "arch_rule": rule,
         "seed": gan.synthesize.seed,
         "needed": needed,
         "written": written,
