@@ -46,6 +46,9 @@ class BaseConfig(_Section):
         return v
 
 
+GROUND_TRUTH_FILE = "ground_truth.csv"  # the phantom's per-lesion truth, in phantoms.out_dir (beside bone/)
+
+
 class PhantomConfig(_Section):
     """The embedded default cohort written by `bonescan phantoms`."""
 
@@ -472,6 +475,16 @@ class EvaluateConfig(_Section):
     plots_dir: str = "plots/eval"  # confusion.csv (DVC confusion plot)
 
 
+class CeilingConfig(_Section):
+    """The demo task's known ceiling (`bonescan ceiling`): what the phantom's own lesion truth allows."""
+
+    dataset: str = "target"  # key of `datasets` whose manifest (and split) the truth is joined to
+    visibility_sigma: float = Field(3.0, gt=0)  # visible: lesion peak >= this many Poisson sigmas at the model input
+    folds: int = Field(5, ge=2)  # patient-grouped CV on train+val chooses the feature classifier
+    seed: int = 42
+    metrics_file: str = "metrics/ceiling.json"  # flat DVC metrics
+
+
 class TrackingConfig(_Section):
     """MLflow tracking of every stage run (bonescan.tracking); not a DVC param of any stage."""
 
@@ -506,6 +519,7 @@ class Params(_Section):
     clf: ClassifierConfig = ClassifierConfig()
     gan: GanConfig = GanConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    ceiling: CeilingConfig = CeilingConfig()
     tracking: TrackingConfig = TrackingConfig()
     promote: PromoteConfig = PromoteConfig()
 
@@ -587,6 +601,11 @@ class Params(_Section):
     def classifier_file(self) -> Path:
         """The fine-tuned classifier (clf_finetune's output, what evaluate scores and promote registers)."""
         return Path(self.clf.out_dir) / "model.pt"
+
+    @property
+    def ground_truth(self) -> Path:
+        """The phantom cohort's lesion truth (written by `bonescan phantoms`, read by `bonescan ceiling`)."""
+        return Path(self.phantoms.out_dir) / GROUND_TRUTH_FILE
 
     @property
     def eval_summary(self) -> Path:
