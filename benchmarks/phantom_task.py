@@ -68,7 +68,8 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/phantom_task", help="scratch folder (replaced)")
     parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per stage")
     parser.add_argument("--set", action="append", default=[], help="dotted.key=YAML value, e.g. clf.finetune.epochs=5")
-    parser.add_argument("--reuse-cohort", action="store_true", help="keep WORK/cohort from an earlier run")
+    parser.add_argument("--reuse-cohort", action="store_true", help="keep the cohort of an earlier run")
+    parser.add_argument("--cohort", help="cohort folder (default: WORK/cohort)")
     args = parser.parse_args()
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -76,7 +77,7 @@ def main() -> None:
     for key, value in overrides.items():
         _set(params, key, value)
     work = Path(args.work)
-    cohort = work / "cohort"
+    cohort = Path(args.cohort) if args.cohort else work / "cohort"
     threads = str(args.threads)
     env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "BONESCAN_TRACKING": "0",
                         "PYTHONPATH": str(ROOT / "src")}  # fmt: skip

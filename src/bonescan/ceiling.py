@@ -97,7 +97,7 @@ def _candidates(seed: int) -> dict[str, object]:
         "logistic": make_pipeline(
             StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced")
         ),
-        "forest": RandomForestClassifier(300, min_samples_leaf=2, class_weight="balanced", random_state=seed),
+        "forest": RandomForestClassifier(200, min_samples_leaf=2, class_weight="balanced", random_state=seed),
     }
 
 
@@ -116,6 +116,8 @@ def ceiling_scores(
         model (its name), cv_balanced_accuracy (the chosen one's), test_balanced_accuracy.
     """
     y_fit, y_test = np.asarray(y_fit), np.asarray(y_test)
+    if len(set(y_fit)) < 2 or not len(y_test):  # too small a cohort to fit or score anything
+        return {"model": "none", "cv_balanced_accuracy": float("nan"), "test_balanced_accuracy": float("nan")}
     per_class = min(len(set(np.asarray(groups)[y_fit == c])) for c in set(y_fit))
     k = int(min(folds, per_class))
     cv = {}
@@ -128,12 +130,18 @@ def ceiling_scores(
             cv[name] = float("nan")
     best = max(cv, key=lambda name: -1.0 if math.isnan(cv[name]) else cv[name])
     model = _candidates(seed)[best].fit(x_fit, y_fit)
-    test = float(balanced_accuracy_score(y_test, model.predict(x_test))) if len(y_test) else float("nan")
+    test = float(balanced_accuracy_score(y_test, model.predict(x_test)))
     return {"model": best, "cv_balanced_accuracy": cv[best], "test_balanced_accuracy": test}
 
 
-def lesion_cnr(lesions: pd.DataFrame, geometry: pd.Series, ingest: IngestConfig, size: Size) -> np.ndarray:
-    """Each lesion's peak over the Poisson noise at the model input, in sigmas (best of the two views).
+def lesion_cnr(
+    lesions: pd.DataFrame, geometry: pd.Series, ingest: IngestConfig, size: Size
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each lesion's peak over the Poisson noise at the model input, in sigmas (best of the two views),
+    and its full width at half maximum there, in input pixels.
+
+    The two pull apart: a coarser input averages more counts per pixel (a higher peak-to-noise ratio)
+    but leaves a lesion fewer pixels to be told from the bones it sits on.
 
     At the input, ingest has cropped the view to the body (+ margin) and shrunk it by f acquisition
     pixels per input pixel with a Gaussian pre-filter of sigma (f - 1) / 2 (skimage's anti-aliasing).
@@ -154,7 +162,7 @@ def lesion_cnr(lesions: pd.DataFrame, geometry: pd.Series, ingest: IngestConfig,
     for view in ("anterior", "posterior"):
         own, other = lesions[f"{view}_own"].to_numpy(float), lesions[f"{view}_other"].to_numpy(float)
         best = np.maximum(best, own * keep / (np.sqrt(np.maximum(own + other, 1e-9)) * gain))
-    return best
+    return best, 2.3548 * np.sqrt(s2 + a2) / f
 
 
 def run_ceiling(
@@ -181,9 +189,14 @@ def run_ceiling(
     real = manifest[~manifest["synthetic"]]
     studies = real.drop_duplicates("study_id").set_index("study_id")
     missing = [s for s in studies.index if s not in by_study]
+    if len(missing) == len(studies):
+        raise ValueError(
+            f"no study of {manifest_path} has ground truth in {truth_path}: ingested under another "
+            "anonymization key, or not the phantom cohort"
+        )
     if missing:
         log.warning("%d manifest studies have no ground truth (not phantom studies?); left out", len(missing))
-    rows, cnr, cnr_label = [], [], []
+    rows, cnr, fwhm, cnr_label = [], [], [], []  # per study: (id, patient, split, label, features)
     for study_id, info in studies.iterrows():
         if study_id not in by_study:
             continue
@@ -193,8 +206,9 @@ def run_ceiling(
         rows.append((study_id, info["patient_id"], info["split"], info["label"],
                      study_features(lesions, bool(int(first["superscan"])))))  # fmt: skip
         if len(lesions):
-            values = lesion_cnr(lesions, first, ingest, image_size)
+            values, widths = lesion_cnr(lesions, first, ingest, image_size)
             cnr += list(values)
+            fwhm += list(widths)
             cnr_label += [info["label"]] * len(values)
     table = pd.DataFrame(rows, columns=["study_id", "patient_id", "split", "label", "x"])
     fit, test = table[table["split"].isin(["train", "val"])], table[table["split"] == "test"]
@@ -216,6 +230,7 @@ def run_ceiling(
         float((cnr_arr >= cfg.visibility_sigma).mean()) if len(cnr_arr) else float("nan")
     )
     metrics["lesion_cnr_median"] = float(np.median(cnr_arr)) if len(cnr_arr) else float("nan")
+    metrics["lesion_fwhm_px_median"] = float(np.median(fwhm)) if fwhm else float("nan")
     for cls in classes:
         sel = cnr_arr[labels == cls]
         if len(sel):

@@ -856,7 +856,7 @@ def _sample_metastases(
     rng: np.random.Generator,
     count: int,
     bones: list[Shape],
-    contrast_range: tuple[float, float] = (1.0, 3.0),
+    contrast_range: tuple[float, float] = (1.5, 4.0),
 ) -> list[Shape]:
     hosts: dict[str, list[Shape]] = {}
     for sh in bones:
@@ -1016,7 +1016,7 @@ def sample_findings(body: Body, label: str, rng: np.random.Generator) -> Finding
         lo, hi = _METASTASIS_BURDEN[int(rng.choice(len(p), p=p / p.sum()))][1]
         burden = int(rng.integers(lo, hi))
         faint = burden <= 2 and rng.random() < 0.5  # early disease: one or two faint spots
-        lesions = _sample_metastases(body, rng, burden, bones, (0.5, 1.2) if faint else (1.0, 3.0))
+        lesions = _sample_metastases(body, rng, burden, bones, (0.6, 1.3) if faint else (1.5, 4.0))
         return Findings(label, tuple(lesions), ("faint_metastases" if faint else "metastases",))
     if label == "benign":
         names = list(_BENIGN_KINDS)
