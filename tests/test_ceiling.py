@@ -11,7 +11,14 @@ import pandas as pd
 import pytest
 
 from bonescan.ceiling import FEATURE_NAMES, lesion_cnr, run_ceiling, study_features, summary_line
-from bonescan.config import AnonymizeConfig, CeilingConfig, DatasetConfig, IngestConfig, PhantomConfig, SplitConfig
+from bonescan.config import (
+    AnonymizeConfig,
+    CeilingConfig,
+    DatasetConfig,
+    IngestConfig,
+    PhantomConfig,
+    SplitConfig,
+)
 from bonescan.data.split import run_split
 from bonescan.dicom.anatomy import BONE_CLASSES
 from bonescan.dicom.phantom import GROUND_TRUTH, write_cohort
@@ -42,7 +49,9 @@ def test_features_tell_a_symmetric_joint_pair_from_one_sided_axial_spots():
 def test_a_coarser_model_input_averages_more_counts_but_leaves_a_lesion_fewer_pixels():
     lesions = pd.DataFrame({"sigma_mm": [6.0], "anterior_own": [20.0], "anterior_other": [40.0],
                             "posterior_own": [30.0], "posterior_other": [60.0]})  # fmt: skip
-    geometry = pd.Series({"spacing_mm": 2.26, "view_rows": 1024, "view_cols": 256, "body_rows": 780, "body_cols": 230})
+    geometry = pd.Series(
+        {"spacing_mm": 2.26, "view_rows": 1024, "view_cols": 256, "body_rows": 780, "body_cols": 230}
+    )
     (fine, fine_px), (coarse, coarse_px) = (lesion_cnr(lesions, geometry, IngestConfig(), size)
                                             for size in ((512, 128), (128, 48)))  # fmt: skip
     assert coarse[0] > fine[0] > 0  # peak over Poisson noise per input pixel
