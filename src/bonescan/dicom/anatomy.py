@@ -812,20 +812,21 @@ _METASTASIS_SITES = {
 }
 # Benign patterns (weights): symmetric degenerative joints, lower-lumbar facet/disc disease, a run of
 # aligned rib fractures; and the ones a reader can mistake for a metastasis -- a solitary rib
-# fracture, degenerative change in one joint only.
+# fracture, an osteoporotic vertebral compression fracture, degenerative change in one joint only.
 _BENIGN_KINDS = {
-    "knees": 0.22,
-    "shoulders": 0.14,
-    "hips": 0.07,
-    "rib_fracture": 0.17,
-    "rib_fracture_solitary": 0.1,
-    "spondylosis": 0.14,
-    "joint_unilateral": 0.1,
-    "hands_feet": 0.06,
+    "knees": 0.2,
+    "shoulders": 0.12,
+    "hips": 0.06,
+    "rib_fracture": 0.15,
+    "rib_fracture_solitary": 0.14,
+    "vertebral_fracture": 0.1,
+    "spondylosis": 0.12,
+    "joint_unilateral": 0.12,
+    "hands_feet": 0.05,
 }
 # Metastatic burden: (probability, lesion count range); the solitary and faint few keep metastasis vs.
 # benign change from being trivially separable, as in the clinic.
-_METASTASIS_BURDEN = ((0.12, (1, 2)), (0.28, (2, 4)), (0.45, (4, 9)), (0.15, (9, 17)))
+_METASTASIS_BURDEN = ((0.18, (1, 2)), (0.25, (2, 4)), (0.42, (4, 9)), (0.15, (9, 17)))
 _SUPERSCAN_P = 0.05
 
 
@@ -949,12 +950,13 @@ def _sample_benign(body: Body, rng: np.random.Generator, kind: str, bones: list[
     if kind == "rib_fracture_solitary":  # one focal spot on one rib: looks like a solitary rib metastasis
         ribs = [sh for sh in bones if sh.site == "rib" and 3 <= sh.index <= 10]
         host = ribs[rng.integers(len(ribs))]
-        centre, axis = host.point_at(rng, 0.3, 0.95)
-        sigma = rng.uniform(4.0, 7.0)
-        return [
-            _blob(tuple(centre), sigma * rng.uniform(1.0, 1.5), sigma, rng.uniform(0.8, 2.0) * bone_peak,
-                  host.depth, axis, site="rib")
-        ]  # fmt: skip
+        return [_lesion_on(host, rng, rng.uniform(1.0, 3.0), rng.uniform(5.0, 9.0), rng.uniform(1.0, 1.6), 0.3, 0.95)]
+    if kind == "vertebral_fracture":  # compression fracture: a hot band across one thoracolumbar body
+        host = [sh for sh in bones if sh.site == "spine" and sh.kind == "ellipsoid" and sh.side == 0][
+            int(rng.integers(10, 20))
+        ]
+        return [_blob(tuple(host.points[0]), host.size[0] * rng.uniform(0.8, 1.1), rng.uniform(5.0, 8.0),
+                      rng.uniform(1.0, 2.5) * bone_peak, host.depth, 0.0, site="spine")]  # fmt: skip
     if kind == "rib_fracture":  # focal spots on consecutive ribs, aligned vertically: trauma, not tumour
         side = int(rng.choice([-1, 1]))
         first = int(rng.integers(4, 9))
