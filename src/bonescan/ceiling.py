@@ -226,6 +226,7 @@ def run_ceiling(
                        ceiling_metastasis_vs_benign_cv=s2["cv_balanced_accuracy"])  # fmt: skip
     cnr_arr, labels = np.asarray(cnr), np.asarray(cnr_label)
     metrics["lesions"] = len(cnr_arr)
+    metrics["visibility_sigma"] = cfg.visibility_sigma
     metrics["visible_fraction"] = (
         float((cnr_arr >= cfg.visibility_sigma).mean()) if len(cnr_arr) else float("nan")
     )
@@ -247,9 +248,11 @@ def summary_line(eval_metrics: Path, ceiling_metrics: Path) -> str:
     top = ceiling["ceiling_balanced_accuracy"]
     head = f"model {model['balanced_accuracy']:.3f} of ceiling {top:.3f}" if model else f"ceiling {top:.3f}"
     ratio = f" ({100 * model['balanced_accuracy'] / top:.0f} %)" if model and top else ""
+    pair = ceiling.get("ceiling_metastasis_vs_benign", float("nan"))
     return (
-        f"Test balanced accuracy: [bold]{head}[/]{ratio}; the ceiling is a {ceiling['ceiling_model']} classifier on "
-        f"the phantom's own lesion truth (metastasis vs benign: {ceiling.get('ceiling_metastasis_vs_benign', float('nan')):.3f}); "
-        f"{100 * ceiling['visible_fraction']:.0f} % of lesions are >= the visibility threshold at the model input "
-        f"({ceiling_metrics})."
+        f"Test balanced accuracy: [bold]{head}[/]{ratio}; the ceiling is a {ceiling['ceiling_model']} classifier "
+        f"on the phantom's own lesion truth (metastasis vs benign: {pair:.3f}). "
+        f"{100 * ceiling['visible_fraction']:.0f} % of lesions peak >= {ceiling.get('visibility_sigma', 3):g} sigma "
+        f"of Poisson noise above their background at the model input, median width "
+        f"{ceiling.get('lesion_fwhm_px_median', float('nan')):.1f} px ({ceiling_metrics})."
     )
