@@ -67,7 +67,9 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=3, help="fresh anonymization keys (splits)")
     parser.add_argument("--work", default="/tmp/phantom_task", help="scratch folder (replaced)")
     parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per stage")
-    parser.add_argument("--set", action="append", default=[], help="dotted.key=YAML value, e.g. clf.finetune.epochs=5")
+    parser.add_argument(
+        "--set", action="append", default=[], help="dotted.key=YAML value, e.g. clf.finetune.epochs=5"
+    )
     parser.add_argument("--reuse-cohort", action="store_true", help="keep the cohort of an earlier run")
     parser.add_argument("--cohort", help="cohort folder (default: WORK/cohort)")
     args = parser.parse_args()
@@ -82,7 +84,11 @@ def main() -> None:
     env = os.environ | {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "BONESCAN_TRACKING": "0",
                         "PYTHONPATH": str(ROOT / "src")}  # fmt: skip
     phantom_s = None
-    if not (args.reuse_cohort and (cohort / "phantom_report.json").is_file()):
+    raw = Path(params["phantoms"]["out_dir"])
+    if args.reuse_cohort:
+        if not (cohort / raw / "phantom_report.json").is_file():
+            raise SystemExit(f"--reuse-cohort: no cohort at {cohort / raw}")
+    else:
         shutil.rmtree(cohort, ignore_errors=True)
         cohort.mkdir(parents=True)
         (cohort / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -93,7 +99,6 @@ def main() -> None:
         project = work / f"key{k}"
         shutil.rmtree(project, ignore_errors=True)
         project.mkdir(parents=True)
-        raw = Path(params["phantoms"]["out_dir"])
         (project / raw).parent.mkdir(parents=True, exist_ok=True)
         (project / raw).symlink_to((cohort / raw).resolve())
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
