@@ -828,6 +828,10 @@ _BENIGN_KINDS = {
 # benign change from being trivially separable, as in the clinic.
 _METASTASIS_BURDEN = ((0.18, (1, 2)), (0.25, (2, 4)), (0.42, (4, 9)), (0.15, (9, 17)))
 _SUPERSCAN_P = 0.05
+# Peak of a metastasis / a normal vertebral body's; faint: early disease. Hotter ones would let a
+# global image statistic (the 99.9th percentile) give the class away (phantom.global_statistics).
+_METASTASIS_CONTRAST = (1.2, 3.0)
+_FAINT_CONTRAST = (0.6, 1.3)
 
 
 def _lesion_on(
@@ -857,7 +861,7 @@ def _sample_metastases(
     rng: np.random.Generator,
     count: int,
     bones: list[Shape],
-    contrast_range: tuple[float, float] = (1.5, 4.0),
+    contrast_range: tuple[float, float] = _METASTASIS_CONTRAST,
 ) -> list[Shape]:
     hosts: dict[str, list[Shape]] = {}
     for sh in bones:
@@ -950,7 +954,11 @@ def _sample_benign(body: Body, rng: np.random.Generator, kind: str, bones: list[
     if kind == "rib_fracture_solitary":  # one focal spot on one rib: looks like a solitary rib metastasis
         ribs = [sh for sh in bones if sh.site == "rib" and 3 <= sh.index <= 10]
         host = ribs[rng.integers(len(ribs))]
-        return [_lesion_on(host, rng, rng.uniform(1.0, 3.0), rng.uniform(5.0, 9.0), rng.uniform(1.0, 1.6), 0.3, 0.95)]
+        return [
+            _lesion_on(
+                host, rng, rng.uniform(1.0, 3.0), rng.uniform(5.0, 9.0), rng.uniform(1.0, 1.6), 0.3, 0.95
+            )
+        ]
     if kind == "vertebral_fracture":  # compression fracture: a hot band across one thoracolumbar body
         host = [sh for sh in bones if sh.site == "spine" and sh.kind == "ellipsoid" and sh.side == 0][
             int(rng.integers(10, 20))
@@ -1018,7 +1026,9 @@ def sample_findings(body: Body, label: str, rng: np.random.Generator) -> Finding
         lo, hi = _METASTASIS_BURDEN[int(rng.choice(len(p), p=p / p.sum()))][1]
         burden = int(rng.integers(lo, hi))
         faint = burden <= 2 and rng.random() < 0.5  # early disease: one or two faint spots
-        lesions = _sample_metastases(body, rng, burden, bones, (0.6, 1.3) if faint else (1.5, 4.0))
+        lesions = _sample_metastases(
+            body, rng, burden, bones, _FAINT_CONTRAST if faint else _METASTASIS_CONTRAST
+        )
         return Findings(label, tuple(lesions), ("faint_metastases" if faint else "metastases",))
     if label == "benign":
         names = list(_BENIGN_KINDS)
