@@ -13,6 +13,7 @@ COMMANDS = [
     "anonymize",
     "ingest",
     "split",
+    "ceiling",
     "secret",
     "summary",
     "gan-pretrain",

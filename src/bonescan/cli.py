@@ -128,6 +128,20 @@ def cmd_secret(args: argparse.Namespace) -> None:
     console.print(f"{'created' if created else 'kept existing'} anonymization key at {path} (git-ignored; back it up)")
 
 
+def cmd_ceiling(args: argparse.Namespace) -> None:
+    from bonescan.ceiling import run_ceiling
+    from bonescan.dicom.anonymize import load_secret
+
+    params = _params(args)
+    cfg = params.ceiling
+    metrics = run_ceiling(
+        cfg, params.ground_truth, params.manifest(cfg.dataset), params.dataset(cfg.dataset).classes,
+        params.ingest, params.image_size(cfg.dataset), params.anonymize, load_secret(params.anonymize),
+    )  # fmt: skip
+    _write_metrics(Path(cfg.metrics_file), metrics)
+    console.print_json(json.dumps(_jsonable(metrics)))
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     from bonescan.summary import render_summary
 
@@ -460,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "secret", cmd_secret, "create a random anonymization key if none exists (never commit it)")
     p.add_argument("--path", help="key file (default: anonymize.secret_file)")
 
+    _add(sub, "ceiling", cmd_ceiling, "the phantom task's ceiling: a classifier on the generator's lesion truth")
     _add(sub, "summary", cmd_summary, "print a summary of the pipeline's results so far")
     for name, func, text in (
         ("gan-pretrain", cmd_gan_pretrain, "train the GANs of gan.archs on the source domain's train split"),

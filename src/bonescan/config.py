@@ -47,6 +47,9 @@ class BaseConfig(_Section):
         return v
 
 
+GROUND_TRUTH_FILE = "ground_truth.csv"  # the phantom's per-lesion truth, in phantoms.out_dir (beside bone/)
+
+
 class PhantomConfig(_Section):
     """The embedded default cohort written by `bonescan phantoms`."""
 
@@ -513,6 +516,16 @@ class ReportConfig(_Section):
     title: str = "bonescan pipeline report"
 
 
+class CeilingConfig(_Section):
+    """The demo task's known ceiling (`bonescan ceiling`): what the phantom's own lesion truth allows."""
+
+    dataset: str = "target"  # key of `datasets` whose manifest (and split) the truth is joined to
+    visibility_sigma: float = Field(3.0, gt=0)  # visible: lesion peak >= this many Poisson sigmas at the model input
+    folds: int = Field(5, ge=2)  # patient-grouped CV on train+val chooses the feature classifier
+    seed: int = 42
+    metrics_file: str = "metrics/ceiling.json"  # flat DVC metrics
+
+
 class TrackingConfig(_Section):
     """MLflow tracking of every stage run (bonescan.tracking); not a DVC param of any stage."""
 
@@ -549,6 +562,7 @@ class Params(_Section):
     clf: ClassifierConfig = ClassifierConfig()
     gan: GanConfig = GanConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    ceiling: CeilingConfig = CeilingConfig()
     tracking: TrackingConfig = TrackingConfig()
     promote: PromoteConfig = PromoteConfig()
     report: ReportConfig = ReportConfig()
@@ -638,6 +652,11 @@ class Params(_Section):
     def classifier_file(self) -> Path:
         """The fine-tuned classifier (clf_finetune's output, what evaluate scores and promote registers)."""
         return Path(self.clf.out_dir) / "model.pt"
+
+    @property
+    def ground_truth(self) -> Path:
+        """The phantom cohort's lesion truth (written by `bonescan phantoms`, read by `bonescan ceiling`)."""
+        return Path(self.phantoms.out_dir) / GROUND_TRUTH_FILE
 
     @property
     def eval_summary(self) -> Path:

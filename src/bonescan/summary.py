@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bonescan.ceiling import summary_line
 from bonescan.config import Params
 from bonescan.data.split import SPLITS
 
@@ -175,6 +176,7 @@ def render_summary(params: Params, console: Console) -> None:
     console.print(gan_table(params))
     console.print(training_table(params))
     console.print(evaluation_table(params))
+    console.print(summary_line(Path(params.evaluate.metrics_file), Path(params.ceiling.metrics_file)))
     console.print(promotion_line(Path(params.promote.report)))
     console.print(report_line(params))
     target = params.dataset("target")

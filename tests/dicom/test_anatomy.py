@@ -116,6 +116,44 @@ def test_degenerative_joint_uptake_is_bilateral_and_a_rib_fracture_runs_down_con
     assert {"knees", "rib_fracture"} <= kinds_seen
 
 
+def test_metastases_are_mostly_several_and_some_are_solitary_or_faint():
+    counts, faint = [], 0
+    for seed in range(200):
+        _, findings, _, _ = _patient(seed, "metastasis")
+        if not findings.superscan:
+            counts.append(len(findings.lesions))
+            faint += findings.kinds == ("faint_metastases",)
+    counts = np.array(counts)
+    assert np.mean((counts >= 2) & (counts <= 8)) > 0.35 and np.median(counts) >= 3
+    assert np.mean(counts == 1) > 0.05 and faint > 5  # the cases a reader can miss or mistake
+
+
+def test_benign_change_includes_the_lookalikes_of_a_metastasis():
+    kinds = set()
+    for seed in range(150):
+        _, findings, _, _ = _patient(seed, "benign")
+        kinds |= set(findings.kinds)
+        if findings.kinds == ("rib_fracture_solitary",) or findings.kinds == ("joint_unilateral",):
+            assert len(findings.lesions) == 1
+    assert {"rib_fracture_solitary", "joint_unilateral", "spondylosis"} <= kinds
+
+
+def test_lesion_records_give_each_lesion_where_it_is_drawn_and_its_share_of_the_counts():
+    body, findings, acq, rng = _patient(4, "metastasis")
+    views = A.render_study(body, findings, acq, SIZE, rng)
+    records = A.lesion_records(views, body, SIZE)
+    assert len(records) == len(findings.lesions) and set(records[0]) == set(A.LESION_FIELDS)
+    without = A.expected_counts(body, A.Findings("metastasis"), acq, SIZE)
+    for lesion, rec in zip(findings.lesions, records, strict=True):
+        alone = A.expected_counts(body, A.Findings("metastasis", (lesion,)), acq, SIZE)
+        r, c = round(rec["row"]), round(rec["col"])
+        gained = alone[0, r, c] - without[0, r, c]
+        assert rec["anterior_own"] == pytest.approx(gained, rel=0.2)  # where the record says, as bright
+        posterior = alone[1, r, SIZE[1] - 1 - c] - without[1, r, SIZE[1] - 1 - c]
+        assert rec["posterior_own"] == pytest.approx(posterior, rel=0.2)
+        assert rec["anterior_other"] > 0
+
+
 def test_superscan_starves_kidneys_and_bladder():
     for seed in range(300):
         rng = np.random.default_rng(seed)

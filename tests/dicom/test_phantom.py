@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.errors import InvalidDicomError
@@ -17,6 +18,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 from bonescan.config import PhantomConfig
 from bonescan.dicom import phantom
 from bonescan.dicom.phantom import (
+    GROUND_TRUTH,
+    GROUND_TRUTH_COLUMNS,
     global_statistic_separability,
     make_nm_dataset,
     make_radiograph_dataset,
@@ -107,6 +110,20 @@ def test_labels_csv_is_keyed_by_the_accession_numbers_in_the_files(cohort):
     chest = _labels(cohort.out_dir / "chest" / "labels.csv")
     assert chest == {s.accession: s.label for s in cohort.chest}
     assert set(chest.values()) <= {"normal", "covid19", "lung_opacity", "viral_pneumonia"}
+
+
+def test_ground_truth_lists_every_labelled_study_beside_the_bone_folder(cohort):
+    out = cohort.out_dir
+    truth = pd.read_csv(out / GROUND_TRUTH, dtype=str, keep_default_na=False)
+    assert list(truth.columns) == list(GROUND_TRUTH_COLUMNS)
+    assert not any(p.name == GROUND_TRUTH for p in (out / "bone").rglob("*"))  # ingest never walks it
+    assert set(truth["accession_number"]) == {s.accession for s in cohort.bone}
+    uids = {str(pydicom.dcmread(out / s.files[0], stop_before_pixels=True).StudyInstanceUID): s.accession
+            for s in cohort.bone}  # fmt: skip
+    assert dict(zip(truth["study_instance_uid"], truth["accession_number"], strict=True)) == uids
+    with_lesions = truth[truth["lesion"] != ""]
+    assert set(with_lesions["label"]) >= {"metastasis", "benign"}
+    assert (truth[truth["lesion"] == ""]["site"] == "").all()
 
 
 def test_patient_classes_follow_the_configured_proportions():

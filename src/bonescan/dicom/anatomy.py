@@ -810,14 +810,28 @@ _METASTASIS_SITES = {
     "scapula": 0.03,
     "sternum": 0.04,
 }
+# Benign patterns (weights): symmetric degenerative joints, lower-lumbar facet/disc disease, a run of
+# aligned rib fractures; and the ones a reader can mistake for a metastasis -- a solitary rib
+# fracture, an osteoporotic vertebral compression fracture, degenerative change in one joint only.
 _BENIGN_KINDS = {
-    "knees": 0.3,
-    "shoulders": 0.18,
-    "hips": 0.14,
-    "rib_fracture": 0.22,
-    "hands_feet": 0.1,
-    "spondylosis": 0.06,
+    "knees": 0.2,
+    "shoulders": 0.12,
+    "hips": 0.06,
+    "rib_fracture": 0.15,
+    "rib_fracture_solitary": 0.14,
+    "vertebral_fracture": 0.1,
+    "spondylosis": 0.12,
+    "joint_unilateral": 0.12,
+    "hands_feet": 0.05,
 }
+# Metastatic burden: (probability, lesion count range); the solitary and faint few keep metastasis vs.
+# benign change from being trivially separable, as in the clinic.
+_METASTASIS_BURDEN = ((0.18, (1, 2)), (0.25, (2, 4)), (0.42, (4, 9)), (0.15, (9, 17)))
+_SUPERSCAN_P = 0.05
+# Peak of a metastasis / a normal vertebral body's; faint: early disease. Hotter ones would let a
+# global image statistic (the 99.9th percentile) give the class away (phantom.global_statistics).
+_METASTASIS_CONTRAST = (1.2, 3.0)
+_FAINT_CONTRAST = (0.6, 1.3)
 
 
 def _lesion_on(
@@ -842,7 +856,13 @@ def _lesion_on(
     )
 
 
-def _sample_metastases(body: Body, rng: np.random.Generator, count: int, bones: list[Shape]) -> list[Shape]:
+def _sample_metastases(
+    body: Body,
+    rng: np.random.Generator,
+    count: int,
+    bones: list[Shape],
+    contrast_range: tuple[float, float] = _METASTASIS_CONTRAST,
+) -> list[Shape]:
     hosts: dict[str, list[Shape]] = {}
     for sh in bones:
         if sh.site in _METASTASIS_SITES and sh.kind != "blob":
@@ -855,9 +875,9 @@ def _sample_metastases(body: Body, rng: np.random.Generator, count: int, bones: 
         if site == "spine":  # thoracolumbar vertebral bodies far more often than cervical ones
             candidates = [c for c in candidates if c.index >= 6 or rng.random() < 0.15] or candidates
         host = candidates[rng.integers(len(candidates))]
-        size = rng.uniform(5.0, 13.0)
+        size = rng.uniform(5.0, 13.0)  # sigma: FWHM 1.2-3 cm, a hot spot of 1-3 cm
         elongation = rng.uniform(1.3, 2.6) if site == "rib" else 1.0
-        contrast = rng.uniform(0.7, 2.5)
+        contrast = rng.uniform(*contrast_range)
         lo, hi = (0.0, 0.5) if site == "femur_proximal" and host.kind == "tube" else (0.0, 1.0)
         lesions.append(_lesion_on(host, rng, contrast, size, elongation, lo, hi))
     return lesions
@@ -890,6 +910,9 @@ def _symmetric_pair(
     return blobs
 
 
+_JOINT_OFFSETS = {"knee": (-12.0, 14.0), "shoulder": (8.0, -14.0), "hip": (4.0, -18.0), "ankle": (0.0, 14.0)}
+
+
 def _sample_benign(body: Body, rng: np.random.Generator, kind: str, bones: list[Shape]) -> list[Shape]:
     bone_peak = REFERENCE_PEAK
     if kind == "knees":
@@ -918,6 +941,30 @@ def _sample_benign(body: Body, rng: np.random.Generator, kind: str, bones: list[
                         _blob(tuple(c), 4.0, 4.0, rng.uniform(0.8, 1.6) * bone_peak, 0.5, site="hand")
                     )
         return blobs
+    if kind == "joint_unilateral":  # degenerative change of one joint only: asymmetric, yet benign
+        joint = str(rng.choice(["knee", "shoulder", "hip", "ankle"], p=[0.4, 0.3, 0.15, 0.15]))
+        side = int(rng.choice([-1, 1]))
+        offset = _JOINT_OFFSETS[joint]
+        c = joints(body)[(joint, side)] + np.array([side * offset[0], offset[1]])
+        size = rng.uniform(6.0, 11.0)
+        return [
+            _blob(tuple(c), size, size * rng.uniform(0.7, 1.0), rng.uniform(1.0, 2.2) * bone_peak,
+                  0.4 if joint == "shoulder" else 0.5, rng.uniform(-0.3, 0.3), site=joint)
+        ]  # fmt: skip
+    if kind == "rib_fracture_solitary":  # one focal spot on one rib: looks like a solitary rib metastasis
+        ribs = [sh for sh in bones if sh.site == "rib" and 3 <= sh.index <= 10]
+        host = ribs[rng.integers(len(ribs))]
+        return [
+            _lesion_on(
+                host, rng, rng.uniform(1.0, 3.0), rng.uniform(5.0, 9.0), rng.uniform(1.0, 1.6), 0.3, 0.95
+            )
+        ]
+    if kind == "vertebral_fracture":  # compression fracture: a hot band across one thoracolumbar body
+        host = [sh for sh in bones if sh.site == "spine" and sh.kind == "ellipsoid" and sh.side == 0][
+            int(rng.integers(10, 20))
+        ]
+        return [_blob(tuple(host.points[0]), host.size[0] * rng.uniform(0.8, 1.1), rng.uniform(5.0, 8.0),
+                      rng.uniform(1.0, 2.5) * bone_peak, host.depth, 0.0, site="spine")]  # fmt: skip
     if kind == "rib_fracture":  # focal spots on consecutive ribs, aligned vertically: trauma, not tumour
         side = int(rng.choice([-1, 1]))
         first = int(rng.integers(4, 9))
@@ -949,29 +996,45 @@ def _sample_benign(body: Body, rng: np.random.Generator, kind: str, bones: list[
         blobs.append(
             _blob(tuple(c), rng.uniform(5, 8), 4.0, rng.uniform(0.6, 1.2) * bone_peak, 0.72, site="spine")
         )
+    if rng.random() < 0.6:  # facet arthropathy at the same level, posterior, on one or both sides
+        for s in (-1, 1) if rng.random() < 0.6 else (int(rng.choice([-1, 1])),):
+            c = level.points[0] + np.array([s * (level.size[0] + 3.0), level.size[1]])
+            blobs.append(
+                _blob(tuple(c), rng.uniform(5, 8), rng.uniform(4, 6), rng.uniform(0.8, 1.6) * bone_peak, 0.88,
+                      site="spine")
+            )  # fmt: skip
     return blobs
 
 
 def sample_findings(body: Body, label: str, rng: np.random.Generator) -> Findings:
-    """Findings of a patient of class `label` (metastatic patients: 1-25 asymmetric axial hot spots, a few
-    superscans; benign: 1-3 symmetric degenerative or traumatic patterns; healthy: at most mild
-    symmetric joint uptake of age)."""
+    """Findings of a patient of class `label`.
+
+    Metastatic patients: mostly 2-8 asymmetric hot spots in the axial skeleton and proximal long bones,
+    some solitary or faint, a few with many, a few superscans. Benign: 1-3 degenerative or traumatic
+    patterns, mostly symmetric (joints, lower-lumbar facets) or aligned (consecutive rib fractures),
+    some solitary or one-sided. Healthy: at most mild symmetric joint uptake of age.
+    """
     if label not in BONE_CLASSES:
         raise ValueError(f"unknown bone-scan class {label!r}; expected one of {BONE_CLASSES}")
     bones = skeleton(body)
     if label == "metastasis":
-        if rng.random() < 0.07:
+        if rng.random() < _SUPERSCAN_P:
             lesions = _sample_metastases(body, rng, int(rng.integers(12, 25)), bones)
             faint = tuple(replace(le, activity=le.activity * 0.3, size=le.size * 1.2) for le in lesions)
             return Findings(label, faint, ("superscan",), superscan=True)
-        burden = rng.choice(
-            [rng.integers(1, 4), rng.integers(4, 11), rng.integers(11, 26)], p=[0.4, 0.45, 0.15]
+        p = np.array([w for w, _ in _METASTASIS_BURDEN])
+        lo, hi = _METASTASIS_BURDEN[int(rng.choice(len(p), p=p / p.sum()))][1]
+        burden = int(rng.integers(lo, hi))
+        faint = burden <= 2 and rng.random() < 0.5  # early disease: one or two faint spots
+        lesions = _sample_metastases(
+            body, rng, burden, bones, _FAINT_CONTRAST if faint else _METASTASIS_CONTRAST
         )
-        return Findings(label, tuple(_sample_metastases(body, rng, int(burden), bones)), ("metastases",))
+        return Findings(label, tuple(lesions), ("faint_metastases" if faint else "metastases",))
     if label == "benign":
         names = list(_BENIGN_KINDS)
         p = np.array(list(_BENIGN_KINDS.values()))
-        kinds = rng.choice(names, size=int(rng.integers(1, 4)), replace=False, p=p / p.sum())
+        n_kinds = int(rng.choice([1, 2, 3], p=[0.55, 0.33, 0.12]))
+        kinds = rng.choice(names, size=n_kinds, replace=False, p=p / p.sum())
         lesions = [le for k in kinds for le in _sample_benign(body, rng, str(k), bones)]
         return Findings(label, tuple(lesions), tuple(str(k) for k in kinds))
     if rng.random() < 0.25:  # mild, symmetric, age-related joint uptake in otherwise normal scans
@@ -1110,6 +1173,7 @@ class BoneViews:
         findings: what was drawn.
         acquisition: positioning and count level.
         pixel_spacing: mm per pixel (square pixels).
+        lesion_shares: (N, 2, 2) per lesion and view, (its own, all other) expected counts at its centre.
     """
 
     anterior: np.ndarray
@@ -1117,6 +1181,7 @@ class BoneViews:
     findings: Findings
     acquisition: Acquisition
     pixel_spacing: float
+    lesion_shares: np.ndarray | None = None
 
 
 def _view_weights(depth: float) -> np.ndarray:
@@ -1160,19 +1225,81 @@ def _upsample(image: np.ndarray, factor: int) -> np.ndarray:
     return ndimage.uniform_filter(big, size=(1,) * (image.ndim - 2) + (factor, factor), mode="nearest")
 
 
-def expected_counts(body: Body, findings: Findings, acq: Acquisition, size: tuple[int, int]) -> np.ndarray:
-    """Noise-free (2, H, W) float32 expected counts of the (anterior, posterior-as-acquired) views."""
+def image_frame(body: Body, acq: Acquisition, size: tuple[int, int]):
+    """The study's positioning as a function: body-frame (N, 2) (x, y) mm -> anterior-view (N, 2) (row, col) px."""
     height, width = size
     spacing = FOV_HEIGHT_MM / height
     tilt = math.radians(acq.tilt_deg)
     pivot = np.array([0.0, 0.5 * body.height])
     rot = np.array([[math.cos(tilt), -math.sin(tilt)], [math.sin(tilt), math.cos(tilt)]])
 
-    def to_px(points: np.ndarray) -> np.ndarray:  # body (x, y) mm -> image (row, col) px
-        p = (points - pivot) @ rot.T + pivot
+    def to_px(points: np.ndarray) -> np.ndarray:
+        p = (np.asarray(points, dtype=np.float64) - pivot) @ rot.T + pivot
         return np.stack(
             [(p[:, 1] + acq.top_mm) / spacing, (p[:, 0] + acq.shift_mm) / spacing + width / 2 - 0.5], axis=1
         )
+
+    return to_px
+
+
+LESION_FIELDS = (
+    "site", "x_mm", "y_rel", "contrast", "sigma_mm", "depth", "row", "col",
+    "anterior_own", "anterior_other", "posterior_own", "posterior_other",
+)  # fmt: skip
+
+
+def lesion_records(views: BoneViews, body: Body, size: tuple[int, int]) -> list[dict]:
+    """What a reader would note of each lesion (the phantom's ground truth; see `bonescan.ceiling`).
+
+    Per lesion: site, lateral position x (mm, + = patient's left), craniocaudal position y as a
+    fraction of body height, contrast (peak / a normal vertebral body's peak), size (geometric-mean
+    sigma, mm), depth (0 anterior, 1 posterior), and its centre in the anterior view at `size`
+    (row, col px; the posterior view as acquired holds it at column W - 1 - col); per view, the
+    expected counts there from the lesion itself and from everything else (`BoneViews.lesion_shares`).
+    """
+    findings = views.findings
+    if not findings.lesions:
+        return []
+    centres = image_frame(body, views.acquisition, size)(np.stack([le.points[0] for le in findings.lesions]))
+    shares = views.lesion_shares if views.lesion_shares is not None else np.full((len(centres), 2, 2), np.nan)
+    return [
+        {
+            "site": le.site or "other",
+            "x_mm": round(float(le.points[0][0]), 2),
+            "y_rel": round(float(le.points[0][1] / body.height), 4),
+            "contrast": round(float(le.activity / REFERENCE_PEAK), 4),
+            "sigma_mm": round(float(math.sqrt(le.size[0] * le.size[1])), 3),
+            "depth": round(float(le.depth), 3),
+            "row": round(float(rc[0]), 2),
+            "col": round(float(rc[1]), 2),
+            "anterior_own": round(float(sh[0, 0]), 3),
+            "anterior_other": round(float(sh[0, 1]), 3),
+            "posterior_own": round(float(sh[1, 0]), 3),
+            "posterior_other": round(float(sh[1, 1]), 3),
+        }
+        for le, rc, sh in zip(findings.lesions, centres, shares, strict=True)
+    ]
+
+
+def expected_counts(body: Body, findings: Findings, acq: Acquisition, size: tuple[int, int]) -> np.ndarray:
+    """Noise-free (2, H, W) float32 expected counts of the (anterior, posterior-as-acquired) views."""
+    return _expected(body, findings, acq, size)[0]
+
+
+def _expected(
+    body: Body, findings: Findings, acq: Acquisition, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected counts of the views and the lesions' share of them at each lesion's centre.
+
+    Returns:
+        (2, H, W) float32 expected counts; (N, 2, 2) float64 per lesion and view (anterior, posterior):
+        (counts from the lesion itself, counts from everything else) at the lesion's centre pixel --
+        the signal and the background of the visibility check (`bonescan.ceiling`).
+    """
+    height, width = size
+    spacing = FOV_HEIGHT_MM / height
+    tilt = math.radians(acq.tilt_deg)
+    to_px = image_frame(body, acq, size)
 
     uptake = _uptake(body, acq, findings)
     texture = np.random.default_rng(body.texture_seed)
@@ -1189,9 +1316,8 @@ def expected_counts(body: Body, findings: Findings, acq: Acquisition, size: tupl
         _draw(canvas, shape, to_px, tilt, spacing, uptake[shape.tissue])
     np.maximum(canvas, 0.0, out=canvas)
     canvas[1] = canvas[1, :, ::-1]  # the posterior detector sees the patient from behind
-    blurred = ndimage.gaussian_filter(
-        canvas, sigma=(0, COLLIMATOR_SIGMA_MM / spacing, COLLIMATOR_SIGMA_MM / spacing)
-    )
+    blur = (0, COLLIMATOR_SIGMA_MM / spacing, COLLIMATOR_SIGMA_MM / spacing)
+    blurred = ndimage.gaussian_filter(canvas, sigma=blur)
     scatter = _wide_blur(canvas, SCATTER_SIGMA_MM / spacing)
     out = np.empty_like(canvas)
     for v, total in enumerate(acq.counts):
@@ -1201,16 +1327,39 @@ def expected_counts(body: Body, findings: Findings, acq: Acquisition, size: tupl
         out[v] = (total - background * height * width) * (
             (1 - SCATTER_FRACTION) * primary + SCATTER_FRACTION * halo
         ) + background
-    return out
+    return out, _lesion_shares(out, findings, to_px, tilt, spacing, uptake["lesion"], blurred, acq, blur)
+
+
+def _lesion_shares(out, findings, to_px, tilt, spacing, gain, blurred, acq, blur) -> np.ndarray:
+    """(N, 2, 2): per lesion and view, (its own primary counts, all other counts) at its centre pixel.
+
+    A lesion is a Gaussian blob, so its blurred peak is analytic: peak x prod(s / sqrt(s^2 + c^2)) over
+    its two axes (s its sigma, c the collimator's, in pixels).
+    """
+    shares = np.zeros((len(findings.lesions), 2, 2))
+    _, height, width = out.shape
+    c2 = blur[1] ** 2
+    for i, lesion in enumerate(findings.lesions):
+        sig = np.maximum(lesion.size / spacing, 0.6)
+        peak = _view_weights(lesion.depth) * gain * lesion.activity / spacing  # canvas peak per view
+        peak = peak * float(np.prod(sig / np.sqrt(sig**2 + c2)))
+        row, col = to_px(lesion.points)[0]
+        r, c = min(max(round(row), 0), height - 1), min(max(round(col), 0), width - 1)
+        for v, (total, cc) in enumerate(zip(acq.counts, (c, width - 1 - c), strict=True)):
+            background = min(BACKGROUND_COUNTS, 0.05 * total / (height * width))
+            own = (total - background * height * width) * (1 - SCATTER_FRACTION) * float(peak[v])
+            own /= max(float(blurred[v].sum()), 1e-9)
+            shares[i, v] = own, max(float(out[v, r, cc]) - own, 0.0)
+    return shares
 
 
 def render_study(
     body: Body, findings: Findings, acq: Acquisition, size: tuple[int, int], rng: np.random.Generator
 ) -> BoneViews:
     """Poisson-sampled anterior and posterior views of one study."""
-    expected = expected_counts(body, findings, acq, size)
+    expected, shares = _expected(body, findings, acq, size)
     counts = np.minimum(rng.poisson(expected), np.iinfo(np.uint16).max).astype(np.uint16)
-    return BoneViews(counts[0], counts[1], findings, acq, FOV_HEIGHT_MM / size[0])
+    return BoneViews(counts[0], counts[1], findings, acq, FOV_HEIGHT_MM / size[0], shares)
 
 
 def render_bone_study(rng: np.random.Generator, label: str, cfg: PhantomConfig | None = None) -> BoneViews:
@@ -1463,6 +1612,7 @@ def render_chest(rng: np.random.Generator, label: str, size: tuple[int, int] = (
 __all__ = [
     "BONE_CLASSES",
     "CHEST_CLASSES",
+    "LESION_FIELDS",
     "Acquisition",
     "Body",
     "BoneViews",
@@ -1472,6 +1622,8 @@ __all__ = [
     "draw_gaussian",
     "draw_tube",
     "expected_counts",
+    "image_frame",
+    "lesion_records",
     "organs",
     "progress_findings",
     "render_bone_study",

@@ -25,7 +25,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -47,11 +47,13 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from bonescan.config import PhantomConfig
+from bonescan.config import GROUND_TRUTH_FILE, PhantomConfig
 from bonescan.dicom.anatomy import (
     BONE_CLASSES,
     CHEST_CLASSES,
+    LESION_FIELDS,
     BoneViews,
+    lesion_records,
     progress_findings,
     render_bone_study,
     render_chest,
@@ -60,12 +62,15 @@ from bonescan.dicom.anatomy import (
     sample_body,
     sample_findings,
 )
+from bonescan.dicom.read import crop_box
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "BadFile",
     "CohortPlan",
+    "GROUND_TRUTH",
+    "GROUND_TRUTH_COLUMNS",
     "CohortSummary",
     "PlannedStudy",
     "PatientIdentity",
@@ -105,6 +110,15 @@ BAD_KINDS = ("truncated", "not_dicom", "no_pixel_data", "unsupported_modality", 
 CHEST_FOV_MM = 400.0
 J2K_MIN_SIDE = 32  # openjpeg always uses 6 DWT resolutions: each side needs >= 2**5 pixels
 FIRST_STUDY_DAY = date(2016, 1, 4)
+# Per-lesion ground truth beside (not inside) bone/, so ingest never sees it; keyed by the raw (fake)
+# StudyInstanceUID, which `bonescan.ceiling` maps to the manifest's study_id with the anonymization key.
+GROUND_TRUTH = GROUND_TRUTH_FILE
+GROUND_TRUTH_COLUMNS = (
+    "study_instance_uid", "accession_number", "label", "superscan",
+    "spacing_mm", "view_rows", "view_cols", "body_rows", "body_cols",  # geometry of the anterior view
+    "lesion", *LESION_FIELDS,
+)  # fmt: skip
+BODY_THRESHOLD = 0.02  # body outline: ingest's crop rule (read.crop_box) at its default threshold, no margin
 
 
 def _rng(seed: int, stream: str, *index: int) -> np.random.Generator:
@@ -833,7 +847,7 @@ def _burn_in(views: BoneViews, seed: int) -> BoneViews:
                     x = glyph + k * 2 * glyph
                     img[y : y + 2 * glyph, x : min(x + glyph + int(rng.integers(0, 2)), w)] = level
         out.append(img)
-    return BoneViews(out[0], out[1], views.findings, views.acquisition, views.pixel_spacing)
+    return replace(views, anterior=out[0], posterior=out[1])
 
 
 _NM_ONLY = (
@@ -914,10 +928,11 @@ def _write_bone_studies(cfg: PhantomConfig, plan: CohortPlan, out_dir: Path, tim
     """Render and write every planned bone study; a patient's later studies reuse their body and findings.
 
     Returns:
-        (records, (accession, label) rows, per-study global statistics, patient per study).
+        (records, (accession, label) rows, per-study global statistics, patient per study,
+        ground-truth rows: one per lesion, or one with an empty `lesion` for a study without any).
     """
     bone_dir = out_dir / "bone"
-    bone_records, bone_labels, features, groups = [], [], [], []
+    bone_records, bone_labels, features, groups, truth = [], [], [], [], []
     state: dict[int, tuple] = {}  # patient -> (identity, body, findings, last study date)
     for item in plan.bone:
         t0 = time.perf_counter()
@@ -964,7 +979,20 @@ def _write_bone_studies(cfg: PhantomConfig, plan: CohortPlan, out_dir: Path, tim
         bone_labels.append((study.accession, item.label))
         features.append(global_statistics(np.stack([views.anterior, views.posterior])))
         groups.append(item.patient)
-    return bone_records, bone_labels, features, groups
+        rows, cols = crop_box(views.anterior.astype(np.float32), BODY_THRESHOLD, 0.0)
+        key = (str(study.study_uid), study.accession, item.label, int(findings.superscan),
+               round(views.pixel_spacing, 4), *cfg.bone_size, rows.stop - rows.start, cols.stop - cols.start)  # fmt: skip
+        lesions = lesion_records(views, body, cfg.bone_size)
+        truth += [(*key, i, *(le[f] for f in LESION_FIELDS)) for i, le in enumerate(lesions)]
+        truth += [(*key, "", *[""] * len(LESION_FIELDS))] if not lesions else []
+    return bone_records, bone_labels, features, groups, truth
+
+
+def _write_ground_truth(path: Path, rows: list[tuple]) -> None:
+    with path.open("w", newline="") as fp:
+        writer = csv.writer(fp, lineterminator="\n")
+        writer.writerow(GROUND_TRUTH_COLUMNS)
+        writer.writerows(rows)
 
 
 def _write_chest_studies(cfg: PhantomConfig, plan: CohortPlan, out_dir: Path) -> tuple:
@@ -1008,7 +1036,7 @@ def _write_chest_studies(cfg: PhantomConfig, plan: CohortPlan, out_dir: Path) ->
 
 
 def write_cohort(cfg: PhantomConfig, out_dir: Path) -> CohortSummary:
-    """Write the synthetic cohort under `out_dir` (bone/, chest/, phantom_report.json).
+    """Write the synthetic cohort under `out_dir` (bone/, chest/, ground_truth.csv, phantom_report.json).
 
     Existing out_dir/bone and out_dir/chest are replaced, so a cohort never mixes two seeds.
     Returns the summary, including the global-statistic separability check on the bone studies.
@@ -1022,7 +1050,7 @@ def write_cohort(cfg: PhantomConfig, out_dir: Path) -> CohortSummary:
     plan = plan_cohort(cfg)
     timing = Counter()
 
-    bone_records, bone_labels, features, groups = _write_bone_studies(cfg, plan, out_dir, timing)
+    bone_records, bone_labels, features, groups, truth = _write_bone_studies(cfg, plan, out_dir, timing)
     t0 = time.perf_counter()
     chest_records, chest_labels = _write_chest_studies(cfg, plan, out_dir)
     timing["chest"] = time.perf_counter() - t0
@@ -1034,6 +1062,7 @@ def write_cohort(cfg: PhantomConfig, out_dir: Path) -> CohortSummary:
         bone_labels += bad_labels
         timing["bad_files"] = time.perf_counter() - t0
     _write_labels(bone_dir / "labels.csv", bone_labels)
+    _write_ground_truth(out_dir / GROUND_TRUTH, truth)
     if chest_records:
         _write_labels(chest_dir / "labels.csv", chest_labels)
 
