@@ -80,10 +80,21 @@ class DecisionRule:
         probabilities = np.asarray(probabilities, dtype=np.float64)
         if self.kind == "argmax" or probabilities.size == 0:
             return probabilities.argmax(axis=1)
+        return self._log_scores(probabilities).argmax(axis=1)
+
+    def scores(self, probabilities: np.ndarray) -> np.ndarray:
+        """(N, K) probabilities -> softmax(log p + offsets): a distribution whose argmax is `predict`."""
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if self.kind == "argmax" or probabilities.size == 0:
+            return probabilities
+        log_scores = self._log_scores(probabilities)
+        scores = np.exp(log_scores - log_scores.max(axis=1, keepdims=True))
+        return scores / scores.sum(axis=1, keepdims=True)
+
+    def _log_scores(self, probabilities: np.ndarray) -> np.ndarray:
         if len(self.offsets) != probabilities.shape[1]:
             raise ValueError(f"decision rule has {len(self.offsets)} offsets for {probabilities.shape[1]} classes")
-        scores = np.log(np.clip(probabilities, 1e-12, None)) + np.asarray(self.offsets)
-        return scores.argmax(axis=1)
+        return np.log(np.clip(probabilities, 1e-12, None)) + np.asarray(self.offsets)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "offsets": [float(o) for o in self.offsets], "chosen_on": self.chosen_on}

@@ -281,40 +281,32 @@ PREDICTIONS_ARTIFACT = "evaluation/unit_predictions.csv"  # on the run that regi
 
 
 def decision_scores(
-    predictions: pd.DataFrame, classes: Sequence[str], decision: DecisionRule
+    predictions: pd.DataFrame, unit: str, classes: Sequence[str], decision: DecisionRule
 ) -> pd.DataFrame:
-    """Per unit: id, label and `q_<class>` = softmax(log p + offsets), whose argmax is the model's decision.
+    """Per unit: id, label and `q_<class>` = the decision rule's scores, whose argmax is the model's decision.
 
     What a version keeps of its test predictions, so a later challenger is compared with the
     champion's decisions on the same studies without loading the champion's weights.
+
+    Args:
+        unit: the id column of the rows ("study_id" or "image_id", as evaluate scored them).
     """
     prob = predictions[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
-    scores = np.log(np.clip(prob, 1e-12, None))
-    if decision.kind == "offsets":
-        scores = scores + np.asarray(decision.offsets)
-    scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-    scores /= scores.sum(axis=1, keepdims=True)
-    unit = (
-        "study_id"
-        if "n_views" in predictions.columns or "image_id" not in predictions.columns
-        else "image_id"
-    )
     out = predictions[[unit, "label"]].rename(columns={unit: "unit_id"}).reset_index(drop=True)
-    out[[f"q_{c}" for c in classes]] = scores
+    out[[f"q_{c}" for c in classes]] = decision.scores(prob)
     return out
 
 
 def _candidate_scores(candidate: Candidate, eval_summary: Path) -> pd.DataFrame | None:
     """The challenger's `decision_scores` from evaluate's per-unit predictions, if evaluate wrote them."""
-    unit = str(candidate.summary.get("unit", "study"))
-    path = eval_summary.parent / ("study_predictions.csv" if unit == "study" else "predictions.csv")
+    by_study = str(candidate.summary.get("unit", "study")) == "study"
+    path = eval_summary.parent / ("study_predictions.csv" if by_study else "predictions.csv")
     if not path.is_file():
         return None
-    record = classifier_file.read(candidate.checkpoint)
     frame = pd.read_csv(path, dtype={"study_id": str, "image_id": str})
-    if unit != "study":
-        frame = frame.drop(columns=["n_views"], errors="ignore")
-    return decision_scores(frame, record.classes, record.decision)
+    meta = candidate.checkpoint_meta  # read once by load_candidate
+    return decision_scores(frame, "study_id" if by_study else "image_id", meta["classes"],
+                           DecisionRule.from_dict(meta.get("decision")))  # fmt: skip
 
 
 def _champion_scores(mlflow: MlflowClient, version: ModelVersion) -> pd.DataFrame | None:
