@@ -701,11 +701,14 @@ GAN_SIDE_MULTIPLE = 16  # both architectures halve the resolution four times
 def _resolved_image_size(params: Params) -> Size:
     """gan.model.image_size, checked here so the error names the key; null: base.image_size rounded
     up to multiples of 16 (real images are resized to it on loading, synthesize resizes back)."""
+    def rounded_up(size: Size) -> list[int]:
+        return [-(-int(side) // GAN_SIDE_MULTIPLE) * GAN_SIDE_MULTIPLE for side in size]
+
     size = params.gan.model.image_size
     if size is None:
-        return tuple(-(-int(side) // GAN_SIDE_MULTIPLE) * GAN_SIDE_MULTIPLE for side in params.base.image_size)
-    if any(int(side) % GAN_SIDE_MULTIPLE for side in size):
-        rounded = [-(-int(side) // GAN_SIDE_MULTIPLE) * GAN_SIDE_MULTIPLE for side in size]
+        return tuple(rounded_up(params.base.image_size))
+    rounded = rounded_up(size)
+    if rounded != [int(side) for side in size]:
         raise ValueError(
             f"gan.model.image_size {list(size)}: both sides must be multiples of {GAN_SIDE_MULTIPLE} (the GANs "
             f"halve the resolution four times); set gan.model.image_size: {rounded}, or null to derive it "
