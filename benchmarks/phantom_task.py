@@ -8,12 +8,16 @@ lesions' visibility at the classifier's input). The cohort is generated once (`b
 each key draws its own pseudonyms and so its own split, which is what varies from clone to clone.
 
 Usage: python benchmarks/phantom_task.py [--keys 3] [--work /tmp/phantom_task] [--threads 1]
-       [--set base.image_size=[384,128] ...] [--reuse-cohort]
+       [--set base.image_size=[384,128] ...] [--reuse-cohort] [--cohort DIR] [--key-seed S]
+
+`--key-seed S` derives the keys from S instead of drawing them, so two settings run with the same
+seed see the same splits: their per-key differences are paired.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import secrets
@@ -72,6 +76,7 @@ def main() -> None:
     )
     parser.add_argument("--reuse-cohort", action="store_true", help="keep the cohort of an earlier run")
     parser.add_argument("--cohort", help="cohort folder (default: WORK/cohort)")
+    parser.add_argument("--key-seed", help="derive the keys from this seed (paired settings) instead of drawing them")
     args = parser.parse_args()
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -102,12 +107,18 @@ def main() -> None:
         (project / raw).parent.mkdir(parents=True, exist_ok=True)
         (project / raw).symlink_to((cohort / raw).resolve())
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        key_env = env | {"BONESCAN_SECRET": secrets.token_hex(16)}
+        key = (
+            hashlib.sha256(f"phantom_task/{args.key_seed}/{k}".encode()).hexdigest()[:32]
+            if args.key_seed is not None
+            else secrets.token_hex(16)
+        )
+        key_env = env | {"BONESCAN_SECRET": key}
         seconds = {s[0]: round(_run([*s, "--params", "params.yaml"], project, key_env), 1) for s in STAGES}
         ev = json.loads((project / params["evaluate"]["metrics_file"]).read_text())
         ceiling = json.loads((project / "metrics" / "ceiling.json").read_text())
         runs.append({
             "balanced_accuracy": ev["balanced_accuracy"], "macro_f1": ev["macro_f1"],
+            "recall": {c: ev.get(f"recall_{c}") for c in params["base"]["classes"]},
             "ceiling": ceiling["ceiling_balanced_accuracy"],
             "ceiling_metastasis_vs_benign": ceiling.get("ceiling_metastasis_vs_benign"),
             "visible_fraction": ceiling.get("visible_fraction"),
@@ -119,6 +130,7 @@ def main() -> None:
     bacc = [r["balanced_accuracy"] for r in runs]
     print(json.dumps({
         "overrides": {k: v for k, v in overrides.items() if k not in FAST},
+        "key_seed": args.key_seed,
         "phantoms_s": phantom_s,
         "balanced_accuracy_mean": statistics.mean(bacc),
         "balanced_accuracy_sd": statistics.stdev(bacc) if len(bacc) > 1 else None,
