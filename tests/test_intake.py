@@ -182,3 +182,61 @@ def test_every_file_of_pydicoms_test_corpus_gets_a_specific_reason_never_an_unex
     assert len(outcomes) > 100
     assert [f for f, code in outcomes.items() if code == "unexpected"] == []
     assert "accepted" in outcomes.values() and "decode_error" in outcomes.values()
+
+
+def _nm_study(path, frames: int, side: int = 16):
+    """A whole-body NM phantom of `frames` coded anterior/posterior frames of side x side counts."""
+    from bonescan.dicom.phantom import make_nm_dataset, sample_patient_identity, sample_study_identity
+
+    counts = np.random.default_rng(0).poisson(50, (frames, side, side)).astype(np.uint16)
+    views = ["anterior", "posterior"] * (frames // 2)
+    patient, study = sample_patient_identity(0, "bone", 0), sample_study_identity(0, "bone", 0, 0, 0)
+    make_nm_dataset(counts, views, patient, study).save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_file_cannot_expand_into_more_model_input_than_the_pixel_ceiling(tmp_path):
+    """64 coded frames of 16 x 16 declare 32 KiB of pixels, but would resize to 64 views x 8 KiB of model input."""
+    ceiling = 64 * 2**10
+    pre = Preprocessing(ingest=IngestConfig(workers=1, max_pixel_bytes=ceiling), modalities=("NM",),
+                        split_views=True, image_size=(64, 32))  # fmt: skip
+    anonymizer = Anonymizer(SECRET, AnonymizeConfig())
+    result, prepared = prepare_file(_nm_study(tmp_path / "IMG0001.dcm", 64), "IMG0001.dcm", anonymizer, pre)
+    assert prepared is None and result.code == "too_large"
+    assert result.reason.startswith("64 views make 0.5 MiB of model input, more than the limit ingest.max_pixel_bytes")
+    _, two_views = prepare_file(_nm_study(tmp_path / "IMG0002.dcm", 2), "IMG0002.dcm", anonymizer, pre)
+    assert two_views is not None and len(two_views.views) == 2  # a study's two views are well within it
+
+
+def test_a_file_larger_than_the_pixel_ceiling_allows_is_refused_unread(tmp_path):
+    """A valid header with a PixelData element of gigabytes would be read whole by pydicom."""
+    ceiling = 2**10  # a file may hold this plus 16 MiB for everything but pixels
+    pre = Preprocessing(ingest=IngestConfig(workers=1, max_pixel_bytes=ceiling), modalities=("NM",),
+                        split_views=True, image_size=(64, 32))  # fmt: skip
+    path = _nm_study(tmp_path / "IMG0001.dcm", 2)
+    with path.open("r+b") as f:
+        f.truncate(64 * 2**20)  # sparse: no disk is used
+    result, prepared = prepare_file(path, "IMG0001.dcm", Anonymizer(SECRET, AnonymizeConfig()), pre)
+    assert prepared is None and result.code == "too_large" and "(not read)" in result.reason
+
+
+def test_a_named_path_is_judged_by_where_it_leads_and_a_refusal_reveals_nothing_outside(tmp_path):
+    """What a served request may name: `..`, an absolute path elsewhere, a path through a linked folder."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "exists.dcm").write_bytes(b"x")
+    (root / "sub" / "inside.dcm").write_bytes(b"x")
+    os.symlink(outside, root / "linked_folder")
+    refused = {
+        root / ".." / "outside" / "exists.dcm": "outside the input folder",
+        root / ".." / "outside" / "missing.dcm": "outside the input folder",
+        outside / "exists.dcm": "outside the input folder",
+        root / "linked_folder" / "exists.dcm": "symbolic link out of the input folder",
+        root / "linked_folder" / "missing.dcm": "symbolic link out of the input folder",
+        root / "sub" / ".." / "linked_folder" / "exists.dcm": "symbolic link out of the input folder",
+    }
+    for path, reason in refused.items():
+        with pytest.raises(FileRejected, match=reason):
+            check_regular_file(path, root)
+    check_regular_file(root / "sub" / ".." / "sub" / "inside.dcm", root)  # `..` that stays inside is fine

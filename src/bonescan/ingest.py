@@ -192,7 +192,7 @@ def _ingest_dicom(ctx: _Context, relpath: str) -> FileResult:
     identifying: frozenset[str] = frozenset()
     try:
         path = ctx.raw_dir / relpath
-        check_regular_file(path, ctx.raw_dir)
+        check_regular_file(path, ctx.raw_dir, ctx.ingest.max_pixel_bytes)
         ds, identifying = open_dicom(path, ctx.ingest.max_pixel_bytes)
         return _ingest_dataset_file(ctx, relpath, ds, identifying)
     except Exception as exc:  # never let one file stop the stage; the type name carries no patient data
@@ -243,7 +243,7 @@ def _ingest_dataset_file(ctx: _Context, relpath: str, ds, identifying: frozenset
 def _ingest_image(ctx: _Context, relpath: str) -> FileResult:
     path = PurePosixPath(relpath)
     try:
-        check_regular_file(ctx.raw_dir / relpath, ctx.raw_dir)
+        check_regular_file(ctx.raw_dir / relpath, ctx.raw_dir, ctx.ingest.max_pixel_bytes)
         check_image_name(path, ctx.preprocessing)
         if ctx.format == "image_folder":
             if len(path.parts) < 2:

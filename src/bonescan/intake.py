@@ -31,6 +31,7 @@ from bonescan.dicom.phi_scan import Leak, identifying_values, names_anyone, scan
 from bonescan.dicom.read import (
     ImageReadError,
     check_pixel_data,
+    max_file_bytes,
     preprocess_view,
     read_dicom,
     read_views,
@@ -134,24 +135,35 @@ def iter_files(root: Path, skip: Iterable[Path] = ()) -> Iterator[str]:
             yield Path(path).relative_to(root).as_posix()
 
 
-def check_regular_file(path: Path, root: Path) -> None:
-    """Refuse anything but a regular file inside `root` before it is opened.
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def check_regular_file(path: Path, root: Path, max_bytes: int | None = None) -> None:
+    """Refuse anything but a regular file inside `root`, of a size the pixel ceiling allows, before it is opened.
 
     A FIFO would block the reader forever, a device could stream without end, and a link may point
-    out of the input tree (to another patient's export) or nowhere.
+    out of the input tree (to another patient's export) or nowhere. A path named by someone else (a
+    served request) may also climb out with `..`, be absolute, or pass through a linked folder: it is
+    judged by where it leads, resolved without opening or stat-ing the target, so a refusal says
+    nothing about what exists outside `root`.
+
+    Args:
+        max_bytes: `ingest.max_pixel_bytes`; a file larger than `max_file_bytes` of it is refused unread.
 
     Raises:
-        FileRejected: a link out of the tree, a broken or looping link, or a non-regular file.
+        FileRejected: a path outside `root`, a link out of it, a broken or looping link, a non-regular
+            file, or a file too large to hold pixel data within the ceiling.
     """
     try:
+        if not _inside(os.path.abspath(path), os.path.abspath(root)):  # `..` or an absolute path elsewhere
+            raise FileRejected("outside_root", "outside the input folder (not opened)")
+        if not _inside(os.path.realpath(path), os.path.realpath(root)):  # a link on the way, or the file one
+            raise FileRejected("link", "symbolic link out of the input folder (not followed)")
         info = os.lstat(path)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
         raise FileRejected("unreadable", f"cannot be read ({type(exc).__name__})") from None
     if stat.S_ISLNK(info.st_mode):
-        target = os.path.realpath(path)
-        real_root = os.path.realpath(root)
-        if os.path.commonpath([target, real_root]) != real_root:
-            raise FileRejected("link", "symbolic link out of the input folder (not followed)")
         try:
             info = os.stat(path)
         except OSError:  # dangling, or a loop (ELOOP)
@@ -160,6 +172,12 @@ def check_regular_file(path: Path, root: Path) -> None:
         raise FileRejected("link", "symbolic link to a folder (not followed)")
     if not stat.S_ISREG(info.st_mode):
         raise FileRejected("not_regular", "not a regular file (FIFO, socket or device)")
+    if max_bytes is not None and info.st_size > max_file_bytes(max_bytes):
+        raise FileRejected(
+            "too_large",
+            f"file of {info.st_size / 2**20:,.1f} MiB, larger than pixel data within the limit "
+            f"ingest.max_pixel_bytes = {max_bytes / 2**20:,.1f} MiB and a header can take (not read)",
+        )
 
 
 # --------------------------------------------------------------------------- DICOM
@@ -265,7 +283,17 @@ def dicom_inputs(
     Raises:
         ImageReadError: pixel data that cannot be decoded.
     """
-    views = read_views(anonymized, preprocessing.split_views, hints, max_bytes=preprocessing.ingest.max_pixel_bytes)
+    ceiling = preprocessing.ingest.max_pixel_bytes
+    views = read_views(anonymized, preprocessing.split_views, hints, max_bytes=ceiling)
+    # Every view becomes an (H, W) float32 model input, however small its frame: 100 000 frames of 8 x 8
+    # pass the pixel ceiling at 12 MiB, then would resize to gigabytes. The inputs share that ceiling.
+    inputs = len(views) * preprocessing.image_size[0] * preprocessing.image_size[1] * 4
+    if inputs > ceiling:
+        raise ImageReadError(
+            "too_large",
+            f"{len(views)} views make {inputs / 2**20:,.1f} MiB of model input, more than the "
+            f"limit ingest.max_pixel_bytes = {ceiling / 2**20:,.1f} MiB",
+        )
     return tuple((view.name, preprocess_view(view, preprocessing.ingest, preprocessing.image_size)) for view in views)
 
 
@@ -377,7 +405,7 @@ def prepare_file(
     """
     identifying: frozenset[str] = frozenset()
     try:
-        check_regular_file(path, root if root is not None else path.parent)
+        check_regular_file(path, root if root is not None else path.parent, preprocessing.ingest.max_pixel_bytes)
         if _input_kind(relpath, preprocessing) == "image":
             instance = pseudonym(relpath, name_key)
             images = prepare_image(path, preprocessing)

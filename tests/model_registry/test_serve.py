@@ -1,5 +1,6 @@
 """Specification of serving: `mlflow models serve` on the registered champion answers a request made of
-a study (a DICOM file's bytes, base64 in JSON) on loopback, in the local environment (nothing downloaded)."""
+a study (a DICOM file's bytes, base64 in JSON) on loopback, in the local environment (nothing downloaded),
+and opens no file of its host that a request names."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 from bonescan import classifier_file
 from bonescan.config import PromoteConfig
 from bonescan.model_registry import promote
+from bonescan.model_registry.pyfunc import PATH_ROOT_ENV
 from tests.classifier_files import write_classifier
 from tests.model_registry.conftest import CLASSES, SIZE, TRAINED_ON_DICOM
 
@@ -72,8 +74,9 @@ def wait_until_up(url: str, server: subprocess.Popen) -> None:
 
 
 def test_the_served_champion_classifies_a_dicom_study_and_explains_a_refused_file(
-    mlflow_store, phantom_study
+    mlflow_store, phantom_study, monkeypatch
 ):
+    monkeypatch.delenv(PATH_ROOT_ENV, raising=False)  # no folder of the host is given to the server
     register_champion(mlflow_store)
     bin_dir = str(Path(sys.executable).parent)  # the server starts `uvicorn` from PATH
     mlflow_cli = shutil.which("mlflow", path=bin_dir) or "mlflow"
@@ -91,15 +94,22 @@ def test_the_served_champion_classifies_a_dicom_study_and_explains_a_refused_fil
         wait_until_up(url, server)
         study = base64.b64encode(phantom_study.read_bytes()).decode()
         text = base64.b64encode(b"a referral letter, not a scan").decode()
+        with pytest.raises(urllib.error.HTTPError) as malformed:  # MLflow decodes base64 before the model
+            post(f"{url}/invocations", {"dataframe_split": {"columns": ["content"], "data": [["QUJDR"]]}})
         got = post(
             f"{url}/invocations", {"dataframe_split": {"columns": ["content"], "data": [[study], [text]]}}
-        )
+        )  # the server outlived the bad request
+        on_host = str(phantom_study)  # a study the server could read, named by the client
+        named = post(f"{url}/invocations", {"dataframe_split": {"columns": ["path"], "data": [[on_host]]}})
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker
             server.wait(timeout=30)
         log.close()
+    assert malformed.value.code == 400
     scan, letter = got["predictions"]
     assert scan["reason"] == "" and scan["n_views"] == 2 and scan["prediction"] in CLASSES
     assert sum(scan[c] for c in CLASSES) == pytest.approx(1.0, abs=1e-6)
     assert letter["reason"].startswith("not_dicom") and letter["prediction"] == ""
+    [named] = named["predictions"]
+    assert named["reason"].startswith("path_refused: this model reads no files") and named["prediction"] == ""

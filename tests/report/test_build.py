@@ -199,6 +199,147 @@ def test_no_name_id_accession_or_raw_path_of_the_phantom_inputs_reaches_the_repo
         names |= set(who.name.split("^")[:2])
         forbidden |= {who.patient_id, who.folder, who.phone, who.address, *who.other_ids}
     forbidden |= {f for s in cohort.bone for f in s.files} | {b.path for b in cohort.bad_files}
+    dates = {d for s in cohort.bone for f in s.files for d in re.findall(r"(?<!\d)(?:19|20)\d{6}(?!\d)", f)}
+    assert dates, "the study folders are named by their StudyDate"
+    forbidden |= dates | {f"{d[:4]}-{d[4:6]}-{d[6:]}" for d in dates}  # as DICOM stores it, and as ISO
+    forbidden |= {f"{who.birth_date:%Y%m%d}" for who in identities} | {who.institution[0] for who in identities}
     leaked = sorted(value for value in forbidden if value and value.lower() in shown.lower())
     leaked += sorted(name for name in names if re.search(rf"\b{re.escape(name)}\b", shown))
     assert not leaked
+
+
+# --------------------------------------------------------------------------- hostile inputs
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+SCRIPT = "</script><script>alert(2)</script>"
+QUOTE = '" onmouseover="alert(3)'
+BAD_CLASS = f"benign{HOSTILE}"  # a class name is any string params give
+PATIENT = "DOE_JOHN_19420314"
+
+
+def _rewrite(value, old: str, new: str):
+    """JSON value with every key and string equal to or ending in `old` renamed (metric keys: recall_benign)."""
+    if isinstance(value, dict):
+        return {(k[: -len(old)] + new if k.endswith(old) else k): _rewrite(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rewrite(v, old, new) for v in value]
+    return new if value == old else value
+
+
+def _edit(path: Path, change) -> None:
+    import json
+
+    data = _rewrite(json.loads(path.read_text()), "benign", BAD_CLASS)
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture
+def hostile(run, tmp_path, project_params):
+    """The finished run with a hostile string in every field the page shows, and a raw path next to its inputs."""
+    import dataclasses
+    import shutil
+
+    import pandas as pd
+
+    root = tmp_path / "run"
+    shutil.copytree(run, root)
+    sources = ReportSources.from_params(project_params, root)
+    for ds in sources.datasets:
+        _edit(ds.ingest, lambda d: d.update({f"quarantined_{HOSTILE}": 1}))
+        _edit(ds.split, lambda d: None)
+        (ds.ingest.parent / "quarantine.csv").write_text(f"file,reason\n{PATIENT}/IMG0001.dcm,not_dicom\n")
+    _edit(sources.eval_metrics, lambda d: None)
+    _edit(sources.eval_dir / "summary.json", lambda d: d.update(
+        {"model": HOSTILE, "fingerprint": QUOTE, "notes": [SCRIPT], "decision": {"kind": SCRIPT}}))
+    _edit(sources.gan_report, lambda d: d.update(
+        {"archs": {HOSTILE: next(iter(d["archs"].values()))}, "gate": {**d["gate"], "min_fidelity": SCRIPT}}))
+    for path in sources.clf_metrics.values():
+        _edit(path, lambda d: d.update({"model": SCRIPT, "init": QUOTE}))
+    _edit(sources.promotion, lambda d: d.update(
+        {"reason": SCRIPT, "registered_model": HOSTILE, "aliases_after": {HOSTILE: QUOTE}}))
+    with sources.model_card.open("a") as card:
+        card.write(f"\n[open](javascript:alert(4)) <iframe src=x></iframe> {HOSTILE}\n")
+    cases_path = sources.eval_dir / "gradcam" / "cases.csv"
+    cases = pd.read_csv(cases_path, dtype=str).replace({"benign": BAD_CLASS})
+    cases["layer"] = QUOTE
+    cases.to_csv(cases_path, index=False)
+    datasets = tuple(dataclasses.replace(ds, name=HOSTILE, classes=(*ds.classes[:2], BAD_CLASS))
+                     for ds in sources.datasets)  # fmt: skip
+    return dataclasses.replace(sources, title=SCRIPT + HOSTILE, classes=(*sources.classes[:2], BAD_CLASS),
+                               datasets=datasets)  # fmt: skip
+
+
+class _Markup(_Resources):
+    """Also every tag and attribute name: what a browser would build from the page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attributes: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        super().handle_starttag(tag, attrs)
+        self.tags.append(tag)
+        self.attributes += [name for name, _ in attrs]
+        self.links += [value or "" for name, value in attrs if tag == "a" and name == "href"]
+
+
+def test_a_hostile_string_in_any_input_is_shown_as_text_never_as_markup(hostile):
+    html, sections, _ = render_report(hostile)
+    page = _Markup()
+    page.feed(html)
+    text = "".join(page.text)
+
+    assert sections["evaluation"] == sections["gradcam"] == sections["gan"] == sections["promotion"] == "ok"
+    assert page.scripts == 0 and not {"iframe", "object", "embed", "form", "base"} & set(page.tags)
+    assert not [a for a in page.attributes if a.startswith("on")], "no event handler was injected"
+    assert all(link.startswith("#") for link in page.links), "no javascript: or remote link"
+    assert all(url.startswith("data:image/png;base64,") for url in page.urls)
+    # every field shows the string itself, escaped: title, dataset, class, reason, GAN arch, models, promotion, card
+    assert text.count(HOSTILE) >= 10 and text.count(SCRIPT) >= 5 and text.count(QUOTE) >= 3
+    assert f"true {BAD_CLASS}" in text and f"quarantined: {HOSTILE}" in text
+    assert PATIENT not in html, "quarantine.csv, which names raw files, is never read"
+
+
+def test_the_policy_forbids_scripts_remote_fetches_and_form_or_base_targets(run, project_params):
+    html, _, _ = render_report(ReportSources.from_params(project_params, run))
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1)
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives == {"default-src": "'none'", "img-src": "data:", "style-src": "'unsafe-inline'",
+                          "base-uri": "'none'", "form-action": "'none'"}  # fmt: skip
+    assert html.index("Content-Security-Policy") < html.index("<title>")  # before anything data-derived
+
+
+def test_an_image_named_outside_its_folder_is_not_inlined(hostile):
+    import os
+
+    import pandas as pd
+    from PIL import Image
+
+    outside = hostile.eval_dir.parents[1] / "data/raw/radiograph.png"  # a raw image, burned-in text and all
+    outside.parent.mkdir(parents=True)
+    Image.new("L", (8, 8), 200).save(outside)
+    cases_path = hostile.eval_dir / "gradcam" / "cases.csv"
+    cases = pd.read_csv(cases_path, dtype=str)
+    cases.loc[0, "file"] = os.path.relpath(outside, cases_path.parent)  # ../../../data/raw/radiograph.png
+    cases.to_csv(cases_path, index=False)
+    (hostile.gan_samples[0] / "linked_final.png").symlink_to(outside)
+    with hostile.model_card.open("a") as card:
+        card.write(f"\n![raw]({outside}) ![raw]({os.path.relpath(outside, hostile.model_card.parent)})\n")
+
+    html, _, _ = render_report(hostile)
+    assert base64.b64encode(outside.read_bytes()).decode() not in html
+
+
+def test_a_malformed_stage_output_shows_as_not_run_or_a_dash_never_fails_the_report(hostile):
+    import json
+
+    (hostile.eval_dir / "gradcam" / "cases.csv").write_text("image_id,label\nx\n")  # columns missing
+    hostile.promotion.write_text("[1, 2]")  # JSON, but no object
+    hostile.model_card.unlink()
+    hostile.gan_report.write_text(json.dumps({**json.loads(hostile.gan_report.read_text()), "gate": {}}))
+    html, sections, _ = render_report(hostile)
+    assert sections["gradcam"] == sections["promotion"] == NOT_RUN and sections["evaluation"] == "ok"
+    assert "Gate: fidelity &ge; –, label lift &ge; –" in html

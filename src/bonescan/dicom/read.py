@@ -98,6 +98,15 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
+def max_file_bytes(max_pixel_bytes: int) -> int:
+    """The largest file that can hold pixel data within `max_pixel_bytes`: that plus the header allowance.
+
+    Native pixel data is stored at its decoded size and every codec stores less, so a larger file is
+    refused unread (a 1 x 1 image may carry a 50 GB PixelData element that pydicom would read whole).
+    """
+    return max_pixel_bytes + _NON_PIXEL_ALLOWANCE
+
+
 def read_dicom(path: str | Path, max_bytes: int | None = DEFAULT_MAX_PIXEL_BYTES) -> Dataset:
     """Read a DICOM file without modifying it (opened read-only).
 
@@ -115,7 +124,7 @@ def read_dicom(path: str | Path, max_bytes: int | None = DEFAULT_MAX_PIXEL_BYTES
     """
     with open(path, "rb") as fp:
         if max_bytes is not None:
-            _check_inflated_size(fp, max_bytes + _NON_PIXEL_ALLOWANCE)
+            _check_inflated_size(fp, max_file_bytes(max_bytes))
             fp.seek(0)
         return pydicom.dcmread(fp)
 

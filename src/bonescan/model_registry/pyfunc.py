@@ -6,14 +6,20 @@ pip requirements taken from this environment, so logging never resolves anything
 
 Each input row is one of (the signature's optional columns):
 - `image`: a preprocessed image (in_chans or 1, H, W) float32 in [0, 1], what training read;
-- `path`: a DICOM or image file on the serving machine;
-- `content`: the bytes of such a file (base64 in a JSON request).
+- `content`: the bytes of a DICOM or image file (base64 in a JSON request), at most
+  `max_file_bytes(ingest.max_pixel_bytes)` (144 MiB by default), refused before it is decoded;
+- `path`: such a file on the serving machine, only when the model was loaded with a folder to read
+  from (`model_config={"path_root": DIR}` or the environment variable BONESCAN_PYFUNC_ROOT), and only
+  a regular file whose resolved path stays inside it (absolute, or relative to it). Without one, a
+  served model would open whatever file a client names (/etc/shadow, /dev/zero, a FIFO).
 A file takes the intake's path (`bonescan.intake.prepare_file`, as in `bonescan predict`): checks,
 anonymization under a key drawn per loaded model, views, the model's own preprocessing. The output
 has one row per input row: one probability column per class (a study's views averaged, as predict
 does per study), `prediction` (the model's decision rule), `n_views`, and `reason`, empty when the
-input was classified, else why it was not (`wrong_format: ...`, `unsupported_modality: ...`): an
-input the model cannot take is a row, never a failed request.
+input was classified, else why it was not (`wrong_format: ...`, `path_refused: ...`): an input the
+model cannot take is a row, never a failed request. A reason never quotes the path or the file's
+contents beyond what the intake's reasons say (codes, sizes, modality). Rows are classified in
+batches of a bounded number of views, so a request's memory does not grow with its length.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import base64
 import binascii
 import importlib.metadata
 import logging
+import math
+import os
 import secrets
 import shutil
 import tempfile
@@ -38,6 +46,7 @@ from torch.utils.data import Dataset
 from bonescan import classifier_file
 from bonescan.config import AnonymizeConfig
 from bonescan.dicom.anonymize import Anonymizer
+from bonescan.dicom.read import max_file_bytes
 from bonescan.intake import file_suffix, prepare_file
 
 if TYPE_CHECKING:
@@ -49,11 +58,14 @@ __all__ = [
     "IMAGE_COLUMN",
     "MODEL_ARTIFACT_PATH",
     "PATH_COLUMN",
+    "PATH_ROOT_ENV",
+    "PATH_ROOT_KEY",
     "PREDICTION_COLUMN",
     "REASON_COLUMN",
     "ClassifierPyfunc",
     "example_input",
     "inference_requirements",
+    "path_root",
     "save_pyfunc",
     "signature",
 ]
@@ -67,6 +79,9 @@ INPUT_COLUMNS = (IMAGE_COLUMN, PATH_COLUMN, CONTENT_COLUMN)
 PREDICTION_COLUMN = "prediction"
 VIEWS_COLUMN = "n_views"
 REASON_COLUMN = "reason"
+PATH_ROOT_KEY = "path_root"  # model_config key: the folder `path` rows may read (wins over the variable)
+PATH_ROOT_ENV = "BONESCAN_PYFUNC_ROOT"  # the same for `mlflow models serve`, whose CLI has no model_config
+_VIEWS_PER_BATCH = 256  # model inputs held at once: 256 x 256 x 96 float32 = 24 MiB
 # What `classifier_file.load` and the intake import (bonescan.classifier_file, bonescan.intake and their
 # imports), pinned to this environment's versions: an explicit list, so that logging never runs
 # MLflow's requirement inference.
@@ -128,6 +143,23 @@ def _cells(model_input: Any) -> Iterator[dict[str, Any]]:
         yield {c: v for c, v in zip(columns, values, strict=True) if _present(v)}
 
 
+def path_root(model_config: dict[str, Any] | None) -> Path | None:
+    """The folder `path` rows may read: `model_config["path_root"]`, else $BONESCAN_PYFUNC_ROOT, else None.
+
+    Raises:
+        ValueError: the folder named does not exist, or is the file-system root (every file).
+    """
+    named = str((model_config or {}).get(PATH_ROOT_KEY) or os.environ.get(PATH_ROOT_ENV, "")).strip()
+    if not named:
+        return None
+    root = Path(os.path.realpath(named))
+    if not root.is_dir():
+        raise ValueError(f"{PATH_ROOT_KEY} / {PATH_ROOT_ENV}: {named} is not a folder")
+    if root == Path(root.anchor):
+        raise ValueError(f"{PATH_ROOT_KEY} / {PATH_ROOT_ENV}: the file-system root would let a client read any file")
+    return root
+
+
 class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
     """A bonescan classifier file served through MLflow: images or whole files in, probabilities out.
 
@@ -142,6 +174,7 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         self._classes = list(self._record.classes)
         self._key = secrets.token_bytes(32)
         self._anonymizer = Anonymizer(self._key, AnonymizeConfig())
+        self._root = path_root(context.model_config)
 
     def predict(  # noqa: ANN001 (model_input)
         self, context: mlflow.pyfunc.PythonModelContext, model_input, params: dict | None = None
@@ -150,20 +183,33 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
 
         `model_input` is left unannotated: MLflow would otherwise derive a schema from the annotation.
         """
-        prepared = [self._views(cells) for cells in _cells(model_input)]
+        rows: list[list[Any]] = []
+        batch: list[tuple[list[np.ndarray], str]] = []
+        held = 0  # views in `batch`
+        for cells in _cells(model_input):
+            batch.append(self._views(cells))
+            held += len(batch[-1][0])
+            if held >= _VIEWS_PER_BATCH:
+                rows += self._classify(batch)
+                batch, held = [], 0
+        rows += self._classify(batch)
+        return pd.DataFrame(rows, columns=[*self._classes, PREDICTION_COLUMN, VIEWS_COLUMN, REASON_COLUMN])
+
+    def _classify(self, prepared: list[tuple[list[np.ndarray], str]]) -> list[list[Any]]:
+        """Prepared rows -> output rows: a row's probabilities are its views' mean (a study, as in predict)."""
         shape = (self._record.in_chans, *self._record.image_size)
         images = [np.broadcast_to(image, shape) for views, _ in prepared for image in views]  # (C, H, W) each
         prob = classifier_file.predict_probabilities(
             self._model, _Views(images), image_size=self._record.image_size, num_classes=len(self._classes)
-        )  # (N views, K)
+        ) if images else np.zeros((0, len(self._classes)))  # (N views, K)  # fmt: skip
         rows, start = [], 0
         for views, reason in prepared:
             nan = np.full(len(self._classes), np.nan)
-            mean = prob[start : start + len(views)].mean(axis=0) if views else nan  # a study: its views' mean
+            mean = prob[start : start + len(views)].mean(axis=0) if views else nan
             start += len(views)
             label = self._classes[int(self._record.decision.predict(mean[None])[0])] if views else ""
             rows.append([*mean, label, len(views), reason])
-        return pd.DataFrame(rows, columns=[*self._classes, PREDICTION_COLUMN, VIEWS_COLUMN, REASON_COLUMN])
+        return rows
 
     def _views(self, cells: dict[str, Any]) -> tuple[list[np.ndarray], str]:
         """One input row -> ((C, H, W) model inputs, "") or ([], why it cannot be classified)."""
@@ -176,22 +222,39 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         if self._record.preprocessing is None:
             return [], "no_preprocessing: the model records no preprocessing; send preprocessed images"
         if column == PATH_COLUMN:
-            path = Path(str(value))
-            return self._file(path, path.name)
-        content = value
-        if isinstance(content, str):  # sent without the signature's binary type: still base64
+            if self._root is None:
+                return [], (f"path_refused: this model reads no files from its host; send the file as "
+                            f"{CONTENT_COLUMN}, or load it with {PATH_ROOT_ENV} (or model_config "
+                            f"{PATH_ROOT_KEY}) naming the folder it may read")  # fmt: skip
+            path = self._root / str(value)  # an absolute path stays itself; the intake checks where it leads
+            return self._file(path, self._root)
+        return self._content(value)
+
+    def _content(self, value: Any) -> tuple[list[np.ndarray], str]:
+        """A file's bytes (or their base64) -> its views, after a size check made before anything is decoded."""
+        limit = max_file_bytes(self._record.preprocessing.ingest.max_pixel_bytes)
+        too_large = f"too_large: content over {limit / 2**20:,.0f} MiB (max_file_bytes of ingest.max_pixel_bytes)"
+        if isinstance(value, str):  # sent without the signature's binary type: still base64
+            if len(value) > 4 * math.ceil(limit / 3):
+                return [], too_large
             try:
-                content = base64.b64decode(content, validate=True)
+                value = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 return [], "not_base64: content is text but not base64"
+        if not isinstance(value, bytes | bytearray | memoryview):  # bytes(10**12) would allocate a terabyte
+            return [], f"content: must be bytes or base64 text, got {type(value).__name__}"
+        if memoryview(value).nbytes > limit:  # measured without a copy
+            return [], too_large
+        content = bytes(value)
         with tempfile.TemporaryDirectory(prefix="bonescan-request-") as tmp:
-            path = Path(tmp) / f"input{file_suffix(bytes(content))}"
-            path.write_bytes(bytes(content))
-            return self._file(path, path.name)
+            path = Path(tmp) / f"input{file_suffix(content)}"
+            path.write_bytes(content)
+            return self._file(path, path.parent)
 
-    def _file(self, path: Path, relpath: str) -> tuple[list[np.ndarray], str]:
-        result, prepared = prepare_file(path, relpath, self._anonymizer, self._record.preprocessing,
-                                        path.parent, self._key)  # fmt: skip
+    def _file(self, path: Path, root: Path) -> tuple[list[np.ndarray], str]:
+        relpath = f"input{path.suffix}"  # the suffix picks image or DICOM; no part of a name reaches a reason
+        result, prepared = prepare_file(path, relpath, self._anonymizer, self._record.preprocessing, root,
+                                        self._key)  # fmt: skip
         if prepared is None:
             return [], f"{result.code}: {result.reason}"
         return [image[None] for _, image in prepared.views], ""
@@ -205,6 +268,8 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         image = image[None] if image.ndim == 2 else image
         if image.ndim != 3 or image.shape[0] not in (1, self._record.in_chans) or image.shape[1:] != (h, w):
             return [], f"shape: an image must be (1 or {self._record.in_chans}, {h}, {w}), got {image.shape}"
+        if not (np.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0):
+            return [], "range: an image's values must be finite and in [0, 1] (what training read)"
         return [image], ""
 
 
@@ -266,9 +331,9 @@ def signature(classes: Sequence[str]) -> ModelSignature:
 def save_pyfunc(checkpoint: str | Path, dst: str | Path, mlflow_model: Model | None = None) -> Path:
     """Write the classifier file as an MLflow pyfunc model directory at `dst` (which must not exist).
 
-    The directory holds `artifacts/model.pt`, `code/bonescan/`, MLmodel with the column signature and
-    a synthetic `image` input example, and pinned requirements (nothing is inferred, so nothing is
-    resolved over the network).
+    The directory holds `artifacts/model.pt`, `code/bonescan/`, MLmodel with the column signature, a
+    synthetic `image` input example and an empty `path_root` (no file is read until a load names a
+    folder), and pinned requirements (nothing is inferred, so nothing is resolved over the network).
 
     Args:
         mlflow_model: the MLmodel to fill (one bound to a LoggedModel's id when logging), else a new one.
@@ -285,6 +350,7 @@ def save_pyfunc(checkpoint: str | Path, dst: str | Path, mlflow_model: Model | N
             signature=signature(record.classes),
             input_example=pd.DataFrame(example),
             pip_requirements=inference_requirements(),
+            model_config={PATH_ROOT_KEY: ""},  # MLflow passes a load-time key only if the saved model has it
             mlflow_model=mlflow_model,
         )
     return dst

@@ -115,10 +115,14 @@ class ReportResult:
 
 def _json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, json.JSONDecodeError) as exc:
-        log.warning("report: %s is unreadable (%s); its section shows as not run", path, exc)
+        data = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        log.warning("report: %s is unreadable (%s); its section shows as not run", path, type(exc).__name__)
         return None
+    if data is not None and not isinstance(data, dict):
+        log.warning("report: %s holds no JSON object; its section shows as not run", path)
+        return None
+    return data
 
 
 class _Images:
@@ -127,8 +131,16 @@ class _Images:
     def __init__(self) -> None:
         self.count = 0
 
-    def uri(self, path: Path | None) -> str | None:
+    def uri(self, path: Path | None, folder: Path | None = None) -> str | None:
+        """A PNG as a data URI, or None; a path named by a file (cases.csv, the card) must stay in `folder`.
+
+        Without the check a `../` or a link in an index would inline any PNG on disk: a raw radiograph
+        with burned-in text, say, where the report promises post-ingest outputs only.
+        """
         if path is None or not path.is_file() or path.suffix.lower() != ".png":
+            return None
+        if folder is not None and not path.resolve().is_relative_to(folder.resolve()):
+            log.warning("report: an image named outside %s is left out", folder)
             return None
         data = path.read_bytes()
         if len(data) > _MAX_IMAGE_BYTES:
@@ -182,7 +194,7 @@ def _gan_section(sources: ReportSources, images: _Images) -> dict | None:
     grids = []
     for folder in sources.gan_samples:
         for png in sorted(folder.glob("*_final.png")) if folder.is_dir() else []:
-            uri = images.uri(png)
+            uri = images.uri(png, folder)
             if uri:
                 grids.append({"caption": f"{folder.parent.name}: {png.stem.removesuffix('_final')} "
                                          "(rows: classes, fixed noise)", "uri": uri})  # fmt: skip
@@ -196,7 +208,9 @@ def _gan_section(sources: ReportSources, images: _Images) -> dict | None:
                          "tstr": _num(q.get("tstr_recall")), "admitted": bool(q.get("admitted")),
                          "reason": q.get("reason", "")})  # fmt: skip
     synthesis = (report or {}).get("synthesis", {})
-    return {"rows": rows, "grids": grids, "gate": (report or {}).get("gate", {}),
+    gate = (report or {}).get("gate", {})  # keys the template reads, present or not: a missing one is "–"
+    gate = {key: gate.get(key, "–") for key in ("min_fidelity", "min_label_lift", "max_diversity_ssim")}
+    return {"rows": rows, "grids": grids, "gate": gate,
             "arch": synthesis.get("arch"), "written": synthesis.get("written", {})}  # fmt: skip
 
 
@@ -279,7 +293,14 @@ def _gradcam_grid(sources: ReportSources, images: _Images) -> dict | None:
     index = sources.eval_dir / "gradcam" / "cases.csv"
     if not index.is_file():
         return None
-    cases = pd.read_csv(index, dtype={"image_id": str, "label": str, "predicted": str, "layer": str, "file": str})
+    columns = {"image_id": str, "label": str, "predicted": str, "layer": str, "file": str}
+    try:
+        cases = pd.read_csv(index, dtype=columns, keep_default_na=False)
+        cases["probability"] = pd.to_numeric(cases["probability"], errors="coerce")
+        cases = cases[[*columns, "probability", "correct"]]
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
+        log.warning("report: %s is unreadable (%s); the Grad-CAM grid shows as not run", index, type(exc).__name__)
+        return None
     rows = []
     for correct, title in ((True, "correct"), (False, "wrong")):
         cells = []
@@ -288,7 +309,8 @@ def _gradcam_grid(sources: ReportSources, images: _Images) -> dict | None:
             cell = []
             for image_id, group in chosen.groupby("image_id", sort=False):
                 first = group.iloc[0]
-                overlays = [{"layer": r.layer, "uri": images.uri(index.parent / r.file)} for r in group.itertuples()]
+                overlays = [{"layer": r.layer, "uri": images.uri(index.parent / r.file, index.parent)}
+                            for r in group.itertuples() if r.file]  # fmt: skip
                 cell.append({"id": image_id, "predicted": first["predicted"], "p": _num(float(first["probability"]), 2),
                              "overlays": [o for o in overlays if o["uri"]]})  # fmt: skip
             cells.append(cell)
@@ -318,8 +340,7 @@ def _card_html(path: Path, images: _Images) -> Markup:
         token = tokens[idx]
         src = str(token.attrGet("src") or "")
         alt = "".join(child.content for child in token.children or [])
-        local = (path.parent / src).resolve() if src and ":" not in src else None
-        uri = images.uri(local) if local and local.is_relative_to(path.parent.resolve()) else None
+        uri = images.uri(path.parent / src, path.parent) if src and ":" not in src else None
         if uri is None:
             return f"<em>[{escapeHtml(alt)}]</em>"
         return f'<img src="{uri}" alt="{escapeHtml(alt)}">'
