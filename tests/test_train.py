@@ -46,6 +46,7 @@ from bonescan.train import (
     prior_shift_rule,
     train_one_epoch,
     validate,
+    within_step_budget,
     write_history,
 )
 from tests.png_cohorts import SIZE, write_cohort
@@ -330,6 +331,29 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement_and_keep
     _assert_same_weights(_load(project / result.model_path)["model"], weights_after[2])
     assert any(not torch.equal(weights_after[2][k], weights_after[4][k]) for k in weights_after[2])
     assert _load(last)["finished"]
+
+
+def test_a_step_budget_trains_the_whole_epochs_it_allows_and_the_schedule_ends_within_them(project):
+    cfg = _cfg({"epochs": 6, "max_steps": 5})
+    _pretrain(cfg, project)
+    steps_per_epoch = len(read_manifest(project / "target/manifest.csv").query("split == 'train'")) // 4
+    result = _finetune(cfg, project)
+    assert result.epochs_run == math.ceil(5 / steps_per_epoch) < 6
+    budgeted = within_step_budget(cfg.finetune, steps_per_epoch)
+    assert budgeted.epochs == result.epochs_run
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, budgeted.model_copy(update={"scheduler": "cosine"}))
+    for _ in range(budgeted.epochs):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_step_budget_larger_than_the_epochs_changes_nothing_and_none_means_all_epochs():
+    cfg = _cfg({"epochs": 3, "max_steps": 1000}).finetune
+    assert within_step_budget(cfg, 10).epochs == 3
+    assert within_step_budget(cfg.model_copy(update={"max_steps": None}), 10).epochs == 3
+    assert within_step_budget(cfg.model_copy(update={"max_steps": 1}), 10).epochs == 1
 
 
 # --------------------------------------------------------------------------- losses and DRW

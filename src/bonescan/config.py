@@ -219,6 +219,9 @@ class TrainConfig(_Section):
     """Optimisation of one classifier training stage (source pretraining or fine-tuning)."""
 
     epochs: int = Field(6, ge=1)
+    # Step budget: epochs become min(epochs, ceil(max_steps / steps per epoch)), so a set 10x the demo's
+    # costs what the demo costs; deterministic, unlike a time budget. None: all epochs.
+    max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(16, ge=1)  # per process under torchrun
     optimizer: Literal["radam", "adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)

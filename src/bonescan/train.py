@@ -72,6 +72,7 @@ __all__ = [
     "prior_shift_rule",
     "set_loader_epoch",
     "train_one_epoch",
+    "within_step_budget",
     "write_history",
 ]
 
@@ -223,6 +224,19 @@ def build_optimizer(
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose radam, adamw or sgd")
+
+
+def within_step_budget(cfg: TrainConfig, steps_per_epoch: int, description: str = "train") -> TrainConfig:
+    """`cfg` with as many whole epochs as `cfg.max_steps` allows (at least one); the schedule follows."""
+    if cfg.max_steps is None:
+        return cfg
+    epochs = max(1, min(cfg.epochs, math.ceil(cfg.max_steps / max(steps_per_epoch, 1))))
+    if epochs < cfg.epochs:
+        log.info(
+            "%s: max_steps %d at %d steps per epoch -> %d of %d epochs",
+            description, cfg.max_steps, steps_per_epoch, epochs, cfg.epochs,
+        )  # fmt: skip
+    return cfg.model_copy(update={"epochs": epochs})
 
 
 def build_scheduler(
@@ -403,6 +417,7 @@ def fit(
         callback: called with every epoch's stats on rank 0 (e.g. MLflow logging).
     """
     identity = identity or {}
+    cfg = within_step_budget(cfg, len(train_loader), description)
     model = model.to(opts.device, memory_format=opts.memory_format)
     optimizer = build_optimizer(model.parameters(), cfg)
     scheduler = build_scheduler(optimizer, cfg)
