@@ -24,7 +24,7 @@ import logging
 import math
 import shlex
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,15 @@ class Variant:
     number: int
     name: str
     overrides: Mapping[str, Any]
+    # Other values under which a run still is this variant (traditional augmentation drawn online
+    # or written offline is the same variant); queueing uses `overrides`.
+    also: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def holds_in(self, param: Callable[[str, Any], Any]) -> bool:
+        """Whether every override (or one of its `also` values) is what `param(key)` reads."""
+        return all(
+            param(key, _MISSING) in (value, *self.also.get(key, ())) for key, value in self.overrides.items()
+        )
 
 
 # No synthetic images: gan.synthesize.count 0. Balanced: count null brings every class to the majority.
@@ -70,11 +79,14 @@ VARIANTS: dict[int, Variant] = {
     3: Variant(
         3, "MU-ACGAN", {"augment.mode": "none", "gan.synthesize.count": None, "gan.synthesize.arch": "mu_acgan"}
     ),
-    4: Variant(4, "traditional", {"augment.mode": "offline", "gan.synthesize.count": 0}),
+    4: Variant(
+        4, "traditional", {"augment.mode": "offline", "gan.synthesize.count": 0}, {"augment.mode": ("online",)}
+    ),
     5: Variant(
         5,
         "MU-ACGAN + traditional",
         {"augment.mode": "offline", "gan.synthesize.count": None, "gan.synthesize.arch": "mu_acgan"},
+        {"augment.mode": ("online",)},
     ),
 }
 
@@ -246,7 +258,7 @@ def identify_variant(params: Mapping[str, Any]) -> int | None:
     """The `VARIANTS` number whose overrides all hold in `params`, or None."""
     result = ExperimentResult("", "", "", dict(params), {})
     for number, variant in VARIANTS.items():
-        if all(result.param(key, _MISSING) == value for key, value in variant.overrides.items()):
+        if variant.holds_in(result.param):
             return number
     return None
 
