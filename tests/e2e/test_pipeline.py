@@ -29,7 +29,7 @@ TINY = {
         "finetune": {"epochs": 1},
         "quality": {"samples_per_class": 4, "classifier_epochs": 1},
     },
-    "augment": {"factor": 2},
+    "augment": {"factor": 2, "mode": "offline"},  # the written copies are what these tests check
     "clf": {
         "model": "soft_threshold_net",
         "pretrain": {"epochs": 1, "batch_size": 8},
