@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bonescan.ceiling import FEATURE_NAMES, lesion_cnr, run_ceiling, study_features, summary_line
+from bonescan.ceiling import FEATURE_NAMES, lesion_cnr, run_ceiling, study_features
 from bonescan.config import (
     AnonymizeConfig,
     CeilingConfig,
@@ -23,6 +23,7 @@ from bonescan.data.split import run_split
 from bonescan.dicom.anatomy import BONE_CLASSES
 from bonescan.dicom.phantom import GROUND_TRUTH, write_cohort
 from bonescan.ingest import ingest_dataset
+from bonescan.summary import ceiling_line
 
 SECRET = b"ceiling-test-secret-0123456789"
 SIZE = (128, 48)
@@ -117,6 +118,6 @@ def test_summary_line_puts_the_model_against_the_ceiling(tmp_path):
         "available": 1, "ceiling_balanced_accuracy": 0.9, "ceiling_model": "forest",
         "ceiling_metastasis_vs_benign": 0.85, "visible_fraction": 0.97,
     }))  # fmt: skip
-    line = summary_line(tmp_path / "eval.json", tmp_path / "ceiling.json")
+    line = ceiling_line(tmp_path / "eval.json", tmp_path / "ceiling.json")
     assert "model 0.720 of ceiling 0.900" in line and "80 %" in line
-    assert "none" in summary_line(tmp_path / "eval.json", tmp_path / "missing.json")
+    assert "none" in ceiling_line(tmp_path / "eval.json", tmp_path / "missing.json")

@@ -16,7 +16,6 @@ and nothing but aggregates is written.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ from bonescan.intake import study_pseudonym
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FEATURE_NAMES", "ceiling_scores", "lesion_cnr", "run_ceiling", "study_features", "summary_line", "truth_by_study",
+    "FEATURE_NAMES", "ceiling_scores", "lesion_cnr", "run_ceiling", "study_features", "truth_by_study",
 ]  # fmt: skip
 
 AXIAL = {"spine", "rib", "pelvis", "sacrum", "skull", "sternum", "scapula"}
@@ -237,22 +236,3 @@ def run_ceiling(
         if len(sel):
             metrics[f"visible_fraction_{cls}"] = float((sel >= cfg.visibility_sigma).mean())
     return metrics
-
-
-def summary_line(eval_metrics: Path, ceiling_metrics: Path) -> str:
-    """'model X of ceiling Y' for the end-of-run summary, from the two stages' metrics files."""
-    read = lambda p: json.loads(p.read_text()) if p.is_file() else None  # noqa: E731
-    model, ceiling = read(eval_metrics), read(ceiling_metrics)
-    if not ceiling or not ceiling.get("available"):
-        return "Ceiling: none (no phantom ground truth; `bonescan ceiling` runs on the embedded cohort only)."
-    top = ceiling["ceiling_balanced_accuracy"]
-    head = f"model {model['balanced_accuracy']:.3f} of ceiling {top:.3f}" if model else f"ceiling {top:.3f}"
-    ratio = f" ({100 * model['balanced_accuracy'] / top:.0f} %)" if model and top else ""
-    pair = ceiling.get("ceiling_metastasis_vs_benign", float("nan"))
-    return (
-        f"Test balanced accuracy: [bold]{head}[/]{ratio}; the ceiling is a {ceiling['ceiling_model']} classifier "
-        f"on the phantom's own lesion truth (metastasis vs benign: {pair:.3f}). "
-        f"{100 * ceiling['visible_fraction']:.0f} % of lesions peak >= {ceiling.get('visibility_sigma', 3):g} sigma "
-        f"of Poisson noise above their background at the model input, median width "
-        f"{ceiling.get('lesion_fwhm_px_median', float('nan')):.1f} px ({ceiling_metrics})."
-    )

@@ -12,7 +12,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bonescan.ceiling import summary_line
 from bonescan.config import Params
 from bonescan.data.split import SPLITS
 
@@ -148,6 +147,24 @@ def evaluation_table(params: Params) -> Table:
     return table
 
 
+def ceiling_line(eval_metrics: Path, ceiling_metrics: Path) -> str:
+    """'model X of ceiling Y' for the end-of-run summary, from the two stages' metrics files."""
+    model, ceiling = _read_json(eval_metrics), _read_json(ceiling_metrics)
+    if not ceiling or not ceiling.get("available"):
+        return "Ceiling: none (no phantom ground truth; `bonescan ceiling` runs on the embedded cohort only)."
+    top = ceiling["ceiling_balanced_accuracy"]
+    head = f"model {model['balanced_accuracy']:.3f} of ceiling {top:.3f}" if model else f"ceiling {top:.3f}"
+    ratio = f" ({100 * model['balanced_accuracy'] / top:.0f} %)" if model and top else ""
+    pair = ceiling.get("ceiling_metastasis_vs_benign", float("nan"))
+    return (
+        f"Test balanced accuracy: [bold]{head}[/]{ratio}; the ceiling is a {ceiling['ceiling_model']} classifier "
+        f"on the phantom's own lesion truth (metastasis vs benign: {pair:.3f}). "
+        f"{100 * ceiling['visible_fraction']:.0f} % of lesions peak >= {ceiling.get('visibility_sigma', 3):g} sigma "
+        f"of Poisson noise above their background at the model input, median width "
+        f"{ceiling.get('lesion_fwhm_px_median', float('nan')):.1f} px ({ceiling_metrics})."
+    )
+
+
 def promotion_line(path: Path) -> str:
     """The registry decision of the last `bonescan promote`."""
     report = _read_json(path)
@@ -176,7 +193,7 @@ def render_summary(params: Params, console: Console) -> None:
     console.print(gan_table(params))
     console.print(training_table(params))
     console.print(evaluation_table(params))
-    console.print(summary_line(Path(params.evaluate.metrics_file), Path(params.ceiling.metrics_file)))
+    console.print(ceiling_line(Path(params.evaluate.metrics_file), Path(params.ceiling.metrics_file)))
     console.print(promotion_line(Path(params.promote.report)))
     console.print(report_line(params))
     target = params.dataset("target")
