@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 import torch
 import torchvision.models as tvm
+from pydantic import ValidationError
+from torch import Tensor
 from torch.utils.data import TensorDataset
 
 import bonescan.train as train_mod
@@ -492,6 +494,56 @@ def test_the_shuffle_order_depends_only_on_seed_and_epoch():
 
     assert order(2, 0) == order(2, 2) and order(2, 0) != order(1, 0)
 
+
+
+def _drawn_labels(sampling: str, labels: list[int], epochs: int = 20, seed: int = 3) -> Tensor:
+    data = TensorDataset(torch.tensor(labels))
+    loader = make_loader(data, 16, True, RunOptions(progress=False), seed=seed, sampling=sampling, labels=labels)
+    drawn = []
+    for epoch in range(epochs):
+        train_mod.set_loader_epoch(loader, seed, epoch)
+        drawn += [b[0] for b in loader]
+    return torch.cat(drawn)
+
+
+def test_class_balanced_sampling_draws_a_rare_class_as_often_as_a_common_one():
+    labels = [0] * 90 + [1] * 10
+    uniform, sqrt, balanced = (
+        (_drawn_labels(s, labels) == 1).float().mean().item() for s in ("uniform", "sqrt", "class_balanced")
+    )
+    assert uniform == pytest.approx(0.10, abs=0.01)  # every image once per epoch (a last batch of 4)
+    assert balanced == pytest.approx(0.50, abs=0.05)
+    assert sqrt == pytest.approx(0.25, abs=0.04)  # sqrt(10) / (sqrt(90) + sqrt(10))
+    assert len(_drawn_labels("class_balanced", labels, epochs=1)) == 100  # an epoch keeps its length
+
+
+def test_a_class_balanced_draw_depends_only_on_seed_and_epoch_and_replicas_share_it():
+    labels = [0] * 7 + [1] * 3
+    sampler = train_mod.ClassBalancedSampler(labels, 1.0, seed=5)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    shards = []
+    for rank in range(2):
+        shard = train_mod.ClassBalancedSampler(labels, 1.0, num_replicas=2, rank=rank, seed=5)
+        shard.set_epoch(2)
+        shards.append(list(shard))
+    assert [len(s) for s in shards] == [5, 5] and sorted(shards[0] + shards[1]) == sorted(whole)
+    sampler.set_epoch(3)
+    assert list(sampler) != whole
+    sampler.set_epoch(2)
+    assert list(sampler) == whole
+
+
+def test_class_balanced_sampling_needs_a_label_per_image_and_a_known_name():
+    data = TensorDataset(torch.arange(4))
+    with pytest.raises(ValueError, match="one label per image"):
+        make_loader(data, 2, True, RunOptions(progress=False), sampling="sqrt", labels=[0, 1])
+    with pytest.raises(ValueError, match="unknown sampling 'square'"):
+        make_loader(data, 2, True, RunOptions(progress=False), sampling="square", labels=[0, 1, 0, 1])
+    with pytest.raises(ValidationError):
+        TrainConfig(sampling="square")
+    evaluation = make_loader(data, 2, False, RunOptions(progress=False), sampling="class_balanced")
+    assert [b[0].tolist() for b in evaluation] == [[0, 1], [2, 3]]  # only training loaders resample
 
 
 def test_a_training_loader_skips_a_last_batch_of_one_image_and_leaves_out_another_each_epoch():

@@ -232,6 +232,9 @@ class TrainConfig(_Section):
     step_gamma: float = Field(0.1, gt=0, le=1)  # step: decay factor
     patience: int = Field(0, ge=0)  # early stopping: epochs without improvement; 0 = train all epochs
     monitor: Literal["val_macro_f1", "val_loss"] = "val_macro_f1"  # picks the best epoch (saved model)
+    # How training images are drawn: uniform (shuffled once per epoch) | sqrt | class_balanced: with
+    # replacement, image weight 1/sqrt(n_class) or 1/n_class (bonescan.train.ClassBalancedSampler).
+    sampling: Literal["uniform", "sqrt", "class_balanced"] = "uniform"
     loss: LossConfig = LossConfig()
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from bonescan import classifier_file
 from bonescan.checkpoint import (
@@ -56,6 +56,7 @@ from bonescan.progress import RunningMean, eta, track
 from bonescan.runtime import DistEnv, autocast, barrier, dist_env, process_group, resolve_device, unwrap
 
 __all__ = [
+    "ClassBalancedSampler",
     "EpochStats",
     "FitResult",
     "RunOptions",
@@ -166,10 +167,63 @@ def _broadcast_scores(val: dict[str, Any], device: torch.device) -> dict[str, An
 # --------------------------------------------------------------------------- building blocks
 
 
+SAMPLING_POWER = {"class_balanced": 1.0, "sqrt": 0.5}  # image weight n_class^-power (uniform: 0)
+
+
+class ClassBalancedSampler(Sampler[int]):
+    """Draws an epoch of indices with replacement, image i with weight n_{class(i)}^-power.
+
+    Why: with a 46:36:17 class mix the rare class is a sixth of every batch, and re-weighting the loss
+    instead makes its few images' gradients large and noisy. power 1 makes every class equally likely
+    per draw ("class_balanced"), 0.5 is square-root sampling (Mahajan et al. 2018), a middle way that
+    still shows the common classes' variety. An epoch keeps its length (steps and schedules stay as
+    with shuffling); its draw depends only on (seed, epoch), and under torchrun the processes take
+    interleaved slices of the same draw, so together they see one epoch, as with DistributedSampler.
+
+    Args:
+        labels: class index of every image in the dataset.
+        power: exponent of the inverse class count (1: balanced, 0.5: square root, 0: uniform).
+        num_replicas, rank: the torchrun world (1, 0 without it).
+        seed: base seed of the draws.
+    """
+
+    def __init__(
+        self, labels: Sequence[int], power: float, num_replicas: int = 1, rank: int = 0, seed: int = 0
+    ) -> None:
+        if not len(labels):
+            raise ValueError("class-balanced sampling needs at least one image")
+        labels_t = torch.as_tensor(list(labels), dtype=torch.long)
+        counts = torch.bincount(labels_t).double()
+        self.weights = counts[labels_t].pow(-power)
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.num_samples = math.ceil(len(labels_t) / num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        draw = torch.multinomial(self.weights, self.num_samples * self.num_replicas, True, generator=g)
+        return iter(draw[self.rank :: self.num_replicas].tolist())
+
+
 def make_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, opts: RunOptions, seed: int = 0, drop_last: bool = False
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    opts: RunOptions,
+    seed: int = 0,
+    drop_last: bool = False,
+    sampling: str = "uniform",
+    labels: Sequence[int] | None = None,
 ) -> DataLoader:
     """A DataLoader whose order depends only on (seed, epoch): call `set_loader_epoch` before each epoch.
+
+    `sampling` other than "uniform" (a training loader only) draws images by class
+    (`ClassBalancedSampler`, keys of `SAMPLING_POWER`) from their `labels`.
 
     A shuffled (training) loader skips a last batch of a single image: BatchNorm cannot normalise one
     sample whose features are 1x1 (MobileNets at small sizes), and a different image is left out
@@ -182,13 +236,17 @@ def make_loader(
             dataset.read(index)
     # Only training (shuffled) loaders are sharded under torchrun: every process validates on all of
     # the validation split, so all of them take the same best-epoch and early-stopping decisions.
-    sampler = (
-        DistributedSampler(
+    sampler: Sampler[int] | None = None
+    if shuffle and sampling != "uniform":
+        if sampling not in SAMPLING_POWER:
+            raise ValueError(f"unknown sampling {sampling!r}; choose uniform, {', '.join(SAMPLING_POWER)}")
+        if labels is None or len(labels) != len(dataset):
+            raise ValueError(f"{sampling} sampling needs one label per image")
+        sampler = ClassBalancedSampler(labels, SAMPLING_POWER[sampling], opts.world_size, opts.rank, seed)
+    elif opts.distributed and shuffle:
+        sampler = DistributedSampler(
             dataset, opts.world_size, opts.rank, shuffle=shuffle, seed=seed, drop_last=drop_last
         )
-        if opts.distributed and shuffle
-        else None
-    )
     per_process = len(sampler) if sampler is not None else len(dataset)
     drop_last = drop_last or (shuffle and per_process > 1 and per_process % batch_size == 1)
     return DataLoader(
@@ -207,7 +265,7 @@ def make_loader(
 
 def set_loader_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     """Make shuffling and worker seeds of `epoch` independent of what ran before (exact resume)."""
-    if isinstance(loader.sampler, DistributedSampler):
+    if isinstance(loader.sampler, DistributedSampler | ClassBalancedSampler):
         loader.sampler.set_epoch(epoch)
     loader.generator.manual_seed(seed * 100_003 + epoch)
 
@@ -683,7 +741,11 @@ def _train_stage(
 ) -> FitResult:
     counts = train.class_counts()
     criterion = build_criterion(train_cfg.loss, counts).to(opts.device)
-    train_loader = make_loader(train, train_cfg.batch_size, True, opts, seed=cfg.seed)
+    train_loader = make_loader(
+        train, train_cfg.batch_size, True, opts, seed=cfg.seed, sampling=train_cfg.sampling, labels=train.labels
+    )
+    if train_cfg.sampling != "uniform":
+        log.info("%s: %s sampling of %s training images per class", stage, train_cfg.sampling, counts)
     val_loader = make_loader(val, train_cfg.batch_size, False, opts) if val is not None else None
     # The process count is part of the run: resuming a 4-process run with 2 would change the batch size.
     identity = {
