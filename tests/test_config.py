@@ -126,3 +126,29 @@ def test_a_restated_path_that_disagrees_fails_naming_both_keys():
         parse_params({"datasets": {"target": _tiny_target()}, "promote": {"model_file": "x/model.pt"}})
     same = parse_params({"datasets": {"target": _tiny_target()}, "augment": {"manifest": "./tgt/manifest.csv"}})
     assert same.augment.manifest == "./tgt/manifest.csv"  # the same file, spelled otherwise, is fine
+
+
+def test_the_key_that_sets_a_datasets_image_size_is_its_own_else_base():
+    raw = project_params()
+    raw["datasets"]["source"]["image_size"] = [64, 64]
+    params = parse_params(raw)
+    assert params.image_size_key("target") == "base.image_size"
+    assert params.image_size_key("source") == "datasets.source.image_size"
+
+
+def test_a_gan_size_too_small_for_four_halvings_names_its_key():
+    raw = project_params()
+    raw["gan"]["model"]["image_size"] = [8, 48]
+    with pytest.raises(ConfigError, match=r"gan\.model\.image_size: .*at least 16"):
+        parse_params(raw)
+
+
+def test_dotted_overrides_set_nested_keys_without_touching_the_original():
+    from bonescan.config import apply_overrides, override_text
+
+    raw = project_params()
+    planned = apply_overrides(raw, {"clf.finetune.batch_size": 64, "datasets.target.image_size": [32, 32]})
+    assert parse_params(planned).clf.finetune.batch_size == 64
+    assert parse_params(planned).image_size("target") == (32, 32)
+    assert raw["clf"]["finetune"]["batch_size"] == 16
+    assert [override_text(v) for v in ([32, 32], None, "cpu")] == ["[32, 32]", "null", "cpu"]

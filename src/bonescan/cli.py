@@ -296,11 +296,23 @@ def _write_metrics(path: Path, metrics: dict) -> None:
         atomic_write_json(path, metrics)
 
 
+def _check_classifier_input(params: Params, dataset: str) -> None:
+    """clf.model against the image size it will train on, before any data is read (the error names both keys)."""
+    from bonescan.models import check_input_size
+
+    try:
+        check_input_size(params.clf.model, params.image_size(dataset), params.image_size_key(dataset), "clf.model")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def cmd_clf_pretrain(args: argparse.Namespace) -> None:
     from bonescan.train import pretrain_classifier
 
     params = _params(args)
     cfg = params.clf
+    if cfg.pretrain_source == "source":
+        _check_classifier_input(params, cfg.source_dataset)
     source = params.dataset(cfg.source_dataset)
     with _tracked("clf_pretrain", params, "clf") as track:
         result = pretrain_classifier(
@@ -316,6 +328,7 @@ def cmd_clf_finetune(args: argparse.Namespace) -> None:
 
     params = _params(args)
     cfg = params.clf
+    _check_classifier_input(params, "target")
     with _tracked("clf_finetune", params, "clf", "augment") as track:
         result = finetune_classifier(
             cfg, params.augment, params.base.classes, params.image_size("target"),

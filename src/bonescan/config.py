@@ -7,10 +7,12 @@ silently falls back to a default (nanoGPT's "typos fail" rule).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -372,6 +374,13 @@ class GanModelConfig(_Section):
     d_base_channels: int | None = Field(None, ge=1)  # D width of the first block; None -> base_channels
     spectral_norm: bool = False  # spectral-normalise every D weight (Miyato et al. 2018)
 
+    @field_validator("image_size")
+    @classmethod
+    def _at_least_one_pixel_after_four_halvings(cls, v: Size | None) -> Size | None:
+        if v is not None and min(v) < 16:
+            raise ValueError(f"both sides must be at least 16 (the GANs halve the resolution four times), got {list(v)}")
+        return v
+
 
 class GanTrainConfig(_Section):
     """Optimisation shared by gan_pretrain and gan_finetune."""
@@ -678,6 +687,10 @@ class Params(_Section):
     def image_size(self, dataset: str) -> Size:
         return self.dataset(dataset).image_size or self.base.image_size
 
+    def image_size_key(self, dataset: str) -> str:
+        """The dotted key that sets `image_size(dataset)`: the dataset's own, else base.image_size."""
+        return f"datasets.{dataset}.image_size" if self.dataset(dataset).image_size else "base.image_size"
+
     def preprocessing(self, dataset: str) -> Preprocessing:
         """How the named dataset's files become model inputs under the current params."""
         ds = self.dataset(dataset)
@@ -731,6 +744,29 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
     except ValidationError as exc:
         problems = "\n  ".join(_describe(e, Params) for e in exc.errors())
         raise ConfigError(f"{source}: invalid parameters:\n  {problems}") from None
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
+    """A deep copy of raw params with dotted keys set (`clf.finetune.batch_size`), as `dvc exp run -S` does.
+
+    Raises:
+        ConfigError: a dotted key runs through a value that is not a section.
+    """
+    out = copy.deepcopy(dict(raw))
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def override_text(value: Any) -> str:
+    """A value as DVC's `-S` (Hydra override) parser reads it back: None -> null, lists in flow style."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:

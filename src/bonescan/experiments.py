@@ -17,7 +17,6 @@ one classifier training and evaluation per cell. Axes:
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import logging
@@ -29,9 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from bonescan.config import parse_params
+from bonescan.config import apply_overrides, override_text, parse_params
 
 __all__ = [
     "PAPER_MODELS",
@@ -156,11 +153,6 @@ def grid(
     return cells
 
 
-def _yaml_scalar(value: Any) -> str:
-    """A value as DVC's `-S` (Hydra override) parser reads it back: None -> null, lists in flow style."""
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
-
-
 def queue_command(cell: GridCell) -> list[str]:
     """`dvc exp run --queue -n NAME -S ++key=value ...` for one cell.
 
@@ -169,18 +161,8 @@ def queue_command(cell: GridCell) -> list[str]:
     """
     cmd = ["dvc", "exp", "run", "--queue", "-n", cell.name]
     for key, value in cell.overrides.items():
-        cmd += ["-S", f"++{key}={_yaml_scalar(value)}"]
+        cmd += ["-S", f"++{key}={override_text(value)}"]
     return cmd
-
-
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {key!r}: {part!r} is not a section")
-    node[parts[-1]] = value
 
 
 def validate_overrides(raw_params: Mapping[str, Any], cells: Iterable[GridCell]) -> None:
@@ -194,9 +176,7 @@ def validate_overrides(raw_params: Mapping[str, Any], cells: Iterable[GridCell])
 
     models = set(available())
     for cell in cells:
-        raw = copy.deepcopy(dict(raw_params))
-        for key, value in cell.overrides.items():
-            _set_dotted(raw, key, value)
+        raw = apply_overrides(raw_params, cell.overrides)
         parse_params(raw, source=f"params.yaml with the overrides of experiment {cell.name!r}")
         model = raw.get("clf", {}).get("model")
         if model is not None and model not in models:

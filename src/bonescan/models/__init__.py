@@ -12,6 +12,16 @@ from bonescan.models import (  # noqa: F401  (imported for their @register_model
 )
 from bonescan.models.attention import make_attention
 from bonescan.models.base import Classifier
-from bonescan.models.registry import available, build, count_parameters, register_model
+from bonescan.models.registry import (
+    available,
+    build,
+    check_input_size,
+    count_parameters,
+    min_input_size,
+    register_model,
+)
 
-__all__ = ["Classifier", "available", "build", "count_parameters", "make_attention", "register_model"]
+__all__ = [
+    "Classifier", "available", "build", "check_input_size", "count_parameters", "make_attention",
+    "min_input_size", "register_model",
+]  # fmt: skip
