@@ -15,6 +15,7 @@ COMMANDS = [
     "split",
     "ceiling",
     "secret",
+    "plan",
     "summary",
     "gan-pretrain",
     "gan-finetune",

@@ -142,6 +142,29 @@ def cmd_ceiling(args: argparse.Namespace) -> None:
     console.print_json(json.dumps(_jsonable(metrics)))
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    import yaml
+    from rich.table import Table
+
+    from bonescan import plan as planner
+    from bonescan.config import override_text
+
+    params = _params(args)
+    data = planner.dataset_fingerprint(args.dataset, params, sample=args.sample)
+    plan = planner.make_plan(params, data, planner.machine_fingerprint())
+    planner.validate_plan(yaml.safe_load(Path(args.params).read_text()) or {}, plan, source=args.params)
+    out = planner.write_plan(plan, args.out, params_file=args.params)
+    table = Table(title=f"bonescan plan for '{args.dataset}'",
+                  caption=f"data: {data.describe()}\nmachine: {plan.machine.describe()}")  # fmt: skip
+    for column in ("key", "value", "why"):
+        table.add_column(column, overflow="fold")
+    for entry in plan.entries:
+        table.add_row(entry.key, override_text(entry.value), entry.reason)
+    console.print(table)
+    console.print(f"overrides written to [bold]{out}[/] (checked against {args.params}); run them as an experiment:")
+    console.print(planner.dvc_command(plan), soft_wrap=True, markup=False, highlight=False)
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     from bonescan.summary import render_summary
 
@@ -486,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "secret", cmd_secret, "create a random anonymization key if none exists (never commit it)")
     p.add_argument("--path", help="key file (default: anonymize.secret_file)")
+
+    p = _add(sub, "plan", cmd_plan, "derive image sizes, batch size, step budgets, threads and devices from the "
+             "ingested dataset and this machine; write them as params overrides")
+    p.add_argument("--dataset", default="target", help="a key of `datasets` in params (default: %(default)s)")
+    p.add_argument("--out", default="params.plan.yaml", help="overrides file, dotted keys (default: %(default)s)")
+    p.add_argument("--sample", type=int, default=64, help="files read for the native image size (default: %(default)s)")
 
     _add(sub, "ceiling", cmd_ceiling, "the phantom task's ceiling: a classifier on the generator's lesion truth")
     _add(sub, "summary", cmd_summary, "print a summary of the pipeline's results so far")
