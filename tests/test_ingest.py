@@ -27,7 +27,6 @@ from bonescan.ingest import (
     ingest_dataset,
     iter_files,
     match_class,
-    ordered_map,
     parse_patient_id,
 )
 
@@ -517,23 +516,6 @@ def test_files_are_listed_lazily_in_sorted_order_without_skipped_ones(tmp_path):
     files = iter_files(tmp_path, skip=[tmp_path / "labels.csv"])
     assert not isinstance(files, list)
     assert list(files) == ["a/z.dcm", "b/1.dcm", "b/2.dcm"]
-
-
-# --------------------------------------------------------------------------- parallel map
-
-
-def square_or_die(x: int) -> int:
-    if x == 5:
-        os._exit(3)  # a codec segfault takes the whole worker process down
-    return x * x
-
-
-@pytest.mark.slow
-def test_ordered_map_keeps_order_and_survives_a_dying_worker():
-    results = list(
-        ordered_map(square_or_die, range(12), workers=2, chunksize=2, on_crash=lambda x: f"crash {x}")
-    )
-    assert results == [x * x if x != 5 else "crash 5" for x in range(12)]
 
 
 def test_quarantine_paths_are_masked_with_the_values_of_their_export_folder(tmp_path):

@@ -1,14 +1,10 @@
 """Specification of how ingest fails loudly and cleans up: a run that writes nothing (or rejects nearly
 everything) is an error naming the commonest reasons; image-set names also resolve beside the labels
-file; patient ids of image sets are keyed; a killed run leaves no orphan worker and no stale temp file."""
+file; patient ids of image sets are keyed; a killed run leaves no stale temp file (and no orphan worker:
+tests/test_parallel.py)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -82,47 +78,3 @@ def test_stale_temporary_files_of_a_killed_run_are_removed(tmp_path, monkeypatch
     stale.write_bytes(b"half a png")
     _ingest(tmp_path, tmp_path / "raw" / "images" / "labels.csv")
     assert not stale.exists()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"  # a zombie has exited (its reaper may be slow in a container)
-
-
-WORKER_SCRIPT = """
-import multiprocessing as mp, os, sys, time
-from bonescan.ingest import _exit_with_parent
-
-def worker(parent, ready):
-    ready.set()  # bonescan imported, about to watch the parent
-    _exit_with_parent(parent, 0.05)
-
-if __name__ == "__main__":
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    child = ctx.Process(target=worker, args=(os.getpid(), ready))
-    child.start()
-    ready.wait(120)
-    print(child.pid, flush=True)
-    time.sleep(120)
-"""
-
-
-def test_an_ingest_worker_exits_when_its_parent_is_killed(tmp_path):
-    script = tmp_path / "parent.py"
-    script.write_text(WORKER_SCRIPT)
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        child = int(parent.stdout.readline())
-        assert _alive(child)
-        os.kill(parent.pid, signal.SIGKILL)  # what kill -9 of the stage does
-        deadline = time.monotonic() + 20
-        while _alive(child) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(child)
-    finally:
-        parent.kill()
-        parent.wait()

@@ -16,16 +16,11 @@ atomically (temp + rename) from deterministic names, so an interrupted run is re
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from itertools import islice
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -56,6 +51,7 @@ from bonescan.intake import (
     rejection,
     study_pseudonym,
 )
+from bonescan.parallel import ordered_map
 from bonescan.progress import progress
 from bonescan.runtime import atomic_write_json
 
@@ -287,93 +283,10 @@ _WORKER_CONTEXT: _Context | None = None  # set once per worker process by the po
 def _init_worker(ctx: _Context) -> None:
     global _WORKER_CONTEXT
     _WORKER_CONTEXT = ctx
-    # A killed (kill -9) ingest cannot tell its workers to stop; they would wait on the task queue forever.
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-
-
-def _exit_with_parent(parent: int, period_s: float = 1.0) -> None:
-    while os.getppid() == parent:
-        time.sleep(period_s)
-    os._exit(1)
 
 
 def _process_in_worker(relpath: str) -> FileResult:
     return _process(_WORKER_CONTEXT, relpath)
-
-
-def _run_chunk(func: Callable, chunk: list) -> list:
-    return [func(item) for item in chunk]
-
-
-def ordered_map(
-    func: Callable,
-    items: Iterable,
-    *,
-    workers: int,
-    chunksize: int,
-    on_crash: Callable,
-    initializer: Callable | None = None,
-    initargs: tuple = (),
-) -> Iterator:
-    """`map(func, items)` over a process pool: lazy input, bounded in-flight work, results in input order.
-
-    Unlike `Pool.imap` (whose feeder thread drains the whole input at once) at most `4 * workers`
-    chunks are in flight, so memory does not grow with the number of items. When a worker process
-    dies (a codec segfault on a malformed stream), the files of the lost chunks are re-run one at a
-    time in a fresh pool; a file that kills its worker again yields `on_crash(item)` instead.
-    """
-    iter_items = iter(items)
-    chunks = iter(lambda: list(islice(iter_items, chunksize)), [])
-    window = 4 * workers
-    suspects: deque = deque()
-    context = multiprocessing.get_context("spawn")  # no fork of a parent that may hold threads (torch, BLAS)
-    while True:
-        pending: deque[tuple[list, Future]] = deque()
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs)
-        try:
-            _check_pool(pool)
-            while suspects:  # isolate: one file, one task, nothing else in flight
-                try:
-                    result = pool.submit(_run_chunk, func, [suspects[0]]).result()[0]
-                except BrokenProcessPool:
-                    yield on_crash(suspects.popleft())
-                    break
-                suspects.popleft()
-                yield result
-            else:
-                for chunk in chunks:
-                    pending.append((chunk, pool.submit(_run_chunk, func, chunk)))
-                    while pending and (len(pending) >= window or pending[0][1].done()):
-                        results = pending[0][1].result()
-                        pending.popleft()
-                        yield from results
-                while pending:
-                    results = pending[0][1].result()
-                    pending.popleft()
-                    yield from results
-                return
-        except BrokenProcessPool:
-            log.warning(
-                "a worker process died; re-running %d file(s) one at a time", sum(len(c) for c, _ in pending)
-            )
-            suspects.extend(item for chunk, _ in pending for item in chunk)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _ready() -> bool:
-    return True
-
-
-def _check_pool(pool: ProcessPoolExecutor) -> None:
-    """Fail loudly when workers cannot even start, instead of quarantining every file as a crash."""
-    try:
-        pool.submit(_ready).result()
-    except BrokenProcessPool:
-        raise RuntimeError(
-            "ingest worker processes failed to start (see their traceback above); "
-            "run from a script or the CLI, or set ingest.workers: 1"
-        ) from None
 
 
 def _crashed(relpath: str) -> FileResult:
@@ -509,6 +422,7 @@ def ingest_dataset(
             on_crash=_crashed,
             initializer=_init_worker,
             initargs=(ctx,),
+            workers_key="ingest.workers",
         )
     else:
         results = (_process(ctx, relpath) for relpath in files)
