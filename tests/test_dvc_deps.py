@@ -1,6 +1,7 @@
 """Specification of dvc.yaml's code deps and of the import graph: every module a stage's function imports
 is a dep of that stage (so `dvc repro` re-runs it when that code changes), and no stage module imports
-another stage module (shared concepts live in their homes)."""
+another stage module (shared concepts live in their homes). Also: the phantoms stage depends on every
+phantoms key but the worker count."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from bonescan.config import PhantomConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -107,3 +110,9 @@ def test_no_stage_module_imports_another_stage_module():
     found = {(m, i) for m in STAGES for i in _imports(m) if i in STAGES and i != m}
     assert found - ALLOWED_STAGE_IMPORTS.keys() == set()
     assert ALLOWED_STAGE_IMPORTS.keys() <= found  # an exception that no longer applies is removed
+
+
+def test_the_phantoms_stage_depends_on_every_phantoms_key_but_the_worker_count():
+    # A key missing here would leave a stale cohort in DVC's cache; `workers` changes no byte of it.
+    expected = {f"phantoms.{key}" for key in PhantomConfig.model_fields} - {"phantoms.workers"}
+    assert set(DVC["stages"]["phantoms"]["params"]) == expected

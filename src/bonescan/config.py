@@ -65,6 +65,7 @@ class PhantomConfig(_Section):
     studies_per_patient: tuple[int, int] = (1, 3)
     counts_per_view: tuple[float, float] = (1.0e6, 4.0e6)  # real NM1 scan: ~3.5 M counts per view
     bad_files: bool = True
+    workers: int = Field(2, ge=1)  # rendering processes, a patient per task (1: in-process); same files
 
     @field_validator("class_proportions")
     @classmethod

@@ -85,7 +85,9 @@ def phantom_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     phantom = pytest.importorskip("bonescan.dicom.phantom", reason="phantom cohort writer not available")
     from bonescan.config import PhantomConfig
 
-    cfg = PhantomConfig(patients=6, chest_patients=2, bone_size=(128, 32), chest_size=(32, 32), seed=7)
+    cfg = PhantomConfig(
+        patients=6, chest_patients=2, bone_size=(128, 32), chest_size=(32, 32), seed=7, workers=1
+    )
     out = tmp_path_factory.mktemp("phantoms")
     phantom.write_cohort(cfg, out)
     return out

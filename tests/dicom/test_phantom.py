@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -37,7 +38,10 @@ IDENTIFYING = (
     "AcquisitionTime", "ContentDate", "ContentTime", "StudyID", "StudyDescription", "StudyInstanceUID",
     "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
 )  # fmt: skip
-SMALL = PhantomConfig(patients=8, chest_patients=8, bone_size=(256, 64), chest_size=(64, 64), seed=7)
+# In-process (workers=1): a pool costs more to start than these cohorts take to render.
+SMALL = PhantomConfig(
+    patients=8, chest_patients=8, bone_size=(256, 64), chest_size=(64, 64), seed=7, workers=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +73,30 @@ def test_same_seed_writes_byte_identical_files_and_another_seed_does_not(tmp_pat
     first, again, other = _tree(tmp_path / "a"), _tree(tmp_path / "b"), _tree(tmp_path / "c")
     assert first == again
     assert first.keys() != other.keys()
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_the_cohort_is_byte_identical_whatever_the_number_of_workers(tmp_path):
+    cfg = PhantomConfig(patients=5, chest_patients=1, bone_size=(128, 32), chest_size=(32, 32), seed=11)
+    serial = write_cohort(cfg.model_copy(update={"workers": 1}), tmp_path / "serial")
+    parallel = write_cohort(cfg.model_copy(update={"workers": 2}), tmp_path / "parallel")
+    assert len(serial.bone) > cfg.patients  # some patients have later studies (their body reused)
+    assert {"bone/labels.csv", GROUND_TRUTH, "phantom_report.json"} <= _digests(tmp_path / "serial").keys()
+    assert _digests(tmp_path / "parallel") == _digests(tmp_path / "serial")
+    assert parallel.bone == serial.bone and parallel.bad_files == serial.bad_files
+
+
+def test_a_phantoms_worker_that_dies_is_an_error_naming_the_in_process_setting():
+    studies = plan_cohort(SMALL).bone[:1]
+    with pytest.raises(RuntimeError, match=r"bone patient 0 .*phantoms\.workers: 1"):
+        phantom._worker_died(studies)
 
 
 def test_writing_again_replaces_the_previous_cohort(tmp_path):

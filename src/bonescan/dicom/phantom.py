@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,6 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, balanced_accuracy_score
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from bonescan.config import GROUND_TRUTH_FILE, PhantomConfig
 from bonescan.dicom.anatomy import (
@@ -63,6 +59,7 @@ from bonescan.dicom.anatomy import (
     sample_findings,
 )
 from bonescan.dicom.read import crop_box
+from bonescan.parallel import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -672,6 +669,13 @@ def separability_of_features(
     class-balanced weights, so a minority class cannot be ignored) with 1 / number of classes.
     `groups` (patient per sample) keeps a patient's studies in one fold.
     """
+    # Imported here: rendering workers import this module and never need scikit-learn (seconds to import).
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
     classes, counts = np.unique(y, return_counts=True)
@@ -924,67 +928,117 @@ def _write_labels(path: Path, rows: list[tuple[str, str]]) -> None:
         writer.writerows(sorted(rows))
 
 
-def _write_bone_studies(cfg: PhantomConfig, plan: CohortPlan, out_dir: Path, timing: Counter) -> tuple:
-    """Render and write every planned bone study; a patient's later studies reuse their body and findings.
+@dataclass(frozen=True)
+class _WrittenStudy:
+    """What writing one bone study returns to `write_cohort` (small and picklable: no pixels)."""
 
-    Returns:
-        (records, (accession, label) rows, per-study global statistics, patient per study,
-        ground-truth rows: one per lesion, or one with an empty `lesion` for a study without any).
+    record: StudyRecord
+    features: np.ndarray  # (14,) global statistics of (anterior, posterior)
+    truth: tuple[tuple, ...]  # ground-truth rows: one per lesion, or one with an empty `lesion`
+    render_s: float
+    write_s: float
+
+
+def _by_patient(studies: Sequence[PlannedStudy]) -> list[tuple[PlannedStudy, ...]]:
+    """The plan's studies grouped per patient (each group in plan order, groups by first appearance)."""
+    groups: dict[int, list[PlannedStudy]] = {}
+    for item in studies:
+        groups.setdefault(item.patient, []).append(item)
+    return [tuple(group) for group in groups.values()]
+
+
+def _write_patient(cfg: PhantomConfig, out_dir: Path, studies: Sequence[PlannedStudy]) -> list[_WrittenStudy]:
+    """Render and write one patient's bone studies in order; later studies reuse the first one's body and
+    findings, so a patient is the unit of work a worker process gets (all draws come from its own streams).
     """
-    bone_dir = out_dir / "bone"
-    bone_records, bone_labels, features, groups, truth = [], [], [], [], []
-    state: dict[int, tuple] = {}  # patient -> (identity, body, findings, last study date)
-    for item in plan.bone:
+    first = studies[0]
+    if first.study != 0:
+        raise ValueError(f"bone patient {first.patient}: studies must start with study 0, got {first.study}")
+    anatomy_rng = _rng(cfg.seed, "bone-anatomy", first.patient)
+    body = sample_body(anatomy_rng)
+    findings = sample_findings(body, first.label, anatomy_rng)
+    patient = sample_patient_identity(cfg.seed, "bone", first.patient)
+    last: date | None = None
+    written = []
+    for item in studies:
         t0 = time.perf_counter()
-        if item.study == 0:
-            anatomy_rng = _rng(cfg.seed, "bone-anatomy", item.patient)
-            body = sample_body(anatomy_rng)
-            findings = sample_findings(body, item.label, anatomy_rng)
-            state[item.patient] = (
-                sample_patient_identity(cfg.seed, "bone", item.patient),
-                body,
-                findings,
-                None,
-            )
-        patient, body, findings, last = state[item.patient]
         study_rng = _rng(cfg.seed, "bone-acquisition", item.patient, item.study)
         if item.study > 0:
             findings = progress_findings(findings, study_rng, body)
         acquisition = sample_acquisition(body, study_rng, cfg.counts_per_view)
         views = render_study(body, findings, acquisition, cfg.bone_size, study_rng)
         study = sample_study_identity(cfg.seed, "bone", item.patient, item.study, item.accession_index, last)
-        state[item.patient] = (patient, body, findings, study.when.date())
+        last = study.when.date()
         t1 = time.perf_counter()
         files = []
         syntax = _feasible_syntax(item.syntax, cfg.bone_size)
         for number, ds in enumerate(_bone_datasets(views, item, patient, study), start=1):
-            path = bone_dir / patient.folder / study.folder / f"IMG{number:05d}.dcm"
+            path = out_dir / "bone" / patient.folder / study.folder / f"IMG{number:05d}.dcm"
             _save(_encode(ds, syntax), path)
             files.append(path.relative_to(out_dir).as_posix())
-        timing["bone_render"] += t1 - t0
-        timing["bone_write"] += time.perf_counter() - t1
+        t2 = time.perf_counter()
         counts = (int(views.anterior.sum(dtype=np.int64)), int(views.posterior.sum(dtype=np.int64)))
-        bone_records.append(
-            StudyRecord(
-                study.accession,
-                item.label,
-                item.patient,
-                item.representation,
-                syntax,
-                tuple(files),
-                counts,
-                findings.kinds,
-            )
-        )
-        bone_labels.append((study.accession, item.label))
-        features.append(global_statistics(np.stack([views.anterior, views.posterior])))
-        groups.append(item.patient)
+        record = StudyRecord(
+            study.accession, item.label, item.patient, item.representation, syntax, tuple(files), counts,
+            findings.kinds,
+        )  # fmt: skip
         rows, cols = crop_box(views.anterior.astype(np.float32), BODY_THRESHOLD, 0.0)
         key = (str(study.study_uid), study.accession, item.label, int(findings.superscan),
                round(views.pixel_spacing, 4), *cfg.bone_size, rows.stop - rows.start, cols.stop - cols.start)  # fmt: skip
         lesions = lesion_records(views, body, cfg.bone_size)
-        truth += [(*key, i, *(le[f] for f in LESION_FIELDS)) for i, le in enumerate(lesions)]
+        truth = [(*key, i, *(le[f] for f in LESION_FIELDS)) for i, le in enumerate(lesions)]
         truth += [(*key, "", *[""] * len(LESION_FIELDS))] if not lesions else []
+        features = global_statistics(np.stack([views.anterior, views.posterior]))
+        written.append(_WrittenStudy(record, features, tuple(truth), t1 - t0, t2 - t1))
+    return written
+
+
+def _worker_died(studies: Sequence[PlannedStudy]) -> list[_WrittenStudy]:
+    """A phantom that kills its worker (out of memory, a codec crash) is a bug to see, not data to skip."""
+    raise RuntimeError(
+        f"a phantoms worker process died rendering bone patient {studies[0].patient} (again when run "
+        "alone); set phantoms.workers: 1 to render in this process and see the error"
+    )
+
+
+def _write_bone_studies(cfg: PhantomConfig, plan: CohortPlan, out_dir: Path, timing: Counter) -> tuple:
+    """Render and write every planned bone study, a patient per task in `cfg.workers` processes.
+
+    Results are put back in plan order, so the files, labels and ground truth do not depend on the
+    number of workers.
+
+    Returns:
+        (records, (accession, label) rows, per-study global statistics, patient per study,
+        ground-truth rows: one per lesion, or one with an empty `lesion` for a study without any).
+    """
+    patients = _by_patient(plan.bone)
+    workers = min(cfg.workers, len(patients))
+    write = partial(_write_patient, cfg, out_dir.resolve())  # workers get absolute paths
+    if workers > 1:  # a patient is about a second of work: one per task balances best and costs little
+        per_patient = ordered_map(
+            write,
+            patients,
+            workers=workers,
+            chunksize=1,
+            on_crash=_worker_died,
+            workers_key="phantoms.workers",
+        )
+    else:
+        per_patient = map(write, patients)
+    done = {
+        (item.patient, item.study): result
+        for group, results in zip(patients, per_patient, strict=True)
+        for item, result in zip(group, results, strict=True)
+    }
+    bone_records, bone_labels, features, groups, truth = [], [], [], [], []
+    for result in (done[item.patient, item.study] for item in plan.bone):  # plan order, whatever the workers
+        bone_records.append(result.record)
+        bone_labels.append((result.record.accession, result.record.label))
+        features.append(result.features)
+        groups.append(result.record.patient)
+        truth += result.truth
+        timing["bone_render"] += result.render_s  # summed over studies: process time, not wall time
+        timing["bone_write"] += result.write_s
     return bone_records, bone_labels, features, groups, truth
 
 
@@ -1050,7 +1104,9 @@ def write_cohort(cfg: PhantomConfig, out_dir: Path) -> CohortSummary:
     plan = plan_cohort(cfg)
     timing = Counter()
 
+    t0 = time.perf_counter()
     bone_records, bone_labels, features, groups, truth = _write_bone_studies(cfg, plan, out_dir, timing)
+    timing["bone"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     chest_records, chest_labels = _write_chest_studies(cfg, plan, out_dir)
     timing["chest"] = time.perf_counter() - t0
