@@ -10,7 +10,9 @@ DICOM datasets, the on-disk layout (see notes/data_contract.md) and a check that
 be told apart by a global image statistic.
 
 Everything is a pure function of `PhantomConfig.seed`: the same seed writes byte-identical files
-(dates, times and UIDs are derived from the seed; nothing reads the clock).
+(dates, times and UIDs are derived from the seed; nothing reads the clock). Bone studies are rendered
+a patient per task in `PhantomConfig.workers` processes, each patient from their own random streams,
+and put back in plan order, so the number of workers changes no byte either.
 """
 
 from __future__ import annotations
