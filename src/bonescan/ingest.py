@@ -209,7 +209,7 @@ def _ingest_dataset_file(ctx: _Context, relpath: str, ds, identifying: frozenset
     try:
         anonymized.save_as(tmp, enforce_file_format=True)
         written = read_dicom(tmp)
-        leaks = scan_dataset(written, set(identifying), Path(os.path.relpath(target, ctx.cwd)).as_posix())
+        leaks = scan_dataset(written, set(identifying), Path(os.path.relpath(target, ctx.cwd)).as_posix(), ds)
         if leaks:  # the output is dropped: nothing that still identifies the patient is kept
             return FileResult(
                 relpath,

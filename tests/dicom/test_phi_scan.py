@@ -215,6 +215,29 @@ def test_raw_times_and_datetimes_are_identifying_coarse_ones_are_not():
     assert [leak.keyword for leak in leaks] == ["ContentTime"]
 
 
+def test_a_shifted_time_that_lands_on_another_raw_time_is_a_coincidence_not_a_leak():
+    """A fresh key's demo failed ingest: StudyTime 111927 moved by the patient's offset (-3 h 35 min)
+    onto 074410, the raw injection time of the same file, and the scan called it residual PHI."""
+    drug = Dataset()
+    drug.RadiopharmaceuticalStartTime = "074410"
+    ds_in = patient(StudyTime="111927", SeriesTime="112427",
+                    RadiopharmaceuticalInformationSequence=Sequence([drug]))  # fmt: skip
+    shifted_drug = Dataset()
+    shifted_drug.RadiopharmaceuticalStartTime = "040853"
+    ds_out = clean(StudyTime="074410", SeriesTime="074910",
+                   RadiopharmaceuticalInformationSequence=Sequence([shifted_drug]))  # fmt: skip
+    values = identifying_values(ds_in)
+    assert [leak.keyword for leak in scan_dataset(ds_out, values, "x.dcm")] == ["StudyTime"]  # without the input
+    assert scan_dataset(ds_out, values, "x.dcm", ds_in) == []
+    # What stays a leak: a time left unshifted, a raw time in any other element.
+    kept = clean(StudyTime="111927", SeriesTime="074910", ImageComments="injected 074410",
+                 RadiopharmaceuticalInformationSequence=Sequence([shifted_drug]))  # fmt: skip
+    assert sorted(leak.keyword for leak in scan_dataset(kept, values, "x.dcm", ds_in)) == ["ImageComments", "StudyTime"]
+    unshifted_drug = clean(RadiopharmaceuticalInformationSequence=Sequence([drug]))
+    leaks = scan_dataset(unshifted_drug, values, "x.dcm", ds_in)
+    assert [leak.location for leak in leaks] == ["RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalStartTime"]
+
+
 def test_free_text_outside_the_table_is_searched_where_it_stands():
     """Issue 14.3: values the extra rules clean are identifying, found in any attribute of the output."""
     code = Dataset()

@@ -827,7 +827,7 @@ def _anonymize_file(
     except Exception as exc:  # noqa: BLE001
         tmp.unlink(missing_ok=True)
         return f"cannot write anonymized DICOM ({type(exc).__name__})"
-    leaks: list[Leak] = scan_dataset(back, values, name)
+    leaks: list[Leak] = scan_dataset(back, values, name, ds)
     phi.add(leaks)
     if leaks:  # nothing that still identifies the patient stays in dst
         tmp.unlink()

@@ -283,14 +283,24 @@ def _date_forms(value: str) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------ scan
-def scan_dataset(ds_out: Dataset, values: set[str], relpath: str) -> list[Leak]:
+def scan_dataset(ds_out: Dataset, values: set[str], relpath: str, ds_in: Dataset | None = None) -> list[Leak]:
     """Every element of ``ds_out`` (sequences, private tags, file meta) and ``relpath`` that contains one
-    of ``values``; the values themselves appear nowhere in the result."""
+    of ``values``; the values themselves appear nowhere in the result.
+
+    With the input ``ds_in``, a date or time element whose digits differ from the input's element at
+    the same location was shifted and is not searched: a shifted value equal to ANOTHER raw date or
+    time of the input (StudyTime moved by the patient's offset onto the raw injection time) is a
+    coincidence of about one in 86,400 per pair of times -- over a cohort's hundreds of studies, a
+    likely one -- and carries nothing of the input. A temporal element left as it was, and every
+    other element, is searched as without ``ds_in``.
+    """
     pattern = _pattern(frozenset(values))
     if pattern is None:
         return []
     masked, path_hits = pattern.subn("***", relpath)
-    hits = [(location, elem) for location, elem in _walk(ds_out, "") if _matches(pattern, elem)]
+    shifted = _shifted_locations(ds_in, ds_out) if ds_in is not None else set()
+    hits = [(location, elem) for location, elem in _walk(ds_out, "")
+            if location not in shifted and _matches(pattern, elem)]  # fmt: skip
     meta = getattr(ds_out, "file_meta", None)
     if meta is not None:
         hits += [(location, elem) for location, elem in _walk(meta, "file_meta.") if _matches(pattern, elem)]
@@ -298,6 +308,18 @@ def scan_dataset(ds_out: Dataset, values: set[str], relpath: str) -> list[Leak]:
     if path_hits:
         leaks.append(Leak(masked, "path", "", ""))
     return leaks
+
+
+def _temporal_digits(ds: Dataset) -> dict[str, str]:
+    """location -> the digits of every DA/DT/TM element (formatting such as "11:19:27" set aside)."""
+    return {location: re.sub(r"\D", "", " ".join(_texts(elem)))
+            for location, elem in _walk(ds, "") if elem.VR in ("DA", "DT", "TM")}  # fmt: skip
+
+
+def _shifted_locations(ds_in: Dataset, ds_out: Dataset) -> set[str]:
+    """Locations of output dates and times whose digits differ from the input's at the same location."""
+    before = _temporal_digits(ds_in)
+    return {loc for loc, digits in _temporal_digits(ds_out).items() if loc in before and digits != before[loc]}
 
 
 def _pattern(values: frozenset[str]) -> re.Pattern[str] | None:
