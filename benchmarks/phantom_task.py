@@ -8,7 +8,7 @@ lesions' visibility at the classifier's input). The cohort is generated once (`b
 each key draws its own pseudonyms and so its own split, which is what varies from clone to clone.
 
 Usage: python benchmarks/phantom_task.py [--keys 3] [--work /tmp/phantom_task] [--threads 1]
-       [--set base.image_size=[384,128] ...] [--reuse-cohort] [--cohort DIR] [--key-seed S]
+       [--set base.image_size=[384,128] ...] [--reuse-cohort] [--cohort DIR] [--key-seed S [--first-key K]]
 
 `--key-seed S` derives the keys from S instead of drawing them, so two settings run with the same
 seed see the same splits: their per-key differences are paired.
@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--reuse-cohort", action="store_true", help="keep the cohort of an earlier run")
     parser.add_argument("--cohort", help="cohort folder (default: WORK/cohort)")
     parser.add_argument("--key-seed", help="derive the keys from this seed (paired settings) instead of drawing them")
+    parser.add_argument("--first-key", type=int, default=0, help="with --key-seed: index of the first key (resume a series)")
     args = parser.parse_args()
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -100,7 +101,7 @@ def main() -> None:
         phantom_s = _run(["phantoms", "--params", "params.yaml"], cohort, env | {"BONESCAN_SECRET": "unused"})
 
     runs = []
-    for k in range(args.keys):
+    for k in range(args.first_key, args.first_key + args.keys):
         project = work / f"key{k}"
         shutil.rmtree(project, ignore_errors=True)
         project.mkdir(parents=True)
