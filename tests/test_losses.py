@@ -237,3 +237,12 @@ def test_logit_adjusted_loss_rejects_a_wrong_class_count_and_a_negative_tau():
         LogitAdjustedLoss([5, 5])(*_batch(k=3))
     with pytest.raises(ValueError, match="tau"):
         LogitAdjustedLoss([5, 5], tau=-1.0)
+
+
+def test_a_class_without_training_images_counts_as_one_image_in_the_logit_adjusted_prior():
+    loss = LogitAdjustedLoss([8, 0, 2])
+    assert torch.allclose(loss.log_prior.exp(), torch.tensor([8, 1, 2], dtype=torch.float64) / 11)
+    logits, target = torch.zeros(4, 3), torch.tensor([0, 0, 2, 2])
+    assert torch.isfinite(loss(logits, target))
+    with pytest.raises(ValueError, match="positive"):
+        LogitAdjustedLoss([8, -1, 2])

@@ -19,6 +19,7 @@ maps a config name to any of them. Class statistics live in buffers, so `.to(dev
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
@@ -38,6 +39,8 @@ __all__ = [
     "inverse_frequency_weights",
     "ldam_margins",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def _counts(class_counts: Sequence[int] | Tensor) -> Tensor:
@@ -269,7 +272,14 @@ class LogitAdjustedLoss(_ClassWeighted):
         super().__init__(weight)
         if tau < 0:
             raise ValueError(f"tau must be >= 0, got {tau}")
-        counts = _counts(class_counts)
+        raw = torch.as_tensor(class_counts, dtype=torch.float64).flatten()
+        if raw.numel() and bool((raw == 0).any()) and not bool((raw < 0).any()):
+            # A class absent from the training images (a tiny split) counts as one image: log 0 would
+            # make its adjusted logit -inf; the class stays untrained, as under plain CE.
+            log.warning("logit_adjusted: classes %s have no training images; their prior counts 1 image",
+                        [i for i, c in enumerate(raw.tolist()) if c == 0])  # fmt: skip
+            raw = raw.clamp_min(1)
+        counts = _counts(raw)
         self.register_buffer("log_prior", torch.log(counts / counts.sum()))
         self.tau = tau
         self.label_smoothing = label_smoothing
