@@ -13,7 +13,6 @@ The rules are deliberately few and anchored in measurements of the demo on the 2
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -42,6 +41,7 @@ from bonescan.data.manifest import read_manifest
 from bonescan.dicom.read import read_views
 from bonescan.gan.train import GAN_SIDE_MULTIPLE
 from bonescan.intake import check_regular_file, iter_files
+from bonescan.outputs import read_output_json
 from bonescan.runtime import atomic_write, cpu_budget
 
 __all__ = [
@@ -260,7 +260,7 @@ def dataset_fingerprint(name: str, params: Params, *, sample: int = 64, root: Pa
         split: {cls: int((rows["label"] == cls).sum()) for cls in ds.classes}
         for split, rows in real.groupby("split", sort=True)
     }
-    summary = _read_json(root / ds.reports_dir / "ingest.json")
+    summary = read_output_json(root / ds.reports_dir / "ingest.json")
     synthetic = None
     if params.gan.finetune.dataset == name and (root / params.synthetic_manifest).is_file():
         rows = read_manifest(root / params.synthetic_manifest)
@@ -276,10 +276,6 @@ def dataset_fingerprint(name: str, params: Params, *, sample: int = 64, root: Pa
         files_seen=summary.get("files_seen") if summary else None,
         quarantined=summary.get("quarantined") if summary else None,
     )  # fmt: skip
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 # --------------------------------------------------------------------------- rules

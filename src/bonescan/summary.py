@@ -6,7 +6,6 @@ never recomputes anything. Stages that have not run yet are listed as such.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -14,10 +13,7 @@ from rich.table import Table
 
 from bonescan.config import Params
 from bonescan.data.split import SPLITS
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+from bonescan.outputs import read_output_json
 
 
 def ingest_table(params: Params) -> Table:
@@ -25,8 +21,8 @@ def ingest_table(params: Params) -> Table:
     for col in ("dataset", "files seen", "images", "quarantined", "PHI leaks", "reports"):
         table.add_column(col, justify="left" if col in ("dataset", "reports") else "right")
     for name, ds in params.datasets.items():
-        ingest = _read_json(Path(ds.reports_dir) / "ingest.json")
-        phi = _read_json(Path(ds.reports_dir) / "phi_scan.json")
+        ingest = read_output_json(Path(ds.reports_dir) / "ingest.json")
+        phi = read_output_json(Path(ds.reports_dir) / "phi_scan.json")
         if ingest is None:
             table.add_row(name, "-", "-", "-", "-", "not run yet")
             continue
@@ -43,7 +39,7 @@ def ingest_table(params: Params) -> Table:
 
 def split_table(params: Params, dataset: str) -> Table:
     ds = params.dataset(dataset)
-    metrics = _read_json(Path(ds.metrics_dir) / "split.json")
+    metrics = read_output_json(Path(ds.metrics_dir) / "split.json")
     table = Table(title=f"Split of '{dataset}' (images; patients in brackets)")
     table.add_column("class")
     for split in SPLITS:
@@ -63,7 +59,7 @@ def split_table(params: Params, dataset: str) -> Table:
 
 def cohort_line(params: Params) -> str:
     """The phantom cohort and its check that no global image statistic gives the class away."""
-    report = _read_json(Path(params.phantoms.out_dir) / "phantom_report.json")
+    report = read_output_json(Path(params.phantoms.out_dir) / "phantom_report.json")
     if report is None:
         return "Phantom cohort: not generated (using your own data, or `phantoms` has not run)."
     bone, sep = report["bone"], report["global_statistic_separability"]
@@ -81,7 +77,7 @@ def _num(value: object, digits: int = 3) -> str:
 
 def gan_table(params: Params) -> Table:
     """Yu et al. 2023 Table 3 in brief: per architecture and class, similarity, diversity, fidelity, admission."""
-    report = _read_json(Path(params.gan.report))
+    report = read_output_json(Path(params.gan.report))
     table = Table(title="GAN quality (synthetic images per class)")
     columns = ("generator", "class", "SSIM to real", "pairwise SSIM", "fidelity", "judge on real", "TSTR recall",
                "admitted")  # fmt: skip
@@ -111,7 +107,7 @@ def training_table(params: Params) -> Table:
     for col in ("stage", "init", "train images", "val images", "best epoch", "val macro F1", "val acc", "s"):
         table.add_column(col, justify="left" if col in ("stage", "init") else "right")
     for stage in ("clf_pretrain", "clf_finetune"):
-        m = _read_json(Path(params.clf.metrics_dir) / f"{stage}.json")
+        m = read_output_json(Path(params.clf.metrics_dir) / f"{stage}.json")
         if m is None:
             table.add_row(stage, "not run yet", *["-"] * 6)
             continue
@@ -128,7 +124,7 @@ def evaluation_table(params: Params) -> Table:
     from bonescan.metrics import MACRO_METRICS
 
     cfg = params.evaluate
-    m = _read_json(Path(cfg.metrics_file))
+    m = read_output_json(Path(cfg.metrics_file))
     pct = round(100 * cfg.ci)
     table = Table(title=f"Evaluation on the {cfg.split} split (per {cfg.unit}, {pct} % patient-bootstrap CI)")
     for col in ("metric", "value", f"{pct} % CI"):
@@ -149,7 +145,7 @@ def evaluation_table(params: Params) -> Table:
 
 def ceiling_line(eval_metrics: Path, ceiling_metrics: Path) -> str:
     """'model X of ceiling Y' for the end-of-run summary, from the two stages' metrics files."""
-    model, ceiling = _read_json(eval_metrics), _read_json(ceiling_metrics)
+    model, ceiling = read_output_json(eval_metrics), read_output_json(ceiling_metrics)
     if not ceiling or not ceiling.get("available"):
         return "Ceiling: none (no phantom ground truth; `bonescan ceiling` runs on the embedded cohort only)."
     top = ceiling["ceiling_balanced_accuracy"]
@@ -167,7 +163,7 @@ def ceiling_line(eval_metrics: Path, ceiling_metrics: Path) -> str:
 
 def promotion_line(path: Path) -> str:
     """The registry decision of the last `bonescan promote`."""
-    report = _read_json(path)
+    report = read_output_json(path)
     if report is None:
         return "Model registry: nothing registered yet (`bonescan promote`)."
     version = report.get("version", "?")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ import pandas as pd
 from bonescan import tracking
 from bonescan.config import PromoteConfig
 from bonescan.metrics import MACRO_METRICS
+from bonescan.outputs import read_output_json
 
 if TYPE_CHECKING:
     from bonescan.model_registry.stage import Candidate, PromotionResult
@@ -65,16 +65,6 @@ def _fmt(value: object) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _read_json(path: Path | None) -> dict | None:
-    if path is None or not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        log.warning("%s is not valid JSON; left out of the model card", path.name)
-        return None
 
 
 def _data_section(manifest: Path | None, classes: Sequence[str]) -> list[str]:
@@ -180,13 +170,13 @@ def render_model_card(
         "",
         *_data_section(sources.manifest, classes),
     ]
-    phi = _read_json(sources.phi_scan)
+    phi = read_output_json(sources.phi_scan)
     if phi is not None:
         lines += ["", "Anonymization: DICOM PS3.15 Annex E Basic Profile with retained longitudinal "
                       "information "
                       f"(modified dates); the residual-PHI scan found {phi.get('leaks', 'n/a')} leak(s) in "
                       f"{phi.get('files', 'n/a')} anonymized file(s)."]  # fmt: skip
-    lines += _gan_section(_read_json(sources.gan_quality))
+    lines += _gan_section(read_output_json(sources.gan_quality))
     unit = summary.get("unit", "unit")
     lines += [
         "",
