@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy.special import softmax
+from sklearn.metrics import brier_score_loss
 
 from bonescan.calibration import (
     apply_temperature,
@@ -17,6 +18,7 @@ from bonescan.calibration import (
     reliability_bins,
     save_reliability_png,
 )
+from bonescan.metrics import bootstrap_indices, percentile_interval
 
 
 def _confident(n_right: int, n_wrong: int, confidence: float) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +75,23 @@ def test_intervals_resample_patients_and_bracket_the_estimate():
     assert single.brier_interval == pytest.approx((single.brier, single.brier))  # one patient: no spread
     flat = report.flat("_calibrated")
     assert set(flat) == {f"{m}_calibrated{s}" for m in ("ece", "brier") for s in ("", "_ci_low", "_ci_high")}
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_brier_interval_equals_scikit_learns_brier_score_of_each_resample(seed):
+    rng = np.random.default_rng(seed)
+    groups = np.repeat([f"P{i:02d}" for i in range(30)], rng.integers(1, 5, 30))  # uneven patients
+    y = rng.integers(0, 3, len(groups))
+    prob = softmax(rng.normal(0, 1, (len(y), 3)) + 2 * np.eye(3)[y], axis=1).astype(np.float32)  # rows miss 1
+    report = assess_calibration(y, prob, groups, n_boot=100, ci=0.9, seed=seed)
+
+    rows = prob.astype(np.float64) / prob.astype(np.float64).sum(axis=1, keepdims=True)  # as brier_score does
+    per_resample = [brier_score_loss(y[idx], rows[idx], labels=[0, 1, 2], scale_by_half=False)
+                    for idx in bootstrap_indices(groups, 100, seed)]  # fmt: skip
+    eces = [expected_calibration_error(y[idx], prob[idx]) for idx in bootstrap_indices(groups, 100, seed)]
+    np.testing.assert_allclose(report.brier_interval, percentile_interval(np.array(per_resample), 0.9),
+                               rtol=0, atol=1e-12)  # fmt: skip
+    assert report.ece_interval == percentile_interval(np.array(eces), 0.9)
 
 
 def test_reliability_diagram_is_drawn_with_and_without_the_calibrated_curve(tmp_path):

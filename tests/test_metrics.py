@@ -13,16 +13,20 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from bonescan.classifier_file import DecisionRule
 from bonescan.metrics import (
     MACRO_METRICS,
     bootstrap_indices,
+    bootstrap_weights,
     cluster_bootstrap,
     compute_confusion,
     compute_metrics,
     compute_ovr_auc,
     compute_specificity,
     evaluate_predictions,
+    paired_bootstrap_difference,
     percentile_interval,
+    weighted_metrics,
 )
 
 CLASSES = ("healthy", "metastasis", "benign")
@@ -36,6 +40,33 @@ def _random_predictions(n: int, seed: int, skill: float = 1.5) -> tuple[np.ndarr
     logits[np.arange(n), y] += skill
     prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     return y, prob
+
+
+FAVOUR_BENIGN = DecisionRule("offsets", (0.0, 0.0, 1.5), chosen_on="test")
+
+
+def _uneven_patients(seed: int, n_patients: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Patients with 1-4 units in shuffled order, probabilities rounded to 0.05 (tied scores), and a
+    rare class, benign, held by two patients (so absent from some resamples) that argmax never predicts."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat([f"P{i:02d}" for i in range(n_patients)], rng.integers(1, 5, n_patients))
+    rng.shuffle(groups)
+    n = len(groups)
+    y = np.where(np.isin(groups, ["P00", "P01"]), 2, rng.integers(0, 2, n))
+    logits = rng.normal(size=(n, len(CLASSES)))
+    logits[np.arange(n), y] += 1.5
+    logits[:, 2] = np.minimum(logits[:, 2], logits[:, :2].max(axis=1) - 0.2)  # argmax is never benign
+    prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, np.round(prob / 0.05) * 0.05, groups
+
+
+def _per_resample(y, prob, groups, n_boot, seed, decision=None) -> dict[str, np.ndarray]:
+    """The reference: `compute_metrics` (scikit-learn) on the rows of each resample, one by one."""
+    replicates: dict[str, list[float]] = {}
+    for idx in bootstrap_indices(groups, n_boot, seed):
+        for name, value in compute_metrics(y[idx], prob[idx], CLASSES, decision).items():
+            replicates.setdefault(name, []).append(value)
+    return {name: np.asarray(values) for name, values in replicates.items()}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -119,6 +150,63 @@ def test_bootstrap_is_reproducible_for_a_seed():
     b = [i.tolist() for i in bootstrap_indices(groups, 5, seed=7)]
     c = [i.tolist() for i in bootstrap_indices(groups, 5, seed=8)]
     assert a == b and a != c
+
+
+def test_weights_count_how_often_each_row_is_in_the_resample_of_bootstrap_indices():
+    groups = np.array(["p3", "p1", "p3", "p2", "p3", "p1", "p4"])  # uneven, unsorted, rows not adjacent
+    weights = bootstrap_weights(groups, n_boot=200, seed=3)
+    assert weights.shape == (200, len(groups)) and weights.dtype == np.int64
+    for w, idx in zip(weights, bootstrap_indices(groups, n_boot=200, seed=3), strict=True):
+        np.testing.assert_array_equal(np.repeat(np.arange(len(groups)), w), np.sort(idx))
+    assert bootstrap_weights(groups, n_boot=0, seed=3).shape == (0, len(groups))
+
+
+@pytest.mark.parametrize("decision", [None, FAVOUR_BENIGN], ids=["argmax", "offsets"])
+def test_vectorised_replicates_equal_compute_metrics_on_the_rows_of_each_resample(decision):
+    y, prob, groups = _uneven_patients(0)
+    pred = decision.predict(prob) if decision else prob.argmax(axis=1)
+    got = weighted_metrics(y, prob, pred, bootstrap_weights(groups, 80, seed=1), CLASSES)
+    want = _per_resample(y, prob, groups, 80, seed=1, decision=decision)
+    assert list(got) == list(want)
+    for name, values in want.items():
+        np.testing.assert_allclose(got[name], values, rtol=0, atol=1e-12, equal_nan=True, err_msg=name)
+
+    # the data exercise every convention: ties, a class absent from some resamples, one never predicted
+    assert len(np.unique(prob[:, 1])) < len(prob) / 3
+    assert np.isnan(want["recall_benign"]).any() and not np.isnan(want["recall_benign"]).all()
+    if decision is None:
+        assert 2 not in pred  # precision 0 where benign is present, NaN where it is absent too
+        assert set(np.nan_to_num(want["precision_benign"], nan=-1.0)) == {-1.0, 0.0}
+    else:
+        assert 2 in pred and np.nanmax(want["precision_benign"]) > 0
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_intervals_equal_those_of_compute_metrics_on_every_resample(seed):
+    y, prob, groups = _uneven_patients(1)
+    got = cluster_bootstrap(y, prob, groups, CLASSES, n_boot=40, ci=0.9, seed=seed, decision=FAVOUR_BENIGN)
+    want = {name: percentile_interval(values, 0.9)
+            for name, values in _per_resample(y, prob, groups, 40, seed, FAVOUR_BENIGN).items()}  # fmt: skip
+    assert list(got) == list(want)
+    for name, interval in want.items():
+        np.testing.assert_allclose(got[name], interval, rtol=0, atol=1e-12, equal_nan=True, err_msg=name)
+    assert cluster_bootstrap(y, prob, groups, CLASSES, n_boot=0) == {}
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_paired_difference_interval_equals_the_per_resample_difference_of_compute_metrics(seed):
+    y, challenger, groups = _uneven_patients(2)
+    noise = np.random.default_rng(seed).dirichlet(np.ones(len(CLASSES)), len(y))
+    champion = np.round((0.6 * challenger + 0.4 * noise) / 0.05) * 0.05
+    reference = {name: _per_resample(y, prob, groups, 40, seed) for name, prob in
+                 (("challenger", challenger), ("champion", champion))}  # fmt: skip
+    for metric in ("macro_f1", "macro_auc", "recall_benign"):
+        got = paired_bootstrap_difference(y, challenger, champion, groups, CLASSES, metric, 40, seed=seed)
+        want = percentile_interval(reference["challenger"][metric] - reference["champion"][metric], 0.95)
+        np.testing.assert_allclose((got.ci_low, got.ci_high), want, rtol=0, atol=1e-12, err_msg=metric)
+        assert got.difference == compute_metrics(y, challenger, CLASSES)[metric] - got.champion
+    with pytest.raises(ValueError, match="unknown metric 'f2'.*macro_f1"):
+        paired_bootstrap_difference(y, challenger, champion, groups, CLASSES, "f2", n_boot=5)
 
 
 def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_more_patients():

@@ -8,6 +8,11 @@ together), read on a common grid: true-positive rate at each false-positive rate
 interpolated precision (the best precision at that recall or above, as in Pascal VOC) at each recall
 for PR. The operating point is where the saved model's `DecisionRule` sits on each class's curve: an
 ROC curve shows every threshold, the point shows the one the model actually uses.
+
+The resamples' curves are not recomputed by scikit-learn one by one (its input validation dominated
+evaluate's time): they are read off weighted cumulative counts over the score levels of the whole
+set (`bonescan.metrics.weighted_level_counts`), point for point the curves `roc_curve` and
+`precision_recall_curve` give on the resampled rows (tested).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from bonescan.metrics import bootstrap_indices, compute_confusion
+from bonescan.metrics import bootstrap_weights, compute_confusion, weighted_level_counts
 from bonescan.runtime import atomic_path
 
 __all__ = [
@@ -116,6 +121,56 @@ def _on_grid(kind: str, x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.nd
     return np.where(at < len(xs), best[np.minimum(at, len(xs) - 1)], 0.0)
 
 
+def _roc_corners(pos: np.ndarray, neg: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """(B, L) the levels `roc_curve` keeps: present, and not dropped as collinear (`drop_intermediate`).
+
+    scikit-learn drops a threshold whose step (new negatives, new positives) equals the next present
+    threshold's step, except the first and the last. The reading on the grid interpolates between the
+    tops of vertical steps, so such a point would change the band there: it is dropped here too.
+
+    Args:
+        pos, neg: (B, L) weight per level, levels in descending score.
+        present: (B, L) levels with any weight in the resample (the resample's thresholds).
+    """
+    n_boot, n_levels = pos.shape
+    at = np.where(present, np.arange(n_levels), n_levels)
+    upcoming = np.minimum.accumulate(at[:, ::-1], axis=1)[:, ::-1]  # first present level at or after j
+    after = np.concatenate([upcoming[:, 1:], np.full((n_boot, 1), n_levels)], axis=1)  # ... after j
+    pad = np.full((n_boot, 1), np.nan)
+    next_pos = np.take_along_axis(np.concatenate([pos, pad], axis=1), after, axis=1)
+    next_neg = np.take_along_axis(np.concatenate([neg, pad], axis=1), after, axis=1)
+    first = np.cumsum(present, axis=1) == 1
+    last = after == n_levels
+    return present & (first | last | (next_pos != pos) | (next_neg != neg))
+
+
+def _resampled_curves(pos: np.ndarray, neg: np.ndarray) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """scikit-learn's ROC and PR points of each resample that has positives and negatives.
+
+    Args:
+        pos, neg: (B, L) weighted positives and negatives per score level, levels in descending score.
+
+    Returns:
+        per kept resample, kind -> (x, y) as `_CURVE[kind]` gives them on the resampled rows.
+    """
+    n_boot = len(pos)
+    tps, fps = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+    n_pos, n_neg = tps[:, -1:], fps[:, -1:]
+    present = (pos + neg) > 0  # a level no drawn row holds is no threshold (and has tp + fp = 0 at the top)
+    zeros, ones, always = np.zeros((n_boot, 1)), np.ones((n_boot, 1)), np.ones((n_boot, 1), dtype=bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # ROC from (0, 0) up; PR from the lowest threshold (recall 1) down, ending at (0, 1), as sklearn.
+        fpr = np.concatenate([zeros, fps], axis=1) / n_neg
+        tpr = np.concatenate([zeros, tps], axis=1) / n_pos
+        recall = np.concatenate([(tps / n_pos)[:, ::-1], zeros], axis=1)
+        precision = np.concatenate([(tps / (tps + fps))[:, ::-1], ones], axis=1)
+    on_roc = np.concatenate([always, _roc_corners(pos, neg, present)], axis=1)
+    on_pr = np.concatenate([present[:, ::-1], always], axis=1)
+    defined = (n_pos[:, 0] > 0) & (n_neg[:, 0] > 0)  # else undefined: left out, as the metric intervals do
+    return [{"roc": (fpr[b, on_roc[b]], tpr[b, on_roc[b]]),
+             "pr": (recall[b, on_pr[b]], precision[b, on_pr[b]])} for b in np.flatnonzero(defined)]  # fmt: skip
+
+
 def _operating_point(kind: str, cm: np.ndarray, k: int) -> tuple[float, float]:
     tp = cm[k, k]
     fn = cm[k].sum() - tp
@@ -155,6 +210,8 @@ def ovr_curves(
     y_true = np.asarray(y_true, dtype=np.int64)
     y_prob = np.asarray(y_prob, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
+    if len(np.asarray(groups)) != len(y_true):
+        raise ValueError(f"{len(np.asarray(groups))} group ids for {len(y_true)} units")
     grid = np.linspace(0.0, 1.0, points)
     cm = compute_confusion(y_true, y_pred, len(classes))
     present, skipped = [], {}
@@ -166,15 +223,13 @@ def ovr_curves(
             present.append(k)
 
     samples: dict[tuple[str, int], list[np.ndarray]] = {(kind, k): [] for kind in KINDS for k in present}
-    if n_boot > 0:
-        for idx in bootstrap_indices(groups, n_boot, seed):
-            truth, prob = y_true[idx], y_prob[idx]
-            for k in present:
-                positive = truth == k
-                if positive.all() or not positive.any():
-                    continue  # undefined in this resample: left out, as the metric intervals do
+    if n_boot > 0 and present:
+        weights = bootstrap_weights(groups, n_boot, seed).astype(np.float64)  # (B, N)
+        for k in present:
+            pos, neg = weighted_level_counts(y_true == k, y_prob[:, k], weights)
+            for resample in _resampled_curves(pos[:, ::-1], neg[:, ::-1]):  # thresholds high to low
                 for kind in KINDS:
-                    samples[kind, k].append(_on_grid(kind, *_CURVE[kind](positive, prob[:, k]), grid))
+                    samples[kind, k].append(_on_grid(kind, *resample[kind], grid))
 
     tail = 100.0 * (1.0 - ci) / 2.0
     curves: dict[str, list[ClassCurve]] = {kind: [] for kind in KINDS}
