@@ -182,29 +182,6 @@ def test_geometry_moves_pixels_but_keeps_shape_range_and_most_of_the_body():
     assert out.sum().item() == pytest.approx(image.sum().item(), rel=0.2)
 
 
-def test_the_pipeline_runs_on_one_thread_and_gives_the_caller_its_threads_back(monkeypatch):
-    seen = []
-    cfg = AugmentConfig()
-    transform = build_transform(cfg)
-    monkeypatch.setattr(
-        RandomPoissonNoise, "transform", lambda self, inpt, params: seen.append(torch.get_num_threads()) or inpt
-    )
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        transform(torch.rand(1, 32, 16))
-        assert seen == [1] and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_one_thread_draws_the_same_image_as_the_plain_torchvision_pipeline():
-    cfg = AugmentConfig()
-    image = torch.from_numpy(_image(5))[None]
-    wrapped = build_transform(cfg)
-    assert torch.equal(augment_image(image, wrapped, seed=3), augment_image(image, wrapped.transform_, seed=3))
-
-
 def test_augment_image_leaves_the_global_rng_alone():
     image = torch.rand(1, 32, 16)
     torch.manual_seed(0)

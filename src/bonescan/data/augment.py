@@ -12,11 +12,6 @@ operations. One torchvision v2 pipeline (`build_transform`) serves both modes:
 - online: the same pipeline as the `transform` of a `ManifestDataset`, redrawn at every access
   from torch's RNG (seeded per epoch and per DataLoader worker by the training loop).
 
-The pipeline runs on one intra-op thread (`SingleThreaded`) in both modes: on one small image, the
-hand-off between threads costs more than the warp itself (2-core demo machine: 3.4 ms per 256 x 96
-image on one thread, 16 ms on two while the other core is busy), and online augmentation runs in
-the training process, beside the model's own threads.
-
 Poisson noise models a different acquisition time: the [0, 1] image is read as expected counts
 `x * peak` (peak = counts at intensity 1, drawn log-uniformly per image), resampled, and scaled back.
 """
@@ -47,7 +42,6 @@ from bonescan.dicom.read import read_png16, write_png16
 __all__ = [
     "AugmentSummary",
     "RandomPoissonNoise",
-    "SingleThreaded",
     "augment_dataset",
     "augment_image",
     "build_transform",
@@ -94,30 +88,7 @@ class RandomPoissonNoise(v2.Transform):
         return tv_tensors.wrap(noisy, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else noisy
 
 
-@contextmanager
-def _single_thread() -> Iterator[None]:
-    """One intra-op thread: on one small image, thread hand-off costs ~10x the affine warp itself."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-class SingleThreaded(v2.Transform):
-    """Run `transform` with one intra-op torch thread and restore the caller's count afterwards."""
-
-    def __init__(self, transform: v2.Transform) -> None:
-        super().__init__()
-        self.transform_ = transform
-
-    def forward(self, *inputs: Any) -> Any:
-        with _single_thread():
-            return self.transform_(*inputs)
-
-
-def build_transform(cfg: AugmentConfig) -> SingleThreaded:
+def build_transform(cfg: AugmentConfig) -> v2.Compose:
     """The augmentation pipeline for (C, H, W) float tensors in [0, 1]: mirror, rotate + shift, noise.
 
     Geometric steps come first and Poisson noise last, so the noise is not smoothed by interpolation,
@@ -137,7 +108,7 @@ def build_transform(cfg: AugmentConfig) -> SingleThreaded:
         )
     if cfg.poisson_p > 0:
         ops.append(RandomPoissonNoise(cfg.poisson_peak, cfg.poisson_p))
-    return SingleThreaded(v2.Compose(ops))
+    return v2.Compose(ops)
 
 
 def copy_seed(seed: int, parent_id: str, copy: int) -> int:
@@ -170,6 +141,17 @@ class AugmentSummary:
     train_after: dict[str, int] = field(default_factory=dict)
     rows: int = 0  # rows of the output manifest
     seconds: float = 0.0
+
+
+@contextmanager
+def _single_thread() -> Iterator[None]:
+    """One intra-op thread: on one small image, thread hand-off costs ~10x the affine warp itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _inputs(cfg: AugmentConfig, root: Path) -> tuple[pd.DataFrame, int]:
@@ -225,15 +207,16 @@ def augment_dataset(
     copies = cfg.factor - 1 if cfg.mode == "offline" else 0
     transform = build_transform(cfg)
     new_rows: list[dict[str, object]] = []
-    for parent in train.itertuples(index=False) if copies else ():
-        image = torch.from_numpy(read_png16(root / parent.path))[None]  # (1, H, W)
-        for k in range(1, copies + 1):
-            out = augment_image(image, transform, copy_seed(cfg.seed, parent.image_id, k))
-            image_id = f"{parent.image_id}-aug{k:02d}"
-            path = Path(cfg.out_dir) / "images" / f"{image_id}.png"
-            write_png16(np.asarray(out[0], dtype=np.float32), root / path)
-            source = f"{SOURCE_PREFIX}{parent.image_id}"
-            new_rows.append(dict(parent._asdict(), image_id=image_id, source=source, path=str(path)))
+    with _single_thread():
+        for parent in train.itertuples(index=False) if copies else ():
+            image = torch.from_numpy(read_png16(root / parent.path))[None]  # (1, H, W)
+            for k in range(1, copies + 1):
+                out = augment_image(image, transform, copy_seed(cfg.seed, parent.image_id, k))
+                image_id = f"{parent.image_id}-aug{k:02d}"
+                path = Path(cfg.out_dir) / "images" / f"{image_id}.png"
+                write_png16(np.asarray(out[0], dtype=np.float32), root / path)
+                source = f"{SOURCE_PREFIX}{parent.image_id}"
+                new_rows.append(dict(parent._asdict(), image_id=image_id, source=source, path=str(path)))
     augmented = pd.DataFrame(new_rows, columns=rows.columns)
     manifest = pd.concat([rows, augmented], ignore_index=True)
     write_manifest(manifest, out_dir / "manifest.csv")
