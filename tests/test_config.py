@@ -152,3 +152,11 @@ def test_dotted_overrides_set_nested_keys_without_touching_the_original():
     assert parse_params(planned).image_size("target") == (32, 32)
     assert raw["clf"]["finetune"]["batch_size"] == 16
     assert [override_text(v) for v in ([32, 32], None, "cpu")] == ["[32, 32]", "null", "cpu"]
+
+
+def test_every_sampling_name_the_config_accepts_is_one_the_loader_knows():
+    from typing import get_args
+
+    from bonescan.config import SAMPLING_POWER, Sampling
+
+    assert set(get_args(Sampling)) == {"uniform", *SAMPLING_POWER}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bonescan.config import PhantomConfig
+from bonescan.config import IngestConfig, PhantomConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -116,3 +116,10 @@ def test_the_phantoms_stage_depends_on_every_phantoms_key_but_the_worker_count()
     # A key missing here would leave a stale cohort in DVC's cache; `workers` changes no byte of it.
     expected = {f"phantoms.{key}" for key in PhantomConfig.model_fields} - {"phantoms.workers"}
     assert set(DVC["stages"]["phantoms"]["params"]) == expected
+
+
+def test_the_ingest_stage_depends_on_every_ingest_key_but_how_many_processes_decode():
+    # serial and parallel ingest write the same bytes (tests/test_ingest.py); any other key may change them
+    expected = {f"ingest.{key}" for key in IngestConfig.model_fields} - {"ingest.workers", "ingest.chunksize"}
+    listed = {p for p in DVC["stages"]["ingest"]["do"]["params"] if p.startswith("ingest")}
+    assert listed == expected

@@ -202,6 +202,9 @@ class AugmentConfig(_Section):
 
 
 LossName = Literal["ce", "weighted_ce", "focal", "ldam", "joint", "logit_adjusted"]
+Sampling = Literal["uniform", "sqrt", "class_balanced"]
+# Image weight n_class ** -power of each sampling that draws by class ("uniform" shuffles instead).
+SAMPLING_POWER: dict[str, float] = {"class_balanced": 1.0, "sqrt": 0.5}
 
 
 class LossConfig(_Section):
@@ -237,7 +240,7 @@ class TrainConfig(_Section):
     monitor: Literal["val_macro_f1", "val_loss"] = "val_macro_f1"  # picks the best epoch (saved model)
     # How training images are drawn: uniform (shuffled once per epoch) | sqrt | class_balanced: with
     # replacement, image weight 1/sqrt(n_class) or 1/n_class (bonescan.train.ClassBalancedSampler).
-    sampling: Literal["uniform", "sqrt", "class_balanced"] = "uniform"
+    sampling: Sampling = "uniform"
     loss: LossConfig = LossConfig()
 
 
@@ -355,6 +358,7 @@ class ClassifierConfig(_Section):
 
 
 GanArch = Literal["mu_acgan", "acgan"]
+GAN_SIDE_MULTIPLE = 16  # both GAN architectures halve the resolution four times
 
 # `gan.preset: paper` replaces these keys with Yu et al. 2023's settings (meant for a GPU).
 GAN_PAPER_PRESET: dict[str, dict[str, object]] = {
@@ -425,7 +429,7 @@ class GanQualityConfig(_Section):
 
     samples_per_class: int = Field(32, ge=2)  # generated images per class the metrics are computed on
     classifier: str = "soft_threshold_net"  # bonescan.models name used for fidelity and train-synthetic/test-real
-    classifier_epochs: int = Field(8, ge=1)  # epochs of that classifier (real train or synthetic images)
+    classifier_epochs: int = Field(5, ge=1)  # epochs of that classifier (real train or synthetic images)
     classifier_batch_size: int = Field(16, ge=1)
     classifier_lr: float = Field(1e-3, gt=0)  # AdamW
     classifier_members: int = Field(3, ge=1)  # classifiers (seeds seed, seed+1, ...) whose mean probabilities judge
@@ -437,7 +441,7 @@ class GanQualityConfig(_Section):
     # ... and its TSTR lift (recall - rate of naming it for other classes' real val images; chance = 0) >= this; None: off
     min_tstr_lift: float | None = Field(0.1, ge=-1, le=1)
     # generated images per class the TSTR classifier trains on (>= samples_per_class; 32 is too few steps to learn)
-    tstr_samples_per_class: int = Field(64, ge=2)
+    tstr_samples_per_class: int = Field(96, ge=2)
     diversity_pairs: int | None = Field(4096, ge=1)  # seeded sample of pairs for diversity SSIM (real and generated); None: all
     judge_images_per_class: int | None = Field(256, ge=2)  # seeded sample of real train images per class the judge trains on; None: all
     seed: int = 11  # noise of the measured samples, classifier initialisation, the samples above

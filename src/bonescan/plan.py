@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from bonescan.config import (
+    GAN_SIDE_MULTIPLE,
     BaseConfig,
     DatasetConfig,
     GanModelConfig,
@@ -39,7 +40,6 @@ from bonescan.config import (
 )
 from bonescan.data.manifest import read_manifest
 from bonescan.dicom.read import read_views
-from bonescan.gan.train import GAN_SIDE_MULTIPLE
 from bonescan.intake import check_regular_file, iter_files
 from bonescan.outputs import read_output_json
 from bonescan.runtime import atomic_write, cpu_budget

@@ -46,7 +46,15 @@ from bonescan.checkpoint import (
     save_checkpoint,
 )
 from bonescan.classifier_file import ClassifierFile, DecisionRule, predict_probabilities
-from bonescan.config import AugmentConfig, ClassifierConfig, LossConfig, Preprocessing, Size, TrainConfig
+from bonescan.config import (
+    SAMPLING_POWER,
+    AugmentConfig,
+    ClassifierConfig,
+    LossConfig,
+    Preprocessing,
+    Size,
+    TrainConfig,
+)
 from bonescan.data.dataset import ManifestDataset, label_indices, load_split
 from bonescan.data.manifest import read_manifest
 from bonescan.losses import build_loss, drw_schedule
@@ -167,7 +175,6 @@ def _broadcast_scores(val: dict[str, Any], device: torch.device) -> dict[str, An
 # --------------------------------------------------------------------------- building blocks
 
 
-SAMPLING_POWER = {"class_balanced": 1.0, "sqrt": 0.5}  # image weight n_class^-power (uniform: 0)
 
 
 class ClassBalancedSampler(Sampler[int]):

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from torchvision.utils import make_grid
 
 from bonescan.checkpoint import save_checkpoint
-from bonescan.config import GanModelConfig, GanStageConfig, GanTrainConfig, Params, Size
+from bonescan.config import GAN_SIDE_MULTIPLE, GanModelConfig, GanStageConfig, GanTrainConfig, Params, Size
 from bonescan.data.dataset import ManifestDataset
 from bonescan.data.manifest import read_manifest
 from bonescan.gan import (
@@ -693,9 +693,6 @@ def _write_history(history: list[dict[str, float]], path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- stages
-
-
-GAN_SIDE_MULTIPLE = 16  # both architectures halve the resolution four times
 
 
 def _resolved_image_size(params: Params) -> Size:
