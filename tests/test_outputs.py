@@ -1,6 +1,8 @@
 import json
 import logging
 
+import pytest
+
 from bonescan.outputs import read_output_json
 
 
@@ -17,20 +19,17 @@ def test_no_file_or_no_path_reads_as_missing_without_a_warning(tmp_path, caplog)
     assert not caplog.records
 
 
-def test_a_truncated_file_reads_as_missing_with_a_warning_naming_it(tmp_path, caplog):
-    path = tmp_path / "split.json"
-    path.write_text('{"train": 12, "va')
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [("split.json", '{"train": 12, "va', "not valid JSON"), ("ingest.json", "[1, 2]", "JSON list")],
+    ids=["truncated", "not-an-object"],
+)
+def test_a_broken_output_reads_as_missing_with_a_warning_naming_the_file(tmp_path, caplog, name, text, said):
+    path = tmp_path / name
+    path.write_text(text)
     with caplog.at_level(logging.WARNING):
         assert read_output_json(path) is None
-    assert "split.json" in caplog.text
-
-
-def test_json_that_is_not_an_object_reads_as_missing(tmp_path, caplog):
-    path = tmp_path / "ingest.json"
-    path.write_text("[1, 2]")
-    with caplog.at_level(logging.WARNING):
-        assert read_output_json(path) is None
-    assert "list" in caplog.text
+    assert name in caplog.text and said in caplog.text
 
 
 def test_undecodable_bytes_read_as_missing(tmp_path):

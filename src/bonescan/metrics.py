@@ -133,11 +133,6 @@ def absent_classes(y_true: np.ndarray, classes: Sequence[str]) -> list[str]:
     return [name for k, name in enumerate(classes) if k not in present]
 
 
-def _nanmean(values: np.ndarray) -> float:
-    finite = values[~np.isnan(values)]
-    return float(finite.mean()) if len(finite) else math.nan
-
-
 def compute_metrics(
     y_true: np.ndarray, y_prob: np.ndarray, classes: Sequence[str], decision: DecisionRule | None = None
 ) -> dict[str, float]:
@@ -179,19 +174,28 @@ def compute_metrics(
     specificity = compute_specificity(compute_confusion(y_true, y_pred, k))
     auc = compute_ovr_auc(y_true, y_prob)
 
-    out: dict[str, float] = {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced),
-        "macro_precision": _nanmean(precision),
-        "macro_recall": _nanmean(recall),
-        "macro_specificity": _nanmean(specificity),
-        "macro_f1": _nanmean(f1),
-        "macro_auc": _nanmean(auc),
-    }
     per_class = {"precision": precision, "recall": recall, "specificity": specificity, "f1": f1, "auc": auc}
+    out = _flat_metrics(
+        np.array([accuracy_score(y_true, y_pred)]), np.array([balanced]),
+        {name: np.asarray(values, dtype=np.float64)[None] for name, values in per_class.items()}, classes,
+    )  # fmt: skip
+    return {name: float(values[0]) for name, values in out.items()}
+
+
+def _flat_metrics(
+    accuracy: np.ndarray, balanced: np.ndarray, per_class: dict[str, np.ndarray], classes: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The flat metric dict of B evaluations: `MACRO_METRICS`, then "<metric>_<class>" per class.
+
+    Args:
+        accuracy, balanced: (B,) accuracy and balanced accuracy.
+        per_class: each of `PER_CLASS_METRICS` -> (B, K); a macro value is its mean over the defined classes.
+    """
+    out = {"accuracy": accuracy, "balanced_accuracy": balanced}
+    out |= {f"macro_{m}": _nanmean_rows(per_class[m]) for m in ("precision", "recall", "specificity", "f1", "auc")}
     for metric in PER_CLASS_METRICS:
-        for name, value in zip(classes, per_class[metric], strict=True):
-            out[f"{metric}_{name}"] = float(value)
+        for c, name in enumerate(classes):
+            out[f"{metric}_{name}"] = per_class[metric][:, c]
     return out
 
 
@@ -371,20 +375,8 @@ def weighted_metrics(
         accuracy = tp.sum(axis=1) / total[:, 0]
     auc = _weighted_ovr_auc(y_true, y_prob, weights)
 
-    out = {
-        "accuracy": accuracy,
-        "balanced_accuracy": _nanmean_rows(recall),  # mean recall over the classes present
-        "macro_precision": _nanmean_rows(precision),
-        "macro_recall": _nanmean_rows(recall),
-        "macro_specificity": _nanmean_rows(specificity),
-        "macro_f1": _nanmean_rows(f1),
-        "macro_auc": _nanmean_rows(auc),
-    }
     per_class = {"precision": precision, "recall": recall, "specificity": specificity, "f1": f1, "auc": auc}
-    for metric in PER_CLASS_METRICS:
-        for c, name in enumerate(classes):
-            out[f"{metric}_{name}"] = per_class[metric][:, c]
-    return out
+    return _flat_metrics(accuracy, _nanmean_rows(recall), per_class, classes)  # balanced: mean recall of those present
 
 
 def percentile_interval(values: np.ndarray, ci: float) -> tuple[float, float]:
