@@ -18,7 +18,7 @@ TINY = {
     "base": {"image_size": [64, 32]},
     "phantoms": {"patients": 6, "chest_patients": 12},
     "ingest": {"workers": 2},
-    "clf": {"model": "soft_threshold_net", "pretrain": {"epochs": 1, "batch_size": 4}},
+    "clf": {"model": "soft_threshold_net", "pretrain_source": "source", "pretrain": {"epochs": 1, "batch_size": 4}},
 }
 
 
