@@ -422,6 +422,9 @@ class GanSynthesizeConfig(_Section):
     seed: int = 7  # noise seed; recorded in each row's `source`
     batch_size: int = Field(32, ge=1)  # images generated per forward pass
     out_dir: str = "data/synthetic"  # images/ and manifest.csv (admitted classes only)
+    # False: write every class's images whatever the gate decides (Yu et al.'s Table 4 balances without a
+    # gate); the report still records each decision. For measuring oversampling, not for production.
+    gated: bool = True
 
 
 class GanQualityConfig(_Section):

@@ -118,6 +118,23 @@ def test_gate_rejections_write_no_images_and_are_stated_in_the_report(trained_ro
     assert "- metastasis: rejected" in result.report.with_suffix(".md").read_text()
 
 
+def test_ungated_synthesis_writes_every_class_and_still_reports_what_the_gate_decided(trained_root, make_params):
+    params = make_params(
+        archs=["mu_acgan", "acgan"],
+        synthesize={"out_dir": "ungated/synthetic", "gated": False},
+        quality=REJECT_ALL,
+        report="ungated/gan_quality.json",
+    )
+    result = run_synthesize(params, root=trained_root)
+    assert result.admitted == dict.fromkeys(CLASSES, True)
+    assert result.written == {"healthy": 0, "metastasis": 2, "benign": 4}  # balanced as if admitted
+    report = json.loads(result.report.read_text())
+    assert report["synthesis"]["gated"] is False
+    for name in CLASSES:
+        assert report["synthesis"]["decisions"][name].startswith("written ungated (the gate: rejected: ")
+        assert report["archs"]["mu_acgan"]["classes"][name]["admitted"] is False  # the gate's own verdict
+
+
 def test_synthesis_never_reads_test_images(trained_root, make_params, monkeypatch):
     read: list[Path] = []
     original = dataset_module.read_png16

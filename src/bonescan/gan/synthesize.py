@@ -194,6 +194,10 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
     log.info("synthesis architecture: %s (%s)", arch, rule)
     decisions = {name: report["archs"][arch]["classes"][name]["reason"] for name in classes}
     admitted = {name: bool(report["archs"][arch]["classes"][name]["admitted"]) for name in classes}
+    if not gan.synthesize.gated:
+        log.warning("gan.synthesize.gated is false: every class's images are written, whatever the gate decided")
+        decisions = {name: f"written ungated (the gate: {reason})" for name, reason in decisions.items()}
+        admitted = dict.fromkeys(classes, True)
     written = _write_synthetic(
         generators[arch], arch, report["archs"][arch]["generator_sha256"][:12], classes, needed, admitted, params, root
     )
@@ -204,6 +208,7 @@ def run_synthesize(params: Params, *, root: Path = Path(".")) -> SynthesisResult
         "seed": gan.synthesize.seed,
         "needed": needed,
         "written": written,
+        "gated": gan.synthesize.gated,
         "admitted": admitted,
         "decisions": decisions,
         "output_size": list(params.image_size(gan.finetune.dataset)),
