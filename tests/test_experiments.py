@@ -13,11 +13,15 @@ import yaml
 from bonescan.config import ConfigError
 from bonescan.experiments import (
     VARIANTS,
+    ExperimentResult,
     collect_results,
+    dataset_label,
     dvc_exp_show,
     enqueue,
     grid,
     identify_variant,
+    paired_difference,
+    pairing_labels,
     queue_command,
     render_markdown,
     validate_overrides,
@@ -189,3 +193,91 @@ def test_queued_overrides_land_in_the_experiment_params_dvc_reports(tmp_path, mo
         subprocess.run(["dvc", "queue", "remove", "--all"], cwd=tmp_path, capture_output=True)
     assert [(r.name, r.state, r.variant) for r in results] == [("v3-resnet34", "queued", 3)]
     assert results[0].param("clf.model") == "resnet34"
+
+
+def _run(name: str, variant: int, seed: int, f1: float, source: str = "none", gated: bool = True,
+         gan: dict | None = None, **extra: object) -> ExperimentResult:
+    """A finished run of `variant` with clf.seed `seed` (and other params in `extra`, dotted)."""
+    params = _params(variant, "soft_threshold_net")
+    params["clf"].update(pretrain_source=source, seed=seed)
+    params["gan"]["synthesize"]["gated"] = gated
+    for dotted, value in extra.items():
+        section, key = dotted.split(".")
+        params.setdefault(section, {})[key] = value
+    return ExperimentResult(name, "abc1234", "done", params, _metrics(0.5, f1), variant=variant,
+                            gan_quality=gan or {})
+
+
+def test_paired_differences_say_whether_their_t_interval_excludes_zero():
+    noisy = paired_difference([0.1, 0.2, 0.3])
+    assert (noisy.n, noisy.higher) == (3, 3)
+    assert noisy.mean == pytest.approx(0.2) and noisy.sd == pytest.approx(0.1)
+    assert noisy.low == pytest.approx(0.2 - 4.303 * 0.1 / 3**0.5)  # Student's t, 2 degrees of freedom
+    assert "interval includes 0" in noisy.verdict  # all three higher, yet three pairs cannot exclude 0
+    assert paired_difference([0.10, 0.11, 0.12]).verdict.startswith("higher")
+    assert paired_difference([-0.10, -0.11, -0.12]).verdict.startswith("lower")
+    assert "no claim" in paired_difference([0.3]).verdict
+    with pytest.raises(ValueError, match="no paired differences"):
+        paired_difference([])
+
+
+def test_runs_pair_by_the_params_outside_the_grid_axes_but_not_by_how_they_execute():
+    runs = [_run("a", 1, 1, 0.5), _run("b", 5, 1, 0.6, **{"base.threads": 1}), _run("c", 1, 2, 0.4)]
+    assert pairing_labels(runs) == ["clf.seed=1", "clf.seed=1", "clf.seed=2"]
+
+
+def test_synthetic_variants_say_whether_the_gate_chose_their_images():
+    assert dataset_label(_run("a", 5, 1, 0.5)) == "5 MU-ACGAN + traditional (gated)"
+    assert dataset_label(_run("a", 5, 1, 0.5, gated=False)) == "5 MU-ACGAN + traditional (ungated)"
+    assert dataset_label(_run("a", 4, 1, 0.5, gated=False)) == "4 traditional"  # no synthetic images: no gate
+
+
+def test_table4_pairs_each_variant_with_the_original_images_of_the_same_seed():
+    runs = [_run(f"s{seed}v{v}", v, seed, f1) for seed, f1s in ((1, (0.5, 0.6)), (2, (0.4, 0.52)), (3, (0.6, 0.69)))
+            for v, f1 in zip((1, 4), f1s, strict=True)]
+    text = render_markdown(runs, columns=("macro_f1",))
+    table = text[text.index("## Table 4"):text.index("## Table 5") if "## Table 5" in text else None]
+    assert "| pairing | 1 original | 4 traditional |" in table
+    assert "| clf.seed=2 | 0.400 [0.200, 0.500] | 0.520 [0.320, 0.620] |" in table
+    assert "| mean ± sd | 0.500 ± 0.100 (n=3) | 0.603 ± 0.085 (n=3) |" in table
+    assert "- 4 traditional vs 1 original: macro_f1 +0.103 ± 0.015" in table and "3 of 3 higher" in table
+    assert "higher; the interval excludes 0" in table
+
+
+def test_table5_compares_pretraining_sources_against_none_and_leaves_unpaired_runs_out():
+    runs = [_run("n1", 4, 1, 0.6), _run("s1", 4, 1, 0.5, source="source"),
+            _run("n2", 4, 2, 0.7), _run("s2", 4, 2, 0.6, source="source"), _run("s3", 4, 3, 0.1, source="source")]
+    text = render_markdown(runs, columns=("macro_f1",))
+    table = text[text.index("## Table 5"):]
+    assert "| pairing | none | source |" in table
+    assert "| clf.seed=3 | - | 0.100 [-0.100, 0.200] |" in table
+    assert "| paired difference vs none | - | -0.100 ± 0.000" in table and "0 of 2 higher" in table
+
+
+def _gan_report(ssim_mu: float, ssim_ac: float, digest: str) -> dict:
+    def arch(ssim: float, name: str) -> dict:
+        cls = {"diversity_ssim": 0.6, "real_diversity_ssim": 0.5, "admitted": ssim > 0.4}
+        return {"generator_sha256": f"{name}{digest}", "mean_ssim_to_real": ssim, "mean_fidelity": 0.5,
+                "tstr_val_balanced_accuracy": 0.4, "classes": {"healthy": cls, "benign": cls}}
+    return {"classifier": {"real_val_accuracy": 0.34}, "archs": {"mu_acgan": arch(ssim_mu, "m"), "acgan": arch(ssim_ac, "a")}}
+
+
+def test_table3_lists_each_gan_training_once_and_pairs_mu_acgan_with_acgan():
+    first, second = _gan_report(0.45, 0.40, "1"), _gan_report(0.50, 0.41, "2")
+    runs = [_run("a", 1, 1, 0.5, gan=first), _run("b", 4, 2, 0.6, gan=first),  # one GAN, two classifiers
+            _run("c", 1, 1, 0.5, gan=second, **{"gan.seed": 2})]
+    text = render_markdown(runs, columns=("macro_f1",))
+    table = text[text.index("## Table 3"):]
+    assert table.count("| mu_acgan |") == 2  # the second classifier on the first GAN adds no row
+    assert "| 0.340 | mu_acgan | 0.450 | 0.500 | 0.400 | 0.100 | 2 |" in table
+    assert "over 2 GAN training(s)" in table
+    assert "- SSIM to real: +0.070 ± 0.028" in table and "2 of 2 higher" in table
+
+
+def test_collector_reads_the_gan_report_dvc_shows_as_a_metric():
+    exp_show = _exp_show()
+    exp_show[1]["experiments"][0]["revs"][0]["data"]["metrics"]["reports/gan_quality.json"] = {
+        "data": _gan_report(0.45, 0.4, "1")}
+    results = {r.name: r for r in collect_results(exp_show)}
+    assert results["v5-multiscale"].gan_quality["archs"]["acgan"]["mean_ssim_to_real"] == 0.4
+    assert results["v1-multiscale"].gan_quality == {}

@@ -289,9 +289,10 @@ def cmd_experiments(args: argparse.Namespace) -> None:
     exp_show = (json.loads(Path(args.input).read_text()) if args.input
                 else exp.dvc_exp_show(all_commits=args.all_commits))
     results = exp.collect_results(exp_show, args.metrics_file or params.evaluate.metrics_file,
-                                  include_baselines=args.include_baselines)
+                                  include_baselines=args.include_baselines, gan_report=params.gan.report)
     columns = _csv(args.columns) or list(exp.DEFAULT_COLUMNS)
-    text = exp.render_markdown(results, columns, primary=params.evaluate.primary_metric)
+    primary = params.evaluate.primary_metric
+    text = exp.render_markdown(results, columns, primary=primary, paired_metrics=(primary, "macro_recall"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import shlex
+import statistics
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -224,6 +225,7 @@ class ExperimentResult:
     metrics: dict[str, Any]
     error: str = ""
     variant: int | None = field(default=None)
+    gan_quality: dict[str, Any] = field(default_factory=dict)  # the synthesize stage's report (Table 3)
 
     def param(self, dotted: str, default: Any = None) -> Any:
         node: Any = self.params
@@ -246,10 +248,13 @@ def identify_variant(params: Mapping[str, Any]) -> int | None:
 _MISSING = object()
 
 
-def _state_result(state: dict, name: str, run_state: str, params_file: str, metrics_file: str) -> ExperimentResult:
+def _state_result(
+    state: dict, name: str, run_state: str, params_file: str, metrics_file: str, gan_report: str
+) -> ExperimentResult:
     data = state.get("data") or {}
     params = ((data.get("params") or {}).get(params_file) or {}).get("data") or {}
     metrics_entry = (data.get("metrics") or {}).get(metrics_file) or {}
+    gan_entry = (data.get("metrics") or {}).get(gan_report) or {}
     error = state.get("error") or metrics_entry.get("error") or {}
     return ExperimentResult(
         name=name,
@@ -259,6 +264,7 @@ def _state_result(state: dict, name: str, run_state: str, params_file: str, metr
         metrics=metrics_entry.get("data") or {},
         error=str(error.get("msg", "")) if isinstance(error, dict) else str(error),
         variant=identify_variant(params),
+        gan_quality=gan_entry.get("data") or {},
     )
 
 
@@ -267,6 +273,7 @@ def collect_results(
     metrics_file: str = "metrics/eval.json",
     params_file: str = "params.yaml",
     include_baselines: bool = False,
+    gan_report: str = "reports/gan_quality.json",
 ) -> list[ExperimentResult]:
     """Experiments (and optionally baselines) of a `dvc exp show --json` document.
 
@@ -278,13 +285,14 @@ def collect_results(
         include_baselines: also return the commit rows, and the workspace row when it differs
             from every commit (uncommitted params or results); an unchanged workspace would only
             repeat its commit's row.
+        gan_report: the synthesize stage's quality report (a DVC metrics file), for Table 3.
     """
     baselines: list[ExperimentResult] = []
     experiments: list[ExperimentResult] = []
     for baseline in exp_show:
         rev = str(baseline.get("rev", ""))
         name = baseline.get("name") or (rev if rev == "workspace" else rev[:7])
-        baselines.append(_state_result(baseline, name, "done", params_file, metrics_file))
+        baselines.append(_state_result(baseline, name, "done", params_file, metrics_file, gan_report))
         for exp_range in baseline.get("experiments") or []:
             revs = exp_range.get("revs") or []
             if not revs:
@@ -294,7 +302,7 @@ def collect_results(
             state = executor.get("state") or "done"
             state = "done" if state == "success" else state
             name = exp_range.get("name") or tip.get("name") or str(tip.get("rev", ""))[:7]
-            experiments.append(_state_result(tip, name, state, params_file, metrics_file))
+            experiments.append(_state_result(tip, name, state, params_file, metrics_file, gan_report))
     if not include_baselines:
         return experiments
     commits = [(b.params, b.metrics) for b in baselines if b.name != "workspace"]
@@ -320,8 +328,10 @@ def render_markdown(
     results: Sequence[ExperimentResult],
     columns: Sequence[str] = DEFAULT_COLUMNS,
     primary: str = "macro_f1",
+    paired_metrics: Sequence[str] = (),
 ) -> str:
-    """One markdown table (value [CI low, CI high] per metric) and a model x variant table of `primary`."""
+    """One markdown table (value [CI low, CI high] per metric), a model x variant table of `primary`,
+    and the paired comparisons of Tables 3-5 (`paired_metrics`, default `primary`)."""
     rows = sorted(results, key=_sort_key)
     ci = _ci_level(rows)
     lines = [
@@ -342,7 +352,10 @@ def render_markdown(
             f"| {state} | " + " | ".join(cells) + " |"
         )
     lines += ["", *_pivot(rows, primary)]
-    return "\n".join(lines).rstrip() + "\n"
+    for metric in dict.fromkeys(paired_metrics or (primary,)):
+        lines += ["", *_table4(rows, metric), "", *_table5(rows, metric)]
+    lines += ["", *_table3(rows)]
+    return "\n".join(line for i, line in enumerate(lines) if line or (i and lines[i - 1])).rstrip() + "\n"
 
 
 def _ci_level(rows: Sequence[ExperimentResult]) -> str:
@@ -377,4 +390,235 @@ def _pivot(rows: Sequence[ExperimentResult], primary: str) -> list[str]:
             for v in variants
         ]
         lines.append(f"| {row_label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+# --------------------------------------------------------------------------- paired comparisons (Tables 3-5)
+
+# What a cell of the grid sets. Every other param is its pairing: runs that agree on all the rest (the
+# seeds, the budgets, the split) differ only in their axis, and are compared pair by pair.
+AXIS_KEYS: frozenset[str] = frozenset(
+    {*(key for v in VARIANTS.values() for key in v.overrides), "gan.synthesize.gated", "clf.pretrain_source", "clf.model"}
+)
+# Params that change how a run executes, not what it computes: never a reason to unpair two runs.
+EXECUTION_KEYS: tuple[str, ...] = ("base.threads", "tracking.", "clf.device", "gan.train.device", "ingest.workers")
+# Student's t quantile at 0.975 for n - 1 = 1..10 degrees of freedom (the interval of a mean of few pairs).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean, sd and 95 % t-interval of per-pair differences, and how many pairs came out higher."""
+
+    n: int
+    mean: float
+    sd: float
+    low: float
+    high: float
+    higher: int
+
+    @property
+    def verdict(self) -> str:
+        if self.n < 2:
+            return "one pair only: no claim either way"
+        if self.low > 0:
+            return "higher; the interval excludes 0"
+        if self.high < 0:
+            return "lower; the interval excludes 0"
+        return "not told apart from seed noise (the interval includes 0)"
+
+    def text(self) -> str:
+        if self.n < 2:
+            return f"{self.mean:+.3f} (1 pair)"
+        return (f"{self.mean:+.3f} ± {self.sd:.3f} [{self.low:+.3f}, {self.high:+.3f}], "
+                f"{self.higher} of {self.n} higher")
+
+
+def paired_difference(differences: Sequence[float]) -> PairedDifference:
+    """Summary of paired differences; the interval is Student's t (normal beyond 11 pairs)."""
+    values = [float(d) for d in differences if d is not None and not math.isnan(d)]
+    n = len(values)
+    if n == 0:
+        raise ValueError("no paired differences to summarise")
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if n > 1 else float("nan")
+    quantile = _T975[n - 2] if 2 <= n <= len(_T975) + 1 else 1.96
+    half = quantile * sd / math.sqrt(n) if n > 1 else float("nan")
+    return PairedDifference(n, mean, sd, mean - half, mean + half, sum(v > 0 for v in values))
+
+
+def dataset_label(result: ExperimentResult) -> str:
+    """The Table 4 dataset of a run; a variant with synthetic images also says whether the gate was on."""
+    if result.variant is None:
+        return "-"
+    variant = VARIANTS[result.variant]
+    label = f"{variant.number} {variant.name}"
+    if variant.overrides.get("gan.synthesize.count", 0) != 0:
+        label += " (gated)" if result.param("gan.synthesize.gated", True) else " (ungated)"
+    return label
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flat(value, f"{prefix}{key}."))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def pairing_labels(results: Sequence[ExperimentResult]) -> list[str]:
+    """Per run, the params outside the grid's axes in which the runs differ ("clf.seed=1"); equal labels pair."""
+    flats = [
+        {k: json.dumps(v, sort_keys=True, default=str) for k, v in _flat(r.params).items()
+         if k not in AXIS_KEYS and not k.startswith(EXECUTION_KEYS)}
+        for r in results
+    ]
+    keys = sorted({k for flat in flats for k in flat})
+    varying = [k for k in keys if len({flat.get(k) for flat in flats}) > 1]
+    return [", ".join(f"{k}={flat.get(k, 'default')}" for k in varying) or "same params" for flat in flats]
+
+
+def _paired_table(
+    rows: Sequence[ExperimentResult],
+    metric: str,
+    column_of: Callable[[ExperimentResult], str],
+    block_of: Callable[[ExperimentResult], str],
+    reference: Callable[[Sequence[str]], str],
+) -> list[str]:
+    """Pairs down, one axis across, `metric` [CI] in the cells; then mean ± sd and the paired differences."""
+    done = [r for r in rows if r.state == "done" and isinstance(r.metrics.get(metric), int | float)]
+    lines: list[str] = []
+    blocks: dict[str, list[ExperimentResult]] = {}
+    for r in done:
+        blocks.setdefault(block_of(r), []).append(r)
+    for block, members in blocks.items():
+        labels = pairing_labels(members)
+        columns = sorted({column_of(r) for r in members})
+        if len(columns) < 2:
+            continue
+        ref = reference(columns)
+        columns = [ref, *(c for c in columns if c != ref)]
+        value: dict[tuple[str, str], ExperimentResult] = {}
+        for r, label in zip(members, labels, strict=True):
+            value.setdefault((label, column_of(r)), r)  # a repeated pair keeps its first run
+        pairs = sorted(dict.fromkeys(labels))
+        lines += [f"{block}:", "", "| pairing | " + " | ".join(columns) + " |", "|---" * (1 + len(columns)) + "|"]
+        for label in pairs:
+            cells = [_cell(value[(label, c)].metrics, metric) if (label, c) in value else "-" for c in columns]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        means = []
+        for c in columns:
+            vals = [float(value[(label, c)].metrics[metric]) for label in pairs if (label, c) in value]
+            sd = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
+            means.append(f"{sum(vals) / len(vals):.3f}{sd} (n={len(vals)})")
+        lines.append("| mean ± sd | " + " | ".join(means) + " |")
+        verdicts = []
+        diffs_row = ["-"]
+        for c in columns[1:]:
+            shared = [label for label in pairs if (label, c) in value and (label, ref) in value]
+            if not shared:
+                diffs_row.append("no pairs")
+                continue
+            d = paired_difference(
+                [float(value[(label, c)].metrics[metric]) - float(value[(label, ref)].metrics[metric]) for label in shared]
+            )
+            diffs_row.append(d.text())
+            verdicts.append(f"- {c} vs {ref}: {metric} {d.text()}: {d.verdict}.")
+        lines += [f"| paired difference vs {ref} | " + " | ".join(diffs_row) + " |", "", *verdicts, ""]
+    return lines
+
+
+def _model_and_source(r: ExperimentResult) -> str:
+    return f"model {r.param('clf.model', '-')}, stage-1 pretraining {r.param('clf.pretrain_source', '-')}"
+
+
+def _table4(rows: Sequence[ExperimentResult], metric: str) -> list[str]:
+    """Table 4 (dataset variants), paired by seed, against variant 1 (the original images)."""
+    body = _paired_table(
+        [r for r in rows if r.variant is not None], metric, dataset_label, _model_and_source,
+        lambda columns: next((c for c in columns if c.startswith("1 ")), columns[0]),
+    )
+    if not body:
+        return []
+    head = [f"## Table 4: dataset variants, {metric} paired by seed", "",
+            "Each row is one pairing (the runs agree on every param outside the grid's axes); paired "
+            "difference: mean ± sd [95 % t-interval], and how many pairs came out higher.", ""]
+    return head + body
+
+
+def _table5(rows: Sequence[ExperimentResult], metric: str) -> list[str]:
+    """Table 5 (stage-1 pretraining source), paired by seed, against no pretraining."""
+    body = _paired_table(
+        [r for r in rows if r.param("clf.pretrain_source") is not None], metric,
+        lambda r: str(r.param("clf.pretrain_source")),
+        lambda r: f"model {r.param('clf.model', '-')}, dataset {dataset_label(r)}",
+        lambda columns: "none" if "none" in columns else columns[0],
+    )
+    if not body:
+        return []
+    return [f"## Table 5: stage-1 pretraining, {metric} paired by seed", "", *body]
+
+
+GAN_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("mean_ssim_to_real", "SSIM to real"),
+    ("mean_fidelity", "fidelity"),
+    ("tstr_val_balanced_accuracy", "TSTR balanced accuracy"),
+    ("diversity_excess", "diversity SSIM - real's"),
+)
+
+
+def _gan_values(entry: Mapping[str, Any]) -> dict[str, float]:
+    classes = [q for q in (entry.get("classes") or {}).values() if isinstance(q, dict)]
+    excess = [q["diversity_ssim"] - q["real_diversity_ssim"] for q in classes
+              if isinstance(q.get("diversity_ssim"), int | float) and isinstance(q.get("real_diversity_ssim"), int | float)]
+    out = {key: float(entry[key]) for key, _ in GAN_COLUMNS if isinstance(entry.get(key), int | float)}
+    if excess:
+        out["diversity_excess"] = sum(excess) / len(excess)
+    out["admitted"] = float(sum(bool(q.get("admitted")) for q in classes))
+    return out
+
+
+def _table3(rows: Sequence[ExperimentResult]) -> list[str]:
+    """Table 3: the synthesize report of each distinct GAN training (by generator digest), per architecture."""
+    runs: dict[tuple[str, ...], ExperimentResult] = {}
+    for r in rows:
+        archs = r.gan_quality.get("archs") or {}
+        if r.state == "done" and archs:
+            runs.setdefault(tuple(sorted(str(a.get("generator_sha256", "")) for a in archs.values())), r)
+    if not runs:
+        return []
+    results = list(runs.values())
+    labels = pairing_labels(results)
+    names = list(dict.fromkeys(a for r in results for a in r.gan_quality["archs"]))
+    lines = [
+        "## Table 3: the generators, per GAN training",
+        "",
+        "From each distinct training's `reports/gan_quality.json`: mean SSIM of generated to real images, "
+        "the gate's fidelity (its judge's recognition of the intended class), the balanced accuracy on real val "
+        "images of a classifier trained on generated images alone (TSTR), and how much more alike a class's "
+        "generated images are to each other than its real images are (diversity SSIM excess; 0 = as diverse "
+        "as the real ones). judge: the gate's real-trained classifier's val accuracy (chance = 1 / classes).",
+        "",
+        "| pairing | judge | arch | " + " | ".join(title for _, title in GAN_COLUMNS) + " | classes admitted |",
+        "|---" * (4 + len(GAN_COLUMNS)) + "|",
+    ]
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    for r, label in zip(results, labels, strict=True):
+        judge = (r.gan_quality.get("classifier") or {}).get("real_val_accuracy")
+        judge_text = f"{judge:.3f}" if isinstance(judge, int | float) else "-"
+        for arch, entry in r.gan_quality["archs"].items():
+            v = values[(label, arch)] = _gan_values(entry)
+            cells = [f"{v[key]:.3f}" if key in v else "-" for key, _ in GAN_COLUMNS]
+            lines.append(f"| {label} | {judge_text} | {arch} | " + " | ".join(cells) + f" | {int(v['admitted'])} |")
+    if len(names) >= 2:
+        first, second = names[0], names[1]
+        shared = [label for label in dict.fromkeys(labels) if (label, first) in values and (label, second) in values]
+        lines += ["", f"Paired difference {first} - {second} over {len(shared)} GAN training(s):", ""]
+        for key, title in GAN_COLUMNS:
+            diffs = [values[(lb, first)][key] - values[(lb, second)][key] for lb in shared
+                     if key in values[(lb, first)] and key in values[(lb, second)]]
+            if diffs:
+                d = paired_difference(diffs)
+                lines.append(f"- {title}: {d.text()}: {d.verdict}.")
     return lines
