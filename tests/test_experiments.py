@@ -266,10 +266,12 @@ def _gan_report(ssim_mu: float, ssim_ac: float, digest: str) -> dict:
 def test_table3_lists_each_gan_training_once_and_pairs_mu_acgan_with_acgan():
     first, second = _gan_report(0.45, 0.40, "1"), _gan_report(0.50, 0.41, "2")
     runs = [_run("a", 1, 1, 0.5, gan=first), _run("b", 4, 2, 0.6, gan=first),  # one GAN, two classifiers
-            _run("c", 1, 1, 0.5, gan=second, **{"gan.seed": 2})]
+            _run("c", 1, 3, 0.5, gan=second, **{"gan.seed": 2})]
     text = render_markdown(runs, columns=("macro_f1",))
     table = text[text.index("## Table 3"):]
     assert table.count("| mu_acgan |") == 2  # the second classifier on the first GAN adds no row
+    assert "| gan.seed=default | 0.340 | mu_acgan |" in table  # labelled by what the GAN depends on
+    assert "| gan.seed=2 | 0.340 | acgan |" in table
     assert "| 0.340 | mu_acgan | 0.450 | 0.500 | 0.400 | 0.100 | 2 |" in table
     assert "over 2 GAN training(s)" in table
     assert "- SSIM to real: +0.070 ± 0.028" in table and "2 of 2 higher" in table

@@ -468,11 +468,14 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {k.rstrip("."): v for k, v in out.items()}
 
 
-def pairing_labels(results: Sequence[ExperimentResult]) -> list[str]:
-    """Per run, the params outside the grid's axes in which the runs differ ("clf.seed=1"); equal labels pair."""
+def pairing_labels(results: Sequence[ExperimentResult], only: tuple[str, ...] = ("",)) -> list[str]:
+    """Per run, the params outside the grid's axes in which the runs differ ("clf.seed=1"); equal labels pair.
+
+    `only`: consider only params starting with one of these prefixes (Table 3: what a GAN depends on).
+    """
     flats = [
         {k: json.dumps(v, sort_keys=True, default=str) for k, v in _flat(r.params).items()
-         if k not in AXIS_KEYS and not k.startswith(EXECUTION_KEYS)}
+         if k not in AXIS_KEYS and not k.startswith(EXECUTION_KEYS) and k.startswith(only)}
         for r in results
     ]
     keys = sorted({k for flat in flats for k in flat})
@@ -561,6 +564,8 @@ def _table5(rows: Sequence[ExperimentResult], metric: str) -> list[str]:
     return [f"## Table 5: stage-1 pretraining, {metric} paired by seed", "", *body]
 
 
+# The params a GAN training and its quality report depend on (a classifier's seed is not one of them).
+GAN_INPUTS: tuple[str, ...] = ("gan.", "base.", "datasets.", "ingest.", "split.", "phantoms.")
 GAN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("mean_ssim_to_real", "SSIM to real"),
     ("mean_fidelity", "fidelity"),
@@ -590,7 +595,7 @@ def _table3(rows: Sequence[ExperimentResult]) -> list[str]:
     if not runs:
         return []
     results = list(runs.values())
-    labels = pairing_labels(results)
+    labels = pairing_labels(results, only=GAN_INPUTS)
     names = list(dict.fromkeys(a for r in results for a in r.gan_quality["archs"]))
     lines = [
         "## Table 3: the generators, per GAN training",
