@@ -67,6 +67,18 @@ def test_gan_table_lists_both_architectures_and_the_gate_decision(params, tmp_pa
     text = _text(gan_table(params))
     assert "yes (12 written)" in text and "0.456" in text  # the judge's recall on real images
     assert "acgan" in text and " no " in text
+    assert "12 images written from mu_acgan" in text
+
+
+def test_gan_table_names_no_architecture_when_the_gate_admitted_nothing(params, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rejected = {"ssim_to_real": 0.14, "diversity_ssim": 0.69, "fidelity": 0.1, "admitted": False}
+    _write(Path(params.gan.report), {
+        "archs": {"acgan": {"classes": {"benign": rejected}}},
+        "synthesis": {"arch": "acgan", "written": {"benign": 0}},  # auto's tie-break among refused generators
+    })
+    text = _text(gan_table(params))
+    assert "no synthetic images written" in text and "from acgan" not in text
 
 
 def test_training_table_reads_both_transfer_stages(params, tmp_path, monkeypatch):

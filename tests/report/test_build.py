@@ -71,6 +71,7 @@ def test_the_report_shows_every_stage_of_a_finished_run(run, project_params):
     assert "files seen" in text and "0 leak(s)" in text and "quarantined: not dicom" in text
     assert "Patients in two splits" in text
     assert "admitted" in text and "rejected" in text  # the gate's decisions
+    assert "Images written from" in text and "benign 5" in text
     assert "macro_f1 (primary)" in text and "balanced_accuracy" in text
     assert "ECE" in text and "Brier" in text and "temperature-scaled" in text
     assert "ROC AUC" in text and "operating point" in text
