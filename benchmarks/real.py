@@ -15,11 +15,20 @@ breast-ultrasound images, 28 x 28, 27 % malignant, official train/val/test. The 
 4. prints, per configuration, test accuracy, balanced accuracy, ROC AUC and per-class recall as
    mean +- sd over the seeds, the per-seed values, the published figures and the wall time.
 
+Yu et al.'s Tables 3-5 on BreastMNIST (`--config v1_original v2_acgan v3_mu_acgan defaults
+v5_mu_acgan_traditional source_pretraining`): a configuration with synthetic images first trains
+both GANs once per seed (`gan-pretrain` on the CC BY chest radiographs of ../shared/data, then
+`gan-finetune` on the train split; seed S's classifiers use seed S's GANs) and runs `synthesize`
+ungated in its seed folder; `source_pretraining` ingests the radiographs as the source domain and
+runs stage 1 on them. The report pairs each configuration with its reference on the same seeds
+(`COMPARED_WITH`), and `--tables REPORT` prints Tables 3-5 as markdown for reports/experiments.md.
+
 No download: the npz is read from `../shared/data/breastmnist/` (or `--data`). Runs on the CPU
 (`--threads`) and on CUDA when present (`clf.device: auto`).
 
 Usage: python benchmarks/real.py [--seeds 0 1 2] [--config NAME ...] [--set KEY=VALUE ...]
-       [--work /tmp/bonescan_real] [--data PATH] [--jobs 2] [--threads 1] [--out results.json]
+       [--work /tmp/bonescan_real] [--data PATH] [--source-data DIR] [--jobs 2] [--threads 1]
+       [--out results.json] | --markdown REPORT | --tables REPORT
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "breastmnist" / "breastmnist.npz"
+DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "chest_xray_cc_by"  # labels.csv: filename,label,patient_id,...
+SOURCE_CLASSES = ("normal", "viral_pneumonia", "covid19")
 SHA256 = "5e68d79723fb3a63a399b0a66b66451799fc2eb3651f469cec0b679cfd743b68"
 CLASSES = ("malignant", "benign")  # label 0 = malignant, 1 = normal or benign (the npz's order)
 
@@ -78,7 +89,39 @@ CONFIGS: dict[str, dict[str, object]] = {
     "ldam_drw": {"clf.normed_head": True, "clf.finetune.loss.name": "ldam", "clf.finetune.loss.drw_epoch": 6},
     "balanced_point": {"clf.operating_point": "balanced_accuracy"},
     "epochs_20": {"clf.finetune.epochs": 20},
+    # Yu et al. 2023, Table 4 (dataset variants; "defaults" is variant 4, traditional augmentation) and Table 5
+    "v1_original": {"augment.mode": "none"},
+    "v2_acgan": {"augment.mode": "none", "augment.include_synthetic": True, "gan.synthesize.arch": "acgan",
+                 "gan.synthesize.gated": False},
+    "v3_mu_acgan": {"augment.mode": "none", "augment.include_synthetic": True, "gan.synthesize.arch": "mu_acgan",
+                    "gan.synthesize.gated": False},
+    "v5_mu_acgan_traditional": {"augment.include_synthetic": True, "gan.synthesize.arch": "mu_acgan",
+                                "gan.synthesize.gated": False},
+    "v5_gated": {"augment.include_synthetic": True},  # the pipeline's default: the gate picks arch and classes
+    "source_pretraining": {"clf.pretrain_source": "source"},
 }
+# The configuration each is compared with, seed by seed (Table 4: the original images; Table 5: no stage 1).
+COMPARED_WITH: dict[str, str] = {
+    **{name: "v1_original" for name in ("v2_acgan", "v3_mu_acgan", "defaults", "v5_mu_acgan_traditional", "v5_gated")},
+    "source_pretraining": "defaults",
+}
+# The GANs at BreastMNIST's size (the demo's 128 x 48 would upsample 28 x 28 images 4x).
+GAN_SETTINGS: dict[str, object] = {"gan.model.image_size": [32, 32]}
+SOURCE_SETTINGS: dict[str, object] = {
+    "datasets.source.format": "image_csv",
+    "datasets.source.raw_dir": "source_raw/images",  # labels.csv names files relative to images/
+    "datasets.source.labels": "source_raw/labels.csv",
+    "datasets.source.classes": list(SOURCE_CLASSES),
+    "datasets.source.split_views": False,
+}
+
+
+def uses_gan(settings: dict[str, object]) -> bool:
+    return bool(settings.get("augment.include_synthetic"))
+
+
+def uses_source(settings: dict[str, object]) -> bool:
+    return uses_gan(settings) or settings.get("clf.pretrain_source") == "source"
 
 
 def export_breastmnist(npz: Path, out: Path) -> dict[str, int]:
@@ -115,7 +158,7 @@ def benchmark_params(settings: dict[str, object]) -> dict:
     target.update(
         format="image_csv", raw_dir="raw", labels="raw/labels.csv", classes=list(CLASSES), split_views=False,
     )
-    for key, value in settings.items():
+    for key, value in {**SOURCE_SETTINGS, **GAN_SETTINGS, **settings}.items():
         set_key(params, key, value)
     params["phantoms"]["out_dir"] = "phantoms_unused"
     return params
@@ -151,6 +194,64 @@ def stage_env(threads: int) -> dict[str, str]:
     return env
 
 
+def prepare_source(work: Path, source: Path, env: dict[str, str]) -> dict:
+    """Ingest and split the chest radiographs once, as the source domain (GAN and classifier stage 1)."""
+    shared = work / "shared"
+    marker = shared / "source_prepared.json"
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    if not (source / "labels.csv").is_file():
+        raise SystemExit(f"{source}: no labels.csv (pass --source-data DIR, the chest radiographs of ../shared/data)")
+    link = shared / "source_raw"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(source.resolve())
+    # a work folder prepared before the source settings existed gets them (the target keys are unchanged)
+    (shared / "params.yaml").write_text(yaml.safe_dump(benchmark_params(BASE_SETTINGS), sort_keys=False))
+    log = shared / "stages.log"
+    seconds = run(bonescan("ingest", "--dataset", "source"), shared, env, log)
+    seconds += run(bonescan("split", "--dataset", "source"), shared, env, log)
+    result = {"split": json.loads((shared / "metrics" / "source" / "split.json").read_text()),
+              "seconds": round(seconds, 1)}
+    marker.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _link_shared(folder: Path, work: Path) -> None:
+    """The ingested data (target and source) of `work/shared`, linked into a run folder."""
+    shared = work / "shared"
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for link in ("raw", "source_raw", ".secrets"):
+        if (shared / link).exists():
+            (folder / link).symlink_to(shared / link)
+    for link in ("processed", "splits", "interim"):
+        if (shared / "data" / link).exists():
+            (folder / "data" / link).symlink_to(shared / "data" / link)
+
+
+def train_gans(work: Path, settings: dict[str, object], seed: int, env: dict[str, str]) -> dict:
+    """gan-pretrain (source) and gan-finetune (BreastMNIST train) of both architectures for one seed."""
+    folder = work / "gan" / f"seed{seed}"
+    seeded = {key: value for key, value in settings.items()
+              if key.startswith(("gan.", "base.")) and not key.startswith(("gan.synthesize.", "gan.quality."))}
+    seeded.update({"base.seed": seed, "gan.seed": seed})
+    finished = folder / "gan.json"
+    if finished.is_file() and json.loads(finished.read_text()).get("settings") == seeded:
+        return json.loads(finished.read_text())
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    _link_shared(folder, work)
+    (folder / "params.yaml").write_text(yaml.safe_dump(benchmark_params(seeded), sort_keys=False))
+    log = folder / "stages.log"
+    seconds = run(bonescan("gan-pretrain", "--no-resume"), folder, env, log)
+    seconds += run(bonescan("gan-finetune", "--no-resume"), folder, env, log)
+    result = {"seed": seed, "settings": seeded, "seconds": round(seconds, 1)}
+    finished.write_text(json.dumps(result, indent=2))
+    print(f"GANs seed {seed}: {seconds:.0f} s", file=sys.stderr, flush=True)
+    return result
+
+
 def prepare(work: Path, npz: Path, env: dict[str, str]) -> dict:
     """Export, ingest and split once (independent of model settings); returns counts and seconds."""
     digest = hashlib.sha256(npz.read_bytes()).hexdigest()
@@ -183,24 +284,26 @@ def run_seed(work: Path, name: str, settings: dict[str, object], seed: int, env:
         return json.loads(finished.read_text())  # resume: a run that finished with these settings is kept
     if folder.exists():
         shutil.rmtree(folder)
-    (folder / "data").mkdir(parents=True)
-    shared = work / "shared"
-    for link in ("raw", ".secrets"):
-        if (shared / link).exists():
-            (folder / link).symlink_to(shared / link)
-    for link in ("processed", "splits", "interim"):
-        if (shared / "data" / link).exists():
-            (folder / "data" / link).symlink_to(shared / "data" / link)
+    folder.mkdir(parents=True)
+    _link_shared(folder, work)
     params = benchmark_params(seeded)
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     log = folder / "stages.log"
-    seconds = run(bonescan("augment", "--metrics", "metrics/augment.json"), folder, env, log)
+    seconds = 0.0
+    gan_quality = None
+    if uses_gan(settings):
+        (folder / "models").mkdir()
+        (folder / "models" / "gan").symlink_to(work / "gan" / f"seed{seed}" / "models" / "gan")
+        seconds += run(bonescan("synthesize"), folder, env, log)
+        gan_quality = json.loads((folder / params["gan"]["report"]).read_text())
+    seconds += run(bonescan("augment", "--metrics", "metrics/augment.json"), folder, env, log)
     seconds += run(bonescan("clf-pretrain", "--no-progress", "--no-resume"), folder, env, log)  # none: a seeded init
     seconds += run(bonescan("clf-finetune", "--no-progress", "--no-resume"), folder, env, log)
     seconds += run(bonescan("evaluate"), folder, env, log)
     metrics = json.loads((folder / params["evaluate"]["metrics_file"]).read_text())
     finetune = json.loads((folder / "metrics" / "clf_finetune.json").read_text())
-    result = {"seed": seed, "settings": seeded, "seconds": round(seconds, 1), "metrics": metrics, "finetune": finetune}
+    result = {"seed": seed, "settings": seeded, "seconds": round(seconds, 1), "metrics": metrics, "finetune": finetune,
+              "gan_quality": gan_quality}
     finished.write_text(json.dumps(result, indent=2))
     print(f"{name} seed {seed}: {json.dumps(headline(metrics))}", file=sys.stderr, flush=True)
     return result
@@ -235,6 +338,104 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def paired_comparisons(runs_of: dict[str, list[dict]]) -> dict[str, dict]:
+    """Each configuration minus its `COMPARED_WITH` reference, seed by seed: mean, sd, t-interval, wins."""
+    from bonescan.experiments import paired_difference
+
+    out: dict[str, dict] = {}
+    for name, runs in runs_of.items():
+        reference = COMPARED_WITH.get(name)
+        if reference not in runs_of:
+            continue
+        ref_by_seed = {r["seed"]: headline(r["metrics"]) for r in runs_of[reference]}
+        entry: dict[str, object] = {"reference": reference}
+        for key in ("accuracy", "balanced_accuracy", "auc"):
+            diffs = [headline(r["metrics"])[key] - ref_by_seed[r["seed"]][key] for r in runs if r["seed"] in ref_by_seed]
+            if diffs:
+                d = paired_difference(diffs)
+                entry[key] = {"mean": round(d.mean, 4), "sd": round(d.sd, 4), "low": round(d.low, 4),
+                              "high": round(d.high, 4), "higher": d.higher, "n": d.n, "verdict": d.verdict}
+        out[name] = entry
+    return out
+
+
+def gan_quality_by_seed(runs_of: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per seed, the Table 3 values of each architecture (every synthetic configuration of a seed shares its GANs)."""
+    from bonescan.experiments import gan_values
+
+    out: dict[str, dict] = {}
+    for runs in runs_of.values():
+        for r in runs:
+            quality = r.get("gan_quality")
+            if quality and str(r["seed"]) not in out:
+                out[str(r["seed"])] = {
+                    "judge_val_accuracy": (quality.get("classifier") or {}).get("real_val_accuracy"),
+                    "archs": {arch: gan_values(entry) for arch, entry in quality["archs"].items()},
+                }
+    return out
+
+
+def _paired_text(d: dict, reference: str) -> str:
+    if d["n"] < 2:
+        return f"{d['mean']:+.3f} (1 seed) vs {reference}"
+    return (f"{d['mean']:+.3f} ± {d['sd']:.3f} [{d['low']:+.3f}, {d['high']:+.3f}], "
+            f"{d['higher']} of {d['n']} higher than {reference}")
+
+
+def paper_tables(report: dict) -> str:
+    """Tables 3-5 on BreastMNIST as markdown: per configuration mean ± sd, and the paired differences."""
+    from bonescan.experiments import GAN_COLUMNS, paired_difference
+
+    seeds = report["seeds"]
+    lines = [f"Seeds {', '.join(map(str, seeds))} (seed S: split fixed, classifier seed S, GAN seed S). "
+             "Per configuration mean ± sd over the seeds; paired difference: mean ± sd [95 % t-interval], "
+             "seeds higher.", ""]
+    keys = ("accuracy", "balanced_accuracy", "auc")
+    for title, names in (("Table 4: dataset variants", [n for n in report["results"] if n != "source_pretraining"]),
+                         ("Table 5: stage-1 pretraining", [n for n in ("defaults", "source_pretraining")
+                                                          if n in report["results"]])):
+        if len(names) < 2:
+            continue
+        lines += [f"### {title} (BreastMNIST)", "",
+                  "| configuration | " + " | ".join(keys) + " | paired difference in AUC | in balanced accuracy |",
+                  "|---" * (3 + len(keys)) + "|"]
+        for name in names:
+            result = report["results"][name]
+            cells = [f"{result[k]['mean']:.3f} ± {result[k]['sd']:.3f}" for k in keys]
+            paired = report["paired"].get(name, {})
+            diffs = [_paired_text(paired[k], paired["reference"]) if k in paired else "reference"
+                     for k in ("auc", "balanced_accuracy")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
+        lines.append("")
+        for name in names:
+            paired = report["paired"].get(name, {})
+            if "auc" in paired:
+                lines.append(f"- {name} vs {paired['reference']}: AUC {paired['auc']['verdict']}; "
+                             f"balanced accuracy {paired['balanced_accuracy']['verdict']}.")
+        lines.append("")
+    quality = report.get("gan_quality") or {}
+    if quality:
+        archs = list(next(iter(quality.values()))["archs"])
+        lines += ["### Table 3: the generators (BreastMNIST)", "",
+                  "| GAN seed | judge | arch | " + " | ".join(t for _, t in GAN_COLUMNS) + " |",
+                  "|---" * (3 + len(GAN_COLUMNS)) + "|"]
+        for seed, entry in quality.items():
+            judge = entry.get("judge_val_accuracy")
+            for arch, values in entry["archs"].items():
+                cells = [f"{values[k]:.3f}" if k in values else "-" for k, _ in GAN_COLUMNS]
+                lines.append(f"| {seed} | {judge:.3f} | {arch} | " + " | ".join(cells) + " |")
+        if len(archs) >= 2:
+            first, second = archs[:2]
+            lines += ["", f"Paired difference {first} - {second} over {len(quality)} GAN seeds:", ""]
+            for key, title in GAN_COLUMNS:
+                diffs = [e["archs"][first][key] - e["archs"][second][key] for e in quality.values()
+                         if key in e["archs"][first] and key in e["archs"][second]]
+                if diffs:
+                    d = paired_difference(diffs)
+                    lines.append(f"- {title}: {d.text()}: {d.verdict}.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def markdown_table(report: dict) -> str:
     """The results as a benchmarks/README.md table: one row per configuration, then the published ones."""
     keys = ["accuracy", "balanced_accuracy", "auc", *(f"recall_{c}" for c in CLASSES)]
@@ -261,10 +462,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="seeds trained at once (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--source-data", type=Path, default=DEFAULT_SOURCE,
+                        help="chest radiographs (labels.csv + images), the source domain (default: %(default)s)")
     parser.add_argument("--markdown", type=Path, help="print the table of a saved JSON report and exit")
+    parser.add_argument("--tables", type=Path, help="print Tables 3-5 of a saved JSON report as markdown and exit")
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown_table(json.loads(args.markdown.read_text())))
+        return
+    if args.tables:
+        print(paper_tables(json.loads(args.tables.read_text())))
         return
     if not args.data.is_file():
         raise SystemExit(f"{args.data}: not found (pass --data PATH to BreastMNIST's breastmnist.npz)")
@@ -280,19 +487,27 @@ def main(argv: list[str] | None = None) -> None:
     tic = time.perf_counter()
     prepared = prepare(args.work, args.data, env)
     settings = {name: {**BASE_SETTINGS, "base.threads": args.threads, **CONFIGS[name], **extra} for name in args.config}
-    tasks = [(name, seed) for name in args.config for seed in args.seeds]  # one queue: no core idles between configs
+    if any(uses_source(s) for s in settings.values()):
+        prepared["source"] = prepare_source(args.work, args.source_data, env)
+    gan_configs = [s for s in settings.values() if uses_gan(s)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        gans = list(pool.map(lambda seed: train_gans(args.work, gan_configs[0], seed, env), args.seeds)) if gan_configs else []
+        tasks = [(name, seed) for name in args.config for seed in args.seeds]  # one queue: no core idles between configs
         done = list(pool.map(lambda task: run_seed(args.work, task[0], settings[task[0]], task[1], env), tasks))
     results: dict[str, dict] = {}
+    runs_of: dict[str, list[dict]] = {}
     for name in args.config:
-        runs = [run for (config, _), run in zip(tasks, done, strict=True) if config == name]
+        runs_of[name] = [run for (config, _), run in zip(tasks, done, strict=True) if config == name]
         results[name] = {
             "settings": {k: v for k, v in settings[name].items() if BASE_SETTINGS.get(k, object()) != v},
-            **summarise(runs),
+            **summarise(runs_of[name]),
         }
     report = {
         "dataset": "BreastMNIST (MedMNIST v2), official splits, test scored",
         "prepared": prepared,
+        "gan_seconds_per_seed": round(statistics.fmean(g["seconds"] for g in gans), 1) if gans else None,
+        "paired": paired_comparisons(runs_of),
+        "gan_quality": gan_quality_by_seed(runs_of),
         "base_settings": BASE_SETTINGS,
         "seeds": args.seeds,
         "results": results,

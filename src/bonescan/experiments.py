@@ -32,16 +32,22 @@ from typing import Any
 from bonescan.config import apply_overrides, override_text, parse_params
 
 __all__ = [
+    "GAN_COLUMNS",
     "PAPER_MODELS",
     "VARIANTS",
+    "PairedDifference",
     "ExperimentResult",
     "GridCell",
     "Variant",
     "collect_results",
+    "dataset_label",
     "dvc_exp_show",
     "enqueue",
+    "gan_values",
     "grid",
     "identify_variant",
+    "paired_difference",
+    "pairing_labels",
     "queue_command",
     "render_markdown",
     "validate_overrides",
@@ -574,7 +580,8 @@ GAN_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _gan_values(entry: Mapping[str, Any]) -> dict[str, float]:
+def gan_values(entry: Mapping[str, Any]) -> dict[str, float]:
+    """The Table 3 values (`GAN_COLUMNS` and the admitted class count) of one architecture's report entry."""
     classes = [q for q in (entry.get("classes") or {}).values() if isinstance(q, dict)]
     excess = [q["diversity_ssim"] - q["real_diversity_ssim"] for q in classes
               if isinstance(q.get("diversity_ssim"), int | float) and isinstance(q.get("real_diversity_ssim"), int | float)]
@@ -614,7 +621,7 @@ def _table3(rows: Sequence[ExperimentResult]) -> list[str]:
         judge = (r.gan_quality.get("classifier") or {}).get("real_val_accuracy")
         judge_text = f"{judge:.3f}" if isinstance(judge, int | float) else "-"
         for arch, entry in r.gan_quality["archs"].items():
-            v = values[(label, arch)] = _gan_values(entry)
+            v = values[(label, arch)] = gan_values(entry)
             cells = [f"{v[key]:.3f}" if key in v else "-" for key, _ in GAN_COLUMNS]
             lines.append(f"| {label} | {judge_text} | {arch} | " + " | ".join(cells) + f" | {int(v['admitted'])} |")
     if len(names) >= 2:
