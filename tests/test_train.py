@@ -517,6 +517,21 @@ def test_class_balanced_sampling_draws_a_rare_class_as_often_as_a_common_one():
     assert len(_drawn_labels("class_balanced", labels, epochs=1)) == 100  # an epoch keeps its length
 
 
+def test_the_class_counts_a_loss_corrects_for_are_the_ones_the_sampler_draws():
+    assert train_mod.sampled_class_counts([90, 10], "uniform") == [90.0, 10.0]
+    assert train_mod.sampled_class_counts([90, 10], "class_balanced") == pytest.approx([50.0, 50.0])
+    assert train_mod.sampled_class_counts([90, 10], "sqrt") == pytest.approx([75.0, 25.0])  # 3 : 1 = sqrt(9 : 1)
+    assert train_mod.sampled_class_counts([90, 0, 10], "class_balanced") == pytest.approx([50.0, 0.0, 50.0])
+    with pytest.raises(ValueError, match="unknown sampling 'square'"):
+        train_mod.sampled_class_counts([1, 1], "square")
+
+
+def test_balanced_sampling_leaves_a_weighted_loss_nothing_to_correct():
+    cfg = TrainConfig(epochs=1, sampling="class_balanced", loss={"name": "weighted_ce"})
+    loss = train_mod.build_criterion(cfg.loss, train_mod.sampled_class_counts([90, 10], cfg.sampling))
+    assert loss.weight.tolist() == pytest.approx([1.0, 1.0])  # not 10:90 on top of a 50:50 draw
+
+
 def test_a_class_balanced_draw_depends_only_on_seed_and_epoch_and_replicas_share_it():
     labels = [0] * 7 + [1] * 3
     sampler = train_mod.ClassBalancedSampler(labels, 1.0, seed=5)
@@ -659,6 +674,12 @@ def test_a_deployment_prior_shifts_the_decision_by_the_log_ratio_to_the_training
     # p(b) = 0.2 under the 9:1 training prior is p(b) = 0.69 under an even prior: b wins
     assert list(rule.predict(np.array([[0.8, 0.2]]))) == [1]
     assert "deployment prior a 0.500, b 0.500" in rule.chosen_on
+
+
+def test_a_model_trained_on_balanced_draws_is_shifted_from_the_drawn_prior():
+    rule = prior_shift_rule(["a"] * 90 + ["b"] * 10, ["a", "b"], {"a": 0.8, "b": 0.2}, loss="ce",
+                            sampling="class_balanced")
+    assert rule.offsets == pytest.approx((math.log(0.8 / 0.5), math.log(0.2 / 0.5)))
 
 
 def test_a_logit_adjusted_model_is_shifted_from_a_uniform_prior():

@@ -78,7 +78,9 @@ __all__ = [
     "fit",
     "make_loader",
     "pretrain_classifier",
+    "PRIOR_AWARE_LOSSES",
     "prior_shift_rule",
+    "sampled_class_counts",
     "set_loader_epoch",
     "train_one_epoch",
     "within_step_budget",
@@ -175,6 +177,22 @@ def _broadcast_scores(val: dict[str, Any], device: torch.device) -> dict[str, An
 # --------------------------------------------------------------------------- building blocks
 
 
+
+
+def sampled_class_counts(class_counts: Sequence[int], sampling: str) -> list[float]:
+    """Images of each class one epoch draws under `sampling`, in expectation: n_c^(1 - power), same total.
+
+    Why: a prior-aware loss (weighted CE, logit adjustment, LDAM margins, DRW) and the prior-shift
+    operating point correct for the class frequencies the model trains on, and those are the ones
+    the loader draws. Under class-balanced sampling they are uniform, so a loss fed the raw counts
+    would correct the imbalance a second time, towards the rare classes.
+    """
+    if sampling != "uniform" and sampling not in SAMPLING_POWER:
+        raise ValueError(f"unknown sampling {sampling!r}; choose uniform, {', '.join(SAMPLING_POWER)}")
+    power = SAMPLING_POWER.get(sampling, 0.0)
+    drawn = [float(c) ** (1.0 - power) if c > 0 else 0.0 for c in class_counts]
+    total, mass = float(sum(class_counts)), sum(drawn)
+    return [total * d / mass for d in drawn] if mass else [0.0 for _ in class_counts]
 
 
 class ClassBalancedSampler(Sampler[int]):
@@ -317,7 +335,11 @@ def build_scheduler(
     raise ValueError(f"unknown scheduler {cfg.scheduler!r}; choose step, cosine or none")
 
 
-def build_criterion(cfg: LossConfig, class_counts: Sequence[int]) -> nn.Module:
+# Losses built from the class counts: they correct for the training prior themselves.
+PRIOR_AWARE_LOSSES: frozenset[str] = frozenset({"weighted_ce", "ldam", "joint", "logit_adjusted"})
+
+
+def build_criterion(cfg: LossConfig, class_counts: Sequence[float]) -> nn.Module:
     """The configured loss with only the hyper-parameters it takes."""
     smoothing = {"label_smoothing": cfg.label_smoothing} if cfg.label_smoothing else {}
     kwargs: dict[str, dict[str, float]] = {
@@ -330,7 +352,7 @@ def build_criterion(cfg: LossConfig, class_counts: Sequence[int]) -> nn.Module:
     }
     if cfg.label_smoothing and cfg.name not in {"ce", "weighted_ce", "logit_adjusted"}:
         raise ValueError(f"label_smoothing applies to ce, weighted_ce and logit_adjusted, not to {cfg.name!r}")
-    needs_counts = cfg.name in {"weighted_ce", "ldam", "joint", "logit_adjusted"} or cfg.drw_epoch is not None
+    needs_counts = cfg.name in PRIOR_AWARE_LOSSES or cfg.drw_epoch is not None
     if needs_counts and min(class_counts) == 0:
         raise ValueError(
             f"loss {cfg.name!r} needs every class in the training set; counts {list(class_counts)}"
@@ -461,7 +483,7 @@ def fit(
     seed: int,
     checkpoint: Path | None = None,
     identity: dict[str, Any] | None = None,
-    class_counts: Sequence[int] | None = None,
+    class_counts: Sequence[float] | None = None,
     callback: Callable[[EpochStats], None] | None = None,
     description: str = "train",
 ) -> FitResult:
@@ -654,19 +676,26 @@ def choose_operating_point(
 
 
 def prior_shift_rule(
-    train_labels: Sequence[str], classes: Sequence[str], deployment_prior: Mapping[str, float], loss: str
+    train_labels: Sequence[str],
+    classes: Sequence[str],
+    deployment_prior: Mapping[str, float],
+    loss: str,
+    sampling: str = "uniform",
 ) -> DecisionRule:
     """Offsets log(deployment prior) - log(training prior): the Bayes-optimal rule under a prior shift.
 
     A model trained with cross-entropy estimates posteriors under the prior of the images it trained
-    on (augmented and synthetic ones included, so oversampling moves it); one trained with the
-    logit-adjusted loss estimates prior-free (balanced) scores, so its training prior is uniform.
+    on (augmented and synthetic ones included, so oversampling moves it; class-balanced sampling
+    makes it the drawn frequencies, `sampled_class_counts`); one trained with the logit-adjusted loss
+    estimates prior-free (balanced) scores, so its training prior is uniform.
     """
     if set(deployment_prior) != set(classes):
         raise ValueError(
             f"clf.deployment_prior names {sorted(deployment_prior)}, the classes are {list(classes)}: give every class"
         )
     counts = np.array([sum(label == c for label in train_labels) for c in classes], dtype=np.float64)
+    if counts.min() > 0:
+        counts = np.array(sampled_class_counts([int(c) for c in counts], sampling))
     if loss == "logit_adjusted":
         counts = np.ones(len(classes))
     if counts.min() <= 0:
@@ -747,12 +776,18 @@ def _train_stage(
     callback: Callable[[EpochStats], None] | None,
 ) -> FitResult:
     counts = train.class_counts()
-    criterion = build_criterion(train_cfg.loss, counts).to(opts.device)
+    drawn = sampled_class_counts(counts, train_cfg.sampling)  # what the loss and DRW correct for
+    criterion = build_criterion(train_cfg.loss, drawn).to(opts.device)
     train_loader = make_loader(
         train, train_cfg.batch_size, True, opts, seed=cfg.seed, sampling=train_cfg.sampling, labels=train.labels
     )
     if train_cfg.sampling != "uniform":
-        log.info("%s: %s sampling of %s training images per class", stage, train_cfg.sampling, counts)
+        log.info("%s: %s sampling of %s training images per class (%s drawn per epoch)", stage,
+                 train_cfg.sampling, counts, [round(d, 1) for d in drawn])
+        if train_cfg.loss.name in PRIOR_AWARE_LOSSES or train_cfg.loss.drw_epoch is not None:
+            log.warning("%s: %s sampling already balances the classes; loss %s corrects for the drawn frequencies "
+                        "%s, so it adds little or nothing (choose one remedy)", stage, train_cfg.sampling,
+                        train_cfg.loss.name, [round(d, 1) for d in drawn])
     val_loader = make_loader(val, train_cfg.batch_size, False, opts) if val is not None else None
     # The process count is part of the run: resuming a 4-process run with 2 would change the batch size.
     identity = {
@@ -766,7 +801,7 @@ def _train_stage(
     barrier()
     log.info("%s: %d training images %s, %d validation images", stage, len(train), counts, len(val or []))
     return fit(
-        model, train_loader, val_loader, criterion, train_cfg, opts, cfg.seed, checkpoint, identity, counts,
+        model, train_loader, val_loader, criterion, train_cfg, opts, cfg.seed, checkpoint, identity, drawn,
         callback, description=stage,
     )  # fmt: skip
 
@@ -942,7 +977,8 @@ def finetune_classifier(
             decision = DecisionRule()
             if cfg.operating_point == "deployment_prior":
                 decision = prior_shift_rule(
-                    list(frames[0]["label"]), classes, cfg.deployment_prior or {}, cfg.finetune.loss.name
+                    list(frames[0]["label"]), classes, cfg.deployment_prior or {}, cfg.finetune.loss.name,
+                    cfg.finetune.sampling,
                 )
             elif cfg.operating_point == "balanced_accuracy" and val is not None:
                 decision = choose_operating_point(unwrap(model), val, frames[1], classes, image_size, opts.device)
