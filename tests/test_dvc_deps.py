@@ -6,6 +6,8 @@ phantoms key but the worker count."""
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,32 @@ def test_the_ingest_stage_depends_on_every_ingest_key_but_how_many_processes_dec
     expected = {f"ingest.{key}" for key in IngestConfig.model_fields} - {"ingest.workers", "ingest.chunksize"}
     listed = {p for p in DVC["stages"]["ingest"]["do"]["params"] if p.startswith("ingest")}
     assert listed == expected
+
+
+def _resolved(path: str) -> str | None:
+    """`${a.b}` in a dvc.yaml path, from params.yaml; None for a foreach stage's `${item...}` / `${key}`."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def lookup(match: re.Match) -> str:
+        node = params
+        for part in match.group(1).split("."):
+            node = node[part]
+        return str(node)
+
+    return None if "${item" in path or "${key" in path else re.sub(r"\$\{([^}]+)\}", lookup, path)
+
+
+def test_every_uncached_out_is_one_git_keeps_so_an_experiment_copy_has_it():
+    # `dvc exp run` works in a copy with git's files and DVC's cache: an uncached, git-ignored out is
+    # missing there, and the stage re-runs in every experiment though its inputs did not change
+    uncached = []
+    for name, stage in DVC["stages"].items():
+        for out in stage.get("do", stage).get("outs", []) + stage.get("do", stage).get("metrics", []):
+            if isinstance(out, dict):
+                (path, options), = out.items()
+                if options.get("cache") is False and (resolved := _resolved(path)):
+                    uncached.append((name, resolved))
+    assert uncached  # plots, metrics, reports
+    ignored = subprocess.run(["git", "check-ignore", *(p for _, p in uncached)], cwd=ROOT,
+                             capture_output=True, text=True).stdout.split()
+    assert not ignored, f"uncached outs that git ignores: {[(n, p) for n, p in uncached if p in ignored]}"
