@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,19 @@ def test_every_uncached_out_is_one_git_keeps_so_an_experiment_copy_has_it():
     ignored = subprocess.run(["git", "check-ignore", *(p for _, p in uncached)], cwd=ROOT,
                              capture_output=True, text=True).stdout.split()
     assert not ignored, f"uncached outs that git ignores: {[(n, p) for n, p in uncached if p in ignored]}"
+    # ... nor any file inside one, unless DVC ignores it too (it would change the out's hash in the copy)
+    dvcignore = set(_patterns(ROOT / ".dvcignore"))
+    inside = [pattern for pattern in _patterns(ROOT / ".gitignore") for _, out in uncached
+              if _inside(pattern, out) and pattern not in dvcignore]
+    assert not inside, f".gitignore patterns inside uncached outs, missing from .dvcignore: {inside}"
+
+
+def _patterns(path: Path) -> list[str]:
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _inside(pattern: str, out: str) -> bool:
+    """Whether a gitignore pattern names files below the folder `out`."""
+    parts, out_parts = pattern.strip("/").split("/"), out.strip("/").split("/")
+    return len(parts) > len(out_parts) and all(fnmatch(o, p) for o, p in zip(out_parts, parts, strict=False))
