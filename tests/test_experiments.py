@@ -277,6 +277,13 @@ def test_table3_lists_each_gan_training_once_and_pairs_mu_acgan_with_acgan():
     assert "- SSIM to real: +0.070 ± 0.028" in table and "2 of 2 higher" in table
 
 
+def test_two_gan_trainings_with_the_same_params_are_told_apart_by_their_run():
+    runs = [_run("a", 1, 1, 0.5, gan=_gan_report(0.45, 0.40, "1")), _run("b", 1, 1, 0.5, gan=_gan_report(0.5, 0.4, "2"))]
+    table = render_markdown(runs, columns=("macro_f1",)).split("## Table 3")[1]
+    assert "| same params (a) | 0.340 | mu_acgan |" in table and "| same params (b) | 0.340 | mu_acgan |" in table
+    assert "over 2 GAN training(s)" in table
+
+
 def test_collector_reads_the_gan_report_dvc_shows_as_a_metric():
     exp_show = _exp_show()
     exp_show[1]["experiments"][0]["revs"][0]["data"]["metrics"]["reports/gan_quality.json"] = {

@@ -286,8 +286,13 @@ def cmd_experiments(args: argparse.Namespace) -> None:
                       "run them with `dvc queue start -j 1` (or `dvc exp run --run-all`), then "
                       "`bonescan experiments collect`")
         return
-    exp_show = (json.loads(Path(args.input).read_text()) if args.input
-                else exp.dvc_exp_show(all_commits=args.all_commits))
+    if args.input:
+        try:
+            exp_show = json.loads(Path(args.input).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CommandError(f"{args.input}: not a `dvc exp show --json` document ({err})") from None
+    else:
+        exp_show = exp.dvc_exp_show(all_commits=args.all_commits)
     results = exp.collect_results(exp_show, args.metrics_file or params.evaluate.metrics_file,
                                   include_baselines=args.include_baselines, gan_report=params.gan.report)
     columns = _csv(args.columns) or list(exp.DEFAULT_COLUMNS)

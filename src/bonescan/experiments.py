@@ -603,6 +603,8 @@ def _table3(rows: Sequence[ExperimentResult]) -> list[str]:
         return []
     results = list(runs.values())
     labels = pairing_labels(results, only=GAN_INPUTS)
+    # two trainings with the same params (their generators differ: e.g. another thread count) stay apart
+    labels = [f"{label} ({r.name})" if labels.count(label) > 1 else label for r, label in zip(results, labels, strict=True)]
     names = list(dict.fromkeys(a for r in results for a in r.gan_quality["archs"]))
     lines = [
         "## Table 3: the generators, per GAN training",
