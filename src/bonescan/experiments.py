@@ -12,7 +12,10 @@ one classifier training and evaluation per cell. Axes:
 
 `collect_results` reads `dvc exp show --json` (DVC 3.x: a list of baselines, each with
 `experiments`, a list of ranges whose first `revs` entry is the experiment's tip) and
-`render_markdown` writes one table with confidence intervals.
+`render_markdown` writes one table with confidence intervals, then Tables 3-5 as paired
+comparisons: runs that agree on every param outside the axes (`AXIS_KEYS`; how a run executes,
+`EXECUTION_KEYS`, does not count) form a pair, so cells queued per seed (`--set clf.seed=S`) are
+compared seed by seed (`paired_difference`: mean, sd, Student-t interval, a verdict).
 """
 
 from __future__ import annotations
