@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import os
@@ -353,38 +354,28 @@ def paired_comparisons(runs_of: dict[str, list[dict]]) -> dict[str, dict]:
             diffs = [headline(r["metrics"])[key] - ref_by_seed[r["seed"]][key] for r in runs if r["seed"] in ref_by_seed]
             if diffs:
                 d = paired_difference(diffs)
-                entry[key] = {"mean": round(d.mean, 4), "sd": round(d.sd, 4), "low": round(d.low, 4),
-                              "high": round(d.high, 4), "higher": d.higher, "n": d.n, "verdict": d.verdict}
+                entry[key] = {**dataclasses.asdict(d), "verdict": d.verdict}
         out[name] = entry
     return out
 
 
 def gan_quality_by_seed(runs_of: dict[str, list[dict]]) -> dict[str, dict]:
-    """Per seed, the Table 3 values of each architecture (every synthetic configuration of a seed shares its GANs)."""
-    from bonescan.experiments import gan_values
-
+    """Per seed, its GANs' quality report (the judge and the per-arch entries; a seed's configurations share them)."""
     out: dict[str, dict] = {}
     for runs in runs_of.values():
         for r in runs:
             quality = r.get("gan_quality")
             if quality and str(r["seed"]) not in out:
-                out[str(r["seed"])] = {
-                    "judge_val_accuracy": (quality.get("classifier") or {}).get("real_val_accuracy"),
-                    "archs": {arch: gan_values(entry) for arch, entry in quality["archs"].items()},
-                }
+                out[str(r["seed"])] = {"classifier": quality.get("classifier") or {}, "archs": quality["archs"]}
     return out
-
-
-def _paired_text(d: dict, reference: str) -> str:
-    if d["n"] < 2:
-        return f"{d['mean']:+.3f} (1 seed) vs {reference}"
-    return (f"{d['mean']:+.3f} ± {d['sd']:.3f} [{d['low']:+.3f}, {d['high']:+.3f}], "
-            f"{d['higher']} of {d['n']} higher than {reference}")
 
 
 def paper_tables(report: dict) -> str:
     """Tables 3-5 on BreastMNIST as markdown: per configuration mean ± sd, and the paired differences."""
-    from bonescan.experiments import GAN_COLUMNS, paired_difference
+    from bonescan.experiments import PairedDifference, gan_comparison
+
+    def difference(entry: dict) -> PairedDifference:
+        return PairedDifference(**{f.name: entry[f.name] for f in dataclasses.fields(PairedDifference)})
 
     seeds = report["seeds"]
     lines = [f"Seeds {', '.join(map(str, seeds))} (seed S: split fixed, classifier seed S, GAN seed S). "
@@ -399,40 +390,22 @@ def paper_tables(report: dict) -> str:
         lines += [f"### {title} (BreastMNIST)", "",
                   "| configuration | " + " | ".join(keys) + " | paired difference in AUC | in balanced accuracy |",
                   "|---" * (3 + len(keys)) + "|"]
+        verdicts = []
         for name in names:
             result = report["results"][name]
             cells = [f"{result[k]['mean']:.3f} ± {result[k]['sd']:.3f}" for k in keys]
             paired = report["paired"].get(name, {})
-            diffs = [_paired_text(paired[k], paired["reference"]) if k in paired else "reference"
+            diffs = [f"{difference(paired[k]).text()} vs {paired['reference']}" if k in paired else "reference"
                      for k in ("auc", "balanced_accuracy")]
             lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
-        lines.append("")
-        for name in names:
-            paired = report["paired"].get(name, {})
             if "auc" in paired:
-                lines.append(f"- {name} vs {paired['reference']}: AUC {paired['auc']['verdict']}; "
-                             f"balanced accuracy {paired['balanced_accuracy']['verdict']}.")
-        lines.append("")
+                verdicts.append(f"- {name} vs {paired['reference']}: AUC {difference(paired['auc']).verdict}; "
+                                f"balanced accuracy {difference(paired['balanced_accuracy']).verdict}.")
+        lines += ["", *verdicts, ""]
     quality = report.get("gan_quality") or {}
     if quality:
-        archs = list(next(iter(quality.values()))["archs"])
         lines += ["### Table 3: the generators (BreastMNIST)", "",
-                  "| GAN seed | judge | arch | " + " | ".join(t for _, t in GAN_COLUMNS) + " |",
-                  "|---" * (3 + len(GAN_COLUMNS)) + "|"]
-        for seed, entry in quality.items():
-            judge = entry.get("judge_val_accuracy")
-            for arch, values in entry["archs"].items():
-                cells = [f"{values[k]:.3f}" if k in values else "-" for k, _ in GAN_COLUMNS]
-                lines.append(f"| {seed} | {judge:.3f} | {arch} | " + " | ".join(cells) + " |")
-        if len(archs) >= 2:
-            first, second = archs[:2]
-            lines += ["", f"Paired difference {first} - {second} over {len(quality)} GAN seeds:", ""]
-            for key, title in GAN_COLUMNS:
-                diffs = [e["archs"][first][key] - e["archs"][second][key] for e in quality.values()
-                         if key in e["archs"][first] and key in e["archs"][second]]
-                if diffs:
-                    d = paired_difference(diffs)
-                    lines.append(f"- {title}: {d.text()}: {d.verdict}.")
+                  *gan_comparison([(seed, entry) for seed, entry in quality.items()], "GAN seed")]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "dataset_label",
     "dvc_exp_show",
     "enqueue",
+    "gan_comparison",
     "gan_values",
     "grid",
     "identify_variant",
@@ -608,7 +609,6 @@ def _table3(rows: Sequence[ExperimentResult]) -> list[str]:
     labels = pairing_labels(results, only=GAN_INPUTS)
     # two trainings with the same params (their generators differ: e.g. another thread count) stay apart
     labels = [f"{label} ({r.name})" if labels.count(label) > 1 else label for r, label in zip(results, labels, strict=True)]
-    names = list(dict.fromkeys(a for r in results for a in r.gan_quality["archs"]))
     lines = [
         "## Table 3: the generators, per GAN training",
         "",
@@ -618,20 +618,35 @@ def _table3(rows: Sequence[ExperimentResult]) -> list[str]:
         "generated images are to each other than its real images are (diversity SSIM excess; 0 = as diverse "
         "as the real ones). judge: the gate's real-trained classifier's val accuracy (chance = 1 / classes).",
         "",
-        "| pairing | judge | arch | " + " | ".join(title for _, title in GAN_COLUMNS) + " | classes admitted |",
+    ]
+    trainings = [(label, r.gan_quality) for r, label in zip(results, labels, strict=True)]
+    return lines + gan_comparison(trainings, "pairing")
+
+
+def gan_comparison(trainings: Sequence[tuple[str, Mapping[str, Any]]], label_title: str) -> list[str]:
+    """Table 3's rows (per training, per architecture) and the paired differences of the first two archs.
+
+    Args:
+        trainings: (label, quality report) per GAN training; the report as `synthesize` writes it.
+        label_title: the header of the label column.
+    """
+    lines = [
+        f"| {label_title} | judge | arch | " + " | ".join(title for _, title in GAN_COLUMNS) + " | classes admitted |",
         "|---" * (4 + len(GAN_COLUMNS)) + "|",
     ]
     values: dict[tuple[str, str], dict[str, float]] = {}
-    for r, label in zip(results, labels, strict=True):
-        judge = (r.gan_quality.get("classifier") or {}).get("real_val_accuracy")
+    for label, report in trainings:
+        judge = (report.get("classifier") or {}).get("real_val_accuracy")
         judge_text = f"{judge:.3f}" if isinstance(judge, int | float) else "-"
-        for arch, entry in r.gan_quality["archs"].items():
+        for arch, entry in report["archs"].items():
             v = values[(label, arch)] = gan_values(entry)
             cells = [f"{v[key]:.3f}" if key in v else "-" for key, _ in GAN_COLUMNS]
             lines.append(f"| {label} | {judge_text} | {arch} | " + " | ".join(cells) + f" | {int(v['admitted'])} |")
+    names = list(dict.fromkeys(arch for _, report in trainings for arch in report["archs"]))
     if len(names) >= 2:
         first, second = names[0], names[1]
-        shared = [label for label in dict.fromkeys(labels) if (label, first) in values and (label, second) in values]
+        labels = dict.fromkeys(label for label, _ in trainings)
+        shared = [label for label in labels if (label, first) in values and (label, second) in values]
         lines += ["", f"Paired difference {first} - {second} over {len(shared)} GAN training(s):", ""]
         for key, title in GAN_COLUMNS:
             diffs = [values[(lb, first)][key] - values[(lb, second)][key] for lb in shared
