@@ -94,6 +94,7 @@ def _stage_deps(stage: dict) -> list[str]:
 
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_MODULES))
@@ -130,10 +131,9 @@ def test_the_ingest_stage_depends_on_every_ingest_key_but_how_many_processes_dec
 
 def _resolved(path: str) -> str | None:
     """`${a.b}` in a dvc.yaml path, from params.yaml; None for a foreach stage's `${item...}` / `${key}`."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
 
     def lookup(match: re.Match) -> str:
-        node = params
+        node = PARAMS
         for part in match.group(1).split("."):
             node = node[part]
         return str(node)

@@ -97,8 +97,8 @@ def gan_table(params: Params) -> Table:
                 arch, cls, _num(q.get("ssim_to_real")), _num(q.get("diversity_ssim")), _num(q.get("fidelity")),
                 _num(q.get("judge_real_recall")), _num(q.get("tstr_recall")), admitted,
             )  # fmt: skip
-    written = sum((synthesis.get("written") or {}).values())
-    source = (f"{written} images written from {synthesis.get('arch', '?')}" if written
+    total = sum((synthesis.get("written") or {}).values())
+    source = (f"{total} images written from {synthesis.get('arch', '?')}" if total
               else "no synthetic images written (no class admitted, or none needed)")
     table.caption = f"{source}; details in {params.gan.report}"
     return table

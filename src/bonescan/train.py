@@ -179,6 +179,13 @@ def _broadcast_scores(val: dict[str, Any], device: torch.device) -> dict[str, An
 
 
 
+def _sampling_power(sampling: str) -> float:
+    """The exponent of `SAMPLING_POWER` (uniform: 0), or a clear error for an unknown name."""
+    if sampling != "uniform" and sampling not in SAMPLING_POWER:
+        raise ValueError(f"unknown sampling {sampling!r}; choose uniform, {', '.join(SAMPLING_POWER)}")
+    return SAMPLING_POWER.get(sampling, 0.0)
+
+
 def sampled_class_counts(class_counts: Sequence[int], sampling: str) -> list[float]:
     """Images of each class one epoch draws under `sampling`, in expectation: n_c^(1 - power), same total.
 
@@ -187,9 +194,7 @@ def sampled_class_counts(class_counts: Sequence[int], sampling: str) -> list[flo
     the loader draws. Under class-balanced sampling they are uniform, so a loss fed the raw counts
     would correct the imbalance a second time, towards the rare classes.
     """
-    if sampling != "uniform" and sampling not in SAMPLING_POWER:
-        raise ValueError(f"unknown sampling {sampling!r}; choose uniform, {', '.join(SAMPLING_POWER)}")
-    power = SAMPLING_POWER.get(sampling, 0.0)
+    power = _sampling_power(sampling)
     drawn = [float(c) ** (1.0 - power) if c > 0 else 0.0 for c in class_counts]
     total, mass = float(sum(class_counts)), sum(drawn)
     return [total * d / mass for d in drawn] if mass else [0.0 for _ in class_counts]
@@ -263,11 +268,10 @@ def make_loader(
     # the validation split, so all of them take the same best-epoch and early-stopping decisions.
     sampler: Sampler[int] | None = None
     if shuffle and sampling != "uniform":
-        if sampling not in SAMPLING_POWER:
-            raise ValueError(f"unknown sampling {sampling!r}; choose uniform, {', '.join(SAMPLING_POWER)}")
+        power = _sampling_power(sampling)
         if labels is None or len(labels) != len(dataset):
             raise ValueError(f"{sampling} sampling needs one label per image")
-        sampler = ClassBalancedSampler(labels, SAMPLING_POWER[sampling], opts.world_size, opts.rank, seed)
+        sampler = ClassBalancedSampler(labels, power, opts.world_size, opts.rank, seed)
     elif opts.distributed and shuffle:
         sampler = DistributedSampler(
             dataset, opts.world_size, opts.rank, shuffle=shuffle, seed=seed, drop_last=drop_last
@@ -694,10 +698,10 @@ def prior_shift_rule(
             f"clf.deployment_prior names {sorted(deployment_prior)}, the classes are {list(classes)}: give every class"
         )
     counts = np.array([sum(label == c for label in train_labels) for c in classes], dtype=np.float64)
-    if counts.min() > 0:
-        counts = np.array(sampled_class_counts([int(c) for c in counts], sampling))
     if loss == "logit_adjusted":
         counts = np.ones(len(classes))
+    elif counts.min() > 0:
+        counts = np.array(sampled_class_counts(counts.tolist(), sampling))
     if counts.min() <= 0:
         raise ValueError(f"no training image of class {classes[int(counts.argmin())]!r}: no training prior to shift")
     train_prior = counts / counts.sum()
