@@ -362,11 +362,10 @@ def render_markdown(
             f"| {r.name} | {dataset} | {r.param('clf.model', '-')} | {r.param('clf.pretrain_source', '-')} "
             f"| {state} | " + " | ".join(cells) + " |"
         )
-    lines += ["", *_pivot(rows, primary)]
-    for metric in dict.fromkeys(paired_metrics or (primary,)):
-        lines += ["", *_table4(rows, metric), "", *_table5(rows, metric)]
-    lines += ["", *_table3(rows)]
-    return "\n".join(line for i, line in enumerate(lines) if line or (i and lines[i - 1])).rstrip() + "\n"
+    metrics = dict.fromkeys(paired_metrics or (primary,))
+    sections = [_pivot(rows, primary), *(t(rows, m) for m in metrics for t in (_table4, _table5)), _table3(rows)]
+    blocks = ["\n".join(lines).rstrip(), *("\n".join(section).strip() for section in sections if section)]
+    return "\n\n".join(blocks) + "\n"
 
 
 def _ci_level(rows: Sequence[ExperimentResult]) -> str:
