@@ -100,11 +100,21 @@ CONFIGS: dict[str, dict[str, object]] = {
                                 "gan.synthesize.gated": False},
     "v5_gated": {"augment.include_synthetic": True},  # the pipeline's default: the gate picks arch and classes
     "source_pretraining": {"clf.pretrain_source": "source"},
+    # The ablation on the better base for this dataset, the original images (v1): one change each.
+    "none_ce": {"augment.mode": "none", "clf.finetune.loss.name": "ce"},
+    "none_ema": {"augment.mode": "none", "clf.finetune.ema_decay": 0.99},
+    "none_flip_tta": {"augment.mode": "none", "clf.test_time_flip": True},
+    "none_focal": {"augment.mode": "none", "clf.finetune.loss.name": "focal"},
+    "none_ldam_drw": {"augment.mode": "none", "clf.normed_head": True, "clf.finetune.loss.name": "ldam",
+                      "clf.finetune.loss.drw_epoch": 10},
+    "none_label_smoothing": {"augment.mode": "none", "clf.finetune.loss.label_smoothing": 0.1},
+    "none_resnet34": {"augment.mode": "none", "clf.model": "resnet34"},
 }
 # The configuration each is compared with, seed by seed (Table 4: the original images; Table 5: no stage 1).
 COMPARED_WITH: dict[str, str] = {
     **{name: "v1_original" for name in ("v2_acgan", "v3_mu_acgan", "defaults", "v5_mu_acgan_traditional", "v5_gated")},
     "source_pretraining": "defaults",
+    **{name: "v1_original" for name in CONFIGS if name.startswith("none_")},
 }
 # The GANs at BreastMNIST's size (the demo's 128 x 48 would upsample 28 x 28 images 4x).
 GAN_SETTINGS: dict[str, object] = {"gan.model.image_size": [32, 32]}
@@ -339,6 +349,35 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def seed_ensembles(work: Path, name: str, seeds: list[int], members: int) -> dict:
+    """Test metrics of ensembles of `members` consecutive seeds: the mean of their test probabilities.
+
+    A measurement, not a pipeline feature (yet): each seed's model is trained and evaluated as usual,
+    and its `predictions.csv` gives the probabilities; the ensemble predicts by argmax of their mean.
+    """
+    import pandas as pd
+
+    from bonescan.metrics import compute_metrics
+
+    groups = [seeds[i : i + members] for i in range(0, len(seeds) - members + 1, members)]
+    rows = []
+    for group in groups:
+        frames = [pd.read_csv(work / name / f"seed{seed}" / "reports" / "eval" / "predictions.csv")
+                  .set_index("image_id").sort_index() for seed in group]  # fmt: skip
+        if any(not f.index.equals(frames[0].index) for f in frames):
+            raise ValueError(f"{name}: seeds {group} scored different test images")
+        columns = [f"p_{c}" for c in CLASSES]
+        prob = np.mean([f[columns].to_numpy() for f in frames], axis=0)
+        y_true = np.array([CLASSES.index(label) for label in frames[0]["label"]])
+        rows.append({"seeds": group, **headline(compute_metrics(y_true, prob, CLASSES))})
+    out: dict[str, object] = {"members": members, "ensembles": rows}
+    for key in ("accuracy", "balanced_accuracy", "auc"):
+        values = [row[key] for row in rows]
+        out[key] = {"mean": round(statistics.fmean(values), 4),
+                    "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0}  # fmt: skip
+    return out
+
+
 def paired_comparisons(runs_of: dict[str, list[dict]]) -> dict[str, dict]:
     """Each configuration minus its `COMPARED_WITH` reference, seed by seed: mean, sd, t-interval, wins."""
     from bonescan.experiments import paired_difference
@@ -435,6 +474,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="seeds trained at once (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per job (default: %(default)s)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--ensemble", type=int, metavar="K",
+                        help="also score ensembles of K consecutive seeds (mean test probabilities)")
     parser.add_argument("--source-data", type=Path, default=DEFAULT_SOURCE,
                         help="chest radiographs (labels.csv + images), the source domain (default: %(default)s)")
     parser.add_argument("--markdown", type=Path, help="print the table of a saved JSON report and exit")
@@ -475,6 +516,8 @@ def main(argv: list[str] | None = None) -> None:
             "settings": {k: v for k, v in settings[name].items() if BASE_SETTINGS.get(k, object()) != v},
             **summarise(runs_of[name]),
         }
+        if args.ensemble and len(args.seeds) >= args.ensemble:
+            results[name]["seed_ensembles"] = seed_ensembles(args.work, name, args.seeds, args.ensemble)
     report = {
         "dataset": "BreastMNIST (MedMNIST v2), official splits, test scored",
         "prepared": prepared,

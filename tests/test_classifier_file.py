@@ -105,3 +105,27 @@ def test_the_decision_rule_survives_the_file(tmp_path):
     ruled = record.with_decision(DecisionRule("offsets", (0.0, 0.25, -0.5), chosen_on="val balanced accuracy"))
     classifier_file.save(ruled, tmp_path / "ruled.pt")
     assert classifier_file.read(tmp_path / "ruled.pt").decision == ruled.decision
+
+
+def test_test_time_flips_survive_the_file_and_change_the_digest_only_when_on(tmp_path):
+    record = write_classifier(tmp_path / "model.pt", CLASSES, SIZE)
+    assert not record.test_time_flip and "test_time_flip" not in record.identity()
+    flipped = ClassifierFile(**{**record.__dict__, "test_time_flip": True})
+    classifier_file.save(flipped, tmp_path / "flipped.pt")
+    assert classifier_file.read(tmp_path / "flipped.pt").test_time_flip
+    assert classifier_file.read(tmp_path / "model.pt").test_time_flip is False
+    assert classifier_file.model_digest(flipped) != classifier_file.model_digest(record)
+
+
+def test_test_time_flips_average_the_probabilities_of_an_image_and_its_mirror(tmp_path):
+    record = write_classifier(tmp_path / "model.pt", CLASSES, SIZE, seed=5)
+    model = record.build()
+    torch.manual_seed(0)
+    images = torch.rand(3, 1, *SIZE)
+    dataset = list(zip(images, torch.zeros(3, dtype=torch.long), strict=True))
+    plain = classifier_file.predict_probabilities(model, dataset)
+    mirrored = classifier_file.predict_probabilities(model, [(x.flip(-1), y) for x, y in dataset])
+    both = classifier_file.predict_probabilities(model, dataset, test_time_flip=True)
+    np.testing.assert_allclose(both, (plain + mirrored) / 2, rtol=1e-6)
+    assert not np.allclose(both, plain)  # the net is not mirror-symmetric, so the flag changes something
+    np.testing.assert_allclose(both.sum(axis=1), 1.0, rtol=1e-6)

@@ -21,7 +21,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from bonescan import classifier_file
-from bonescan.classifier_file import predict_probabilities
+from bonescan.classifier_file import ClassifierFile, predict_probabilities
 from bonescan.cli import main
 from bonescan.config import (
     AnonymizeConfig,
@@ -145,6 +145,23 @@ def test_probabilities_equal_the_model_on_the_images_ingest_wrote(world):
     got = images.loc[manifest["image_id"], [f"p_{c}" for c in CLASSES]].to_numpy()
     assert np.abs(got - expected).max() < 2e-6  # CSV keeps 6 decimals
     assert list(images.loc[manifest["image_id"], "view"]) == list(manifest["view"])
+
+
+def test_a_model_saved_with_test_time_flips_predicts_the_mean_over_each_image_and_its_mirror(world, tmp_path):
+    manifest = read_manifest(world["tmp"] / "ingest/interim/manifest.csv")
+    _, record = classifier_file.load(world["checkpoint"])
+    flipped = tmp_path / "flipped.pt"
+    classifier_file.save(ClassifierFile(**{**record.__dict__, "test_time_flip": True}), flipped)
+    summary = run_predict(world["raw"], flipped, tmp_path / "out")
+
+    model = record.build()
+    dataset = ManifestDataset(manifest, CLASSES, root=world["tmp"])
+    expected = predict_probabilities(model, dataset, test_time_flip=True)
+    images = pd.read_csv(tmp_path / "out" / "predictions.csv").set_index("image_id")
+    got = images.loc[manifest["image_id"], [f"p_{c}" for c in CLASSES]].to_numpy()
+    assert np.abs(got - expected).max() < 2e-6
+    assert np.abs(got - predict_probabilities(model, dataset)).max() > 5e-6  # flips applied: beyond CSV rounding
+    assert summary.model["test_time_flip"] is True
 
 
 def test_training_input_quantization_equals_a_png_round_trip(tmp_path):

@@ -161,6 +161,33 @@ def test_a_killed_finetuning_run_resumes_to_the_weights_and_history_of_an_uninte
     assert len(resumed_model["history"]) == 3 and resumed.best_epoch == full.best_epoch
 
 
+def test_a_killed_run_with_weight_ema_resumes_to_the_average_of_an_uninterrupted_run(project):
+    cfg = _cfg({"epochs": 3, "ema_decay": 0.9})
+    _pretrain(cfg, project)
+    full = _load(project / _finetune(cfg, project, resume=False).model_path)
+    last = project / cfg.checkpoints_dir / "clf_finetune" / "last.pt"
+    full_last = _load(last)
+    with pytest.raises(Killed):
+        _finetune(cfg, project, resume=False, callback=_kill_after(2))
+    resumed = _finetune(cfg, project, resume=True)
+
+    assert resumed.resumed_from == 2
+    _assert_same_weights(_load(project / resumed.model_path)["model"], full["model"])
+    _assert_same_weights(_load(last)["ema"], full_last["ema"])
+
+
+def test_with_weight_ema_the_model_keeps_the_averaged_weights_not_the_trained_ones(project):
+    cfg = _cfg({"epochs": 1, "ema_decay": 0.5})  # one epoch: it is the best one
+    _pretrain(cfg, project)
+    saved = _load(project / _finetune(cfg, project, resume=False).model_path)["model"]
+    last = _load(project / cfg.checkpoints_dir / "clf_finetune" / "last.pt")
+
+    _assert_same_weights(saved, last["ema"])
+    assert any(not torch.equal(saved[k], last["model"][k]) for k in saved if saved[k].is_floating_point())
+    _finetune(_cfg({"epochs": 1}), project, resume=False)  # off by default: nothing averaged
+    assert _load(project / cfg.checkpoints_dir / "clf_finetune" / "last.pt")["ema"] is None
+
+
 def test_a_checkpoint_of_another_config_or_other_data_is_not_resumed(project):
     cfg = _cfg({"epochs": 2})
     _pretrain(cfg, project)
@@ -653,6 +680,19 @@ def test_the_operating_point_is_fitted_on_validation_studies_and_saved_with_the_
     assert _cfg({"epochs": 1}).operating_point == "argmax"
     _, plain = classifier_file.load(project / _finetune(argmax_cfg, project, resume=False).model_path)
     assert plain.decision.kind == "argmax"
+
+
+def test_test_time_flips_are_saved_with_the_model_and_the_operating_point_is_fitted_on_them(project, monkeypatch):
+    flips_seen = []
+    real = train_mod.predict_probabilities
+    monkeypatch.setattr(train_mod, "predict_probabilities",
+                        lambda *a, **kw: flips_seen.append(kw.get("test_time_flip")) or real(*a, **kw))  # fmt: skip
+    cfg = _cfg({"epochs": 1}, operating_point="balanced_accuracy", test_time_flip=True)
+    _pretrain(cfg, project)
+    _, record = classifier_file.load(project / _finetune(cfg, project).model_path)
+    assert record.test_time_flip and flips_seen == [True]
+    _, plain = classifier_file.load(project / _finetune(_cfg({"epochs": 1}), project, resume=False).model_path)
+    assert not plain.test_time_flip
 
 
 def test_criterion_applies_label_smoothing_and_the_logit_adjustment_from_the_config():

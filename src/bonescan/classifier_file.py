@@ -9,7 +9,8 @@ with a format version as the GAN files have).
 
 Format history:
     1: the untyped dict written before this module existed (no "format_version" key); still loads.
-    2: this record: "format" and "format_version" keys, image size stored once, a decision rule.
+    2: this record: "format" and "format_version" keys, image size stored once, a decision rule
+       (and, optionally, "test_time_flip"; a file without it applies no flips).
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class ClassifierFile:
         state_dict: the weights (CPU tensors).
         preprocessing: how raw files became inputs (None for a source-domain or initial model).
         decision: how probabilities become a class.
+        test_time_flip: probabilities are averaged over the image and its left-right mirror.
         stage: "pretrain" or "finetune".
         config: the training config (`clf` section) that produced it; not part of the model's identity.
         history: per-epoch training statistics; not part of the model's identity.
@@ -134,6 +136,7 @@ class ClassifierFile:
     state_dict: Mapping[str, Tensor] = field(repr=False)
     preprocessing: Preprocessing | None = None
     decision: DecisionRule = DecisionRule()
+    test_time_flip: bool = False
     stage: str = ""
     config: Mapping[str, Any] = field(default_factory=dict)
     history: tuple[Mapping[str, Any], ...] = ()
@@ -160,6 +163,7 @@ class ClassifierFile:
         normed_head: bool,
         preprocessing: Preprocessing | None = None,
         decision: DecisionRule | None = None,
+        test_time_flip: bool = False,
         stage: str = "",
         config: Mapping[str, Any] | None = None,
         history: Sequence[Mapping[str, Any]] = (),
@@ -176,6 +180,7 @@ class ClassifierFile:
             state_dict={k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
             preprocessing=preprocessing,
             decision=decision or DecisionRule(),
+            test_time_flip=bool(test_time_flip),
             stage=stage,
             config=dict(config or {}),
             history=tuple(history),
@@ -206,6 +211,8 @@ class ClassifierFile:
         }
         if self.decision != DecisionRule():  # argmax models keep the digests they had before rules existed
             identity["decision"] = self.decision.to_dict()
+        if self.test_time_flip:  # likewise: models without test-time flips keep their digests
+            identity["test_time_flip"] = True
         return identity
 
     def summary(self) -> dict[str, Any]:
@@ -213,6 +220,7 @@ class ClassifierFile:
         return {
             **self.identity(),
             "decision": self.decision.to_dict(),
+            "test_time_flip": self.test_time_flip,
             "stage": self.stage,
             "config": dict(self.config),
         }
@@ -234,6 +242,7 @@ class ClassifierFile:
             "normed_head": self.normed_head,
             "preprocessing": preprocessing,
             "decision": self.decision.to_dict(),
+            "test_time_flip": self.test_time_flip,
             "stage": self.stage,
             "config": dict(self.config),
             "history": [dict(h) for h in self.history],
@@ -278,6 +287,7 @@ class ClassifierFile:
                 state_dict=state["model"],
                 preprocessing=preprocessing,
                 decision=DecisionRule.from_dict(state.get("decision")),
+                test_time_flip=bool(state.get("test_time_flip", False)),
                 stage=str(state.get("stage", "")),
                 config=dict(state.get("config") or {}),
                 history=tuple(state.get("history") or ()),
@@ -360,10 +370,13 @@ def predict_probabilities(
     device: torch.device | str = "cpu",
     image_size: Sequence[int] | None = None,
     num_classes: int | None = None,
+    test_time_flip: bool = False,
 ) -> np.ndarray:
     """Softmax probabilities (N, K) of every item of `dataset` ((image (1, H, W), label) pairs), in order.
 
-    fp32, eval mode; the one inference loop of evaluate, predict and the MLflow pyfunc.
+    fp32, eval mode; the one inference loop of evaluate, predict and the MLflow pyfunc. With
+    `test_time_flip` (the saved model's `test_time_flip`) an image's probabilities are the mean of its
+    own and its left-right mirror's.
     """
     model.eval()
     device = torch.device(device)
@@ -371,8 +384,11 @@ def predict_probabilities(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out = []
     for images, _ in loader:
-        logits = model(model_input(images.to(device), in_chans, image_size))
-        out.append(torch.softmax(logits.float(), dim=1).cpu())
+        inputs = model_input(images.to(device), in_chans, image_size)
+        prob = torch.softmax(model(inputs).float(), dim=1)
+        if test_time_flip:
+            prob = (prob + torch.softmax(model(inputs.flip(-1)).float(), dim=1)) / 2
+        out.append(prob.cpu())
     if out:
         return torch.cat(out).numpy().astype(np.float64)
     k = num_classes if num_classes is not None else getattr(dataset, "num_classes", 0)

@@ -242,6 +242,9 @@ class TrainConfig(_Section):
     # replacement, image weight 1/sqrt(n_class) or 1/n_class (bonescan.train.ClassBalancedSampler).
     sampling: Sampling = "uniform"
     loss: LossConfig = LossConfig()
+    # Weight EMA (Polyak averaging): validation scores, and model.pt holds, an exponential moving average
+    # of the weights, decay warmed up as min(decay, (1+t)/(10+t)) over steps t. None: the trained weights.
+    ema_decay: float | None = Field(None, ge=0, lt=1)
 
 
 # `clf.preset: <paper>` replaces these keys with that paper's settings (meant for a GPU). Values the
@@ -334,6 +337,9 @@ class ClassifierConfig(_Section):
     # or the Bayes prior shift from the training prior to `deployment_prior` (Saerens et al. 2002).
     operating_point: Literal["argmax", "balanced_accuracy", "deployment_prior"] = "argmax"
     deployment_prior: dict[str, float] | None = None  # class -> prevalence where the model is used
+    # Test-time augmentation, saved in model.pt: probabilities are the mean over the image and its
+    # left-right mirror wherever the model is applied (operating point, evaluate, predict, pyfunc).
+    test_time_flip: bool = False
     seed: int = 42
 
     @model_validator(mode="after")

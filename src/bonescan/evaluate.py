@@ -134,6 +134,7 @@ def evaluate_model(
     decision: DecisionRule | None = None,
     calibration_images: pd.DataFrame | None = None,
     history: Sequence[Mapping[str, object]] = (),
+    test_time_flip: bool = False,
 ) -> EvalResult:
     """Score `model` on manifest rows and write every output named in `cfg`.
 
@@ -151,6 +152,7 @@ def evaluate_model(
         calibration_images: validation rows the temperature is fitted on (needed when
             `cfg.temperature_scaling`; never the scored rows).
         history: the model's per-epoch training history (drawn as training curves).
+        test_time_flip: average each image's probabilities with its mirror's (the model's own setting).
     """
     start = time.perf_counter()
     if images.empty:
@@ -163,7 +165,7 @@ def evaluate_model(
     model = model.to(device).eval()
     images = images.reset_index(drop=True)
     dataset = ManifestDataset(images, classes, root=root)
-    per_image, units = _score(model, dataset, images, classes, cfg, device, image_size, rule)
+    per_image, units = _score(model, dataset, images, classes, cfg, device, image_size, rule, test_time_flip)
     log.info("scored %d %s images in %.1f s", len(images), cfg.split, time.perf_counter() - start)
 
     prob_cols = [f"p_{c}" for c in classes]
@@ -181,7 +183,7 @@ def evaluate_model(
     if cfg.temperature_scaling:
         val = calibration_images.reset_index(drop=True)
         _, val_units = _score(model, ManifestDataset(val, classes, root=root), val, classes, cfg, device,
-                              image_size, rule)  # fmt: skip
+                              image_size, rule, test_time_flip)  # fmt: skip
         temperature = fit_temperature(val_units[prob_cols].to_numpy(),
                                       label_indices(list(val_units["label"]), classes))  # fmt: skip
         calibrated = assess_calibration(y_true, apply_temperature(y_prob, temperature), groups,
@@ -260,9 +262,11 @@ def _score(
     device: torch.device,
     image_size: Sequence[int] | None,
     rule: DecisionRule,
+    test_time_flip: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-image predictions and the scored units (studies or images) of one set of manifest rows."""
-    prob = predict_probabilities(model, dataset, cfg.batch_size, device, image_size)
+    prob = predict_probabilities(model, dataset, cfg.batch_size, device, image_size,
+                                 test_time_flip=test_time_flip)  # fmt: skip
     per_image = images[["image_id", "study_id", "patient_id", "view", "label"]].copy()
     per_image["predicted"] = [classes[i] for i in rule.predict(prob)]
     per_image[[f"p_{c}" for c in classes]] = prob
@@ -342,6 +346,7 @@ def run_evaluate(
         decision=record.decision,
         calibration_images=val,
         history=record.history,
+        test_time_flip=record.test_time_flip,
     )
 
 

@@ -409,7 +409,8 @@ def predict(
         stale.unlink()
     summary = PredictSummary(
         model={**asdict(source), "model_name": record.model_name, "image_size": list(size),
-               "stage": record.stage, "decision": record.decision.to_dict()},
+               "stage": record.stage, "decision": record.decision.to_dict(),
+               "test_time_flip": record.test_time_flip},
         classes=classes,
         ids="keyed" if ids.keyed else "per-run",
         device=str(torch_device),
@@ -424,7 +425,8 @@ def predict(
         if not pending:
             return
         dataset = _Images([p.image for p in pending], len(classes))
-        prob = predict_probabilities(model, dataset, batch_size, torch_device)  # (B, K)
+        prob = predict_probabilities(model, dataset, batch_size, torch_device,
+                                     test_time_flip=record.test_time_flip)  # (B, K)  # fmt: skip
         predicted = record.decision.predict(prob)
         for p, row, k in zip(pending, prob, predicted, strict=True):
             rows.append({"file_index": p.file_index, "file_sha256": p.file_sha256,

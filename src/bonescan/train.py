@@ -57,6 +57,7 @@ from bonescan.config import (
 )
 from bonescan.data.dataset import ManifestDataset, label_indices, load_split
 from bonescan.data.manifest import read_manifest
+from bonescan.ema import EMA
 from bonescan.losses import build_loss, drw_schedule
 from bonescan.metrics import aggregate_by_study, fit_logit_offsets
 from bonescan.models import build, count_parameters
@@ -404,10 +405,17 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     opts: RunOptions,
     description: str = "train",
+    ema: EMA | None = None,
+    steps_before: int = 0,
 ) -> RunningMean:
-    """One pass over `loader`; returns the sample-weighted mean loss meter (local to this process)."""
+    """One pass over `loader`; returns the sample-weighted mean loss meter (local to this process).
+
+    `ema`, when given, is updated after every optimiser step; `steps_before` (the steps of earlier
+    epochs) keeps its warm-up counting across epochs and resumes.
+    """
     model.train()
     meter = RunningMean()
+    step = steps_before
     show = opts.progress and opts.is_main  # one bar under torchrun, not one per process
     for images, target in track(loader, description, meter, total=len(loader), enabled=show, logger=log):
         images = images.to(opts.device, non_blocking=True, memory_format=opts.memory_format)
@@ -417,6 +425,9 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        step += 1
+        if ema is not None:
+            ema.update(step)
         meter.update(loss.detach(), images.shape[0])
     return meter
 
@@ -493,8 +504,10 @@ def fit(
 ) -> FitResult:
     """Train for `cfg.epochs` epochs with per-epoch validation, checkpointing and early stopping.
 
+    With `cfg.ema_decay` the scored and kept weights are the exponential moving average's.
+
     Args:
-        model: on `opts.device` already; left holding the best epoch's weights.
+        model: on `opts.device` already; left holding the best epoch's weights (averaged with EMA).
         train_loader, val_loader: from `make_loader`; val may be None (then the last epoch is best).
         criterion: training loss; it also gives the validation loss.
         cfg: optimizer, schedule, epochs, early stopping, loss (for DRW).
@@ -517,6 +530,8 @@ def fit(
         if opts.distributed
         else model
     )
+    ema = EMA(unwrap(model), cfg.ema_decay) if cfg.ema_decay is not None else None
+    scored = ema.ema_model if ema is not None else model  # what validation sees and the best state copies
     history: list[dict[str, float]] = []
     best_score, best_epoch, bad_epochs = -math.inf, -1, 0
     best_state: dict[str, Tensor] | None = None
@@ -528,6 +543,8 @@ def fit(
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None:
                 scheduler.load_state_dict(state["scheduler"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
             history, best_state = list(state["history"]), state["best_model"]
             best_score, best_epoch, bad_epochs = state["best_score"], state["best_epoch"], state["bad_epochs"]
             start_epoch = state["epoch"]
@@ -546,8 +563,9 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         tic = time.perf_counter()
         meter = train_one_epoch(
-            ddp_model, train_loader, criterion, optimizer, opts, f"{description} {epoch + 1}/{cfg.epochs}"
-        )
+            ddp_model, train_loader, criterion, optimizer, opts, f"{description} {epoch + 1}/{cfg.epochs}",
+            ema, epoch * len(train_loader),
+        )  # fmt: skip
         sums = meter.as_tensor(opts.device)
         if opts.distributed:
             dist.all_reduce(sums)
@@ -556,7 +574,7 @@ def fit(
         train_loss = (sums[0] / sums[1].clamp_min(1)).item()
         if scheduler is not None:
             scheduler.step()
-        val = validate(model, val_loader, criterion, opts) if val_loader is not None else None
+        val = validate(scored, val_loader, criterion, opts) if val_loader is not None else None
         if val is not None and opts.distributed:
             val = _broadcast_scores(val, opts.device)
         stats = EpochStats(
@@ -573,7 +591,7 @@ def fit(
         score = _score(stats, cfg.monitor) if val else float(epoch)
         if score > best_score:
             best_score, best_epoch, bad_epochs = score, epoch + 1, 0
-            best_state = _state_dict_copy(model)
+            best_state = _state_dict_copy(scored)
         else:
             bad_epochs += 1
         stopped_early = bool(val) and cfg.patience > 0 and bad_epochs >= cfg.patience
@@ -589,6 +607,7 @@ def fit(
             save_checkpoint(
                 {
                     "model": _state_dict_copy(model),
+                    "ema": _state_dict_copy(ema.ema_model) if ema is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else {},
                     "epoch": epoch + 1,
@@ -661,13 +680,16 @@ def choose_operating_point(
     classes: Sequence[str],
     image_size: Size,
     device: torch.device,
+    test_time_flip: bool = False,
 ) -> DecisionRule:
     """The decision rule that maximises balanced accuracy on the validation studies (never the test split).
 
-    Studies are scored as evaluate scores them (the mean of their views' probabilities), and the
-    offsets are fitted to those means (`metrics.fit_logit_offsets`).
+    Studies are scored as evaluate scores them (the mean of their views' probabilities, mirrored
+    views included with `test_time_flip`), and the offsets are fitted to those means
+    (`metrics.fit_logit_offsets`).
     """
-    prob = predict_probabilities(model, val, batch_size=64, device=device, image_size=image_size)
+    prob = predict_probabilities(model, val, batch_size=64, device=device, image_size=image_size,
+                                 test_time_flip=test_time_flip)  # fmt: skip
     prob_cols = [f"p_{c}" for c in classes]
     per_image = val_rows[["study_id", "patient_id", "label"]].reset_index(drop=True).copy()
     per_image[prob_cols] = prob
@@ -985,10 +1007,11 @@ def finetune_classifier(
                     cfg.finetune.sampling,
                 )
             elif cfg.operating_point == "balanced_accuracy" and val is not None:
-                decision = choose_operating_point(unwrap(model), val, frames[1], classes, image_size, opts.device)
+                decision = choose_operating_point(unwrap(model), val, frames[1], classes, image_size, opts.device,
+                                                  cfg.test_time_flip)  # fmt: skip
             record = ClassifierFile.from_model(
                 model, cfg.model, classes, image_size, normed_head=cfg.normed_head, preprocessing=preprocessing,
-                decision=decision, stage="finetune", config=cfg.model_dump(mode="json"), history=result.history,
+                decision=decision, test_time_flip=cfg.test_time_flip, stage="finetune", config=cfg.model_dump(mode="json"), history=result.history,
                 best=result.best,
             )
             classifier_file.save(record, path)

@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 from torch import nn
 
+from bonescan.ema import EMA  # shared with the classifier's weight averaging
 from bonescan.gan.acgan import build_acgan
 from bonescan.gan.blocks import class_dependent_keys
 from bonescan.gan.diffaugment import DiffAugment
-from bonescan.gan.ema import EMA
 from bonescan.gan.losses import discriminator_loss, generator_loss, mode_seeking_loss
 from bonescan.gan.mu_acgan import build_mu_acgan
 from bonescan.models.registry import count_parameters  # one implementation, shared with the classifiers

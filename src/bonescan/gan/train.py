@@ -487,10 +487,7 @@ def train_gan(
                 step += 1
                 bar.update(step)
                 if ema is not None:
-                    ema.decay = min(
-                        train_cfg.ema_decay, (1 + step) / (10 + step)
-                    )  # warm-up: short runs still average
-                    ema.update()
+                    ema.update(step)  # warm-up: short runs still average
                 acc.add(stats)
                 if step_callback is not None and ddp.main:
                     step_callback(step, stats)

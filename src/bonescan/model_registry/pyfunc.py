@@ -200,7 +200,8 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         shape = (self._record.in_chans, *self._record.image_size)
         images = [np.broadcast_to(image, shape) for views, _ in prepared for image in views]  # (C, H, W) each
         prob = classifier_file.predict_probabilities(
-            self._model, _Views(images), image_size=self._record.image_size, num_classes=len(self._classes)
+            self._model, _Views(images), image_size=self._record.image_size, num_classes=len(self._classes),
+            test_time_flip=self._record.test_time_flip,
         ) if images else np.zeros((0, len(self._classes)))  # (N views, K)  # fmt: skip
         rows, start = [], 0
         for views, reason in prepared:

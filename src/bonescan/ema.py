@@ -1,7 +1,9 @@
-"""Exponential moving average of generator weights (as in ProGAN/StyleGAN2-ADA).
+"""Exponential moving average of a network's weights, for GAN and classifier training alike.
 
-Averaging G over the last few hundred steps smooths the oscillation of adversarial training; the
-averaged copy, not the trained one, is what synthesis uses.
+Averaging G over the last few hundred steps smooths the oscillation of adversarial training
+(ProGAN/StyleGAN2-ADA): the averaged copy, not the trained one, is what synthesis uses. A classifier's
+averaged weights are what validation scores and what the saved model holds (`clf.*.ema_decay`), a
+cheap stand-in for an ensemble of the last epochs (Polyak averaging; timm's ModelEma).
 """
 
 from __future__ import annotations
@@ -33,12 +35,23 @@ class EMA:
         self.decay = decay
         self.ema_model = copy.deepcopy(model).eval().requires_grad_(False)
 
+    def decay_at(self, step: int | None) -> float:
+        """The decay of update number `step` (1-based): min(decay, (1 + step) / (10 + step)).
+
+        The warm-up lets a short run (a few hundred steps) still average instead of staying near
+        its initial weights; `None` means no warm-up.
+        """
+        if step is None:
+            return self.decay
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self) -> None:
-        """Move the average one step towards the current weights."""
+    def update(self, step: int | None = None) -> None:
+        """Move the average one step towards the current weights (`step`: see `decay_at`)."""
+        decay = self.decay_at(step)
         params = dict(self.model.named_parameters())
         for name, ema_param in self.ema_model.named_parameters():
-            ema_param.lerp_(params[name].detach(), 1.0 - self.decay)
+            ema_param.lerp_(params[name].detach(), 1.0 - decay)
         buffers = dict(self.model.named_buffers())
         for name, ema_buffer in self.ema_model.named_buffers():
             ema_buffer.copy_(buffers[name])

@@ -1,10 +1,10 @@
-"""EMA of generator weights."""
+"""EMA of network weights (GAN generator, classifier)."""
 
 import pytest
 import torch
 from torch import nn
 
-from bonescan.gan.ema import EMA
+from bonescan.ema import EMA
 
 
 def _net():
@@ -53,3 +53,25 @@ def test_state_dict_round_trips():
 def test_decay_outside_unit_interval_is_rejected(decay):
     with pytest.raises(ValueError, match="decay"):
         EMA(_net(), decay)
+
+
+def test_warm_up_decay_grows_towards_the_configured_decay():
+    ema = EMA(_net(), decay=0.99)
+    assert ema.decay_at(None) == 0.99
+    assert ema.decay_at(1) == pytest.approx(2 / 11)
+    assert ema.decay_at(10_000) == 0.99
+    assert [ema.decay_at(s) for s in (1, 10, 100)] == sorted(ema.decay_at(s) for s in (1, 10, 100))
+
+
+def test_a_warm_up_step_moves_parameters_by_one_minus_its_decay():
+    torch.manual_seed(0)
+    model = _net()
+    ema = EMA(model, decay=0.999)
+    start = {k: v.clone() for k, v in ema.ema_model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(step=1)
+    for name, p in model.named_parameters():
+        expected = (2 / 11) * start[name] + (9 / 11) * p.detach()
+        assert torch.allclose(ema.ema_model.state_dict()[name], expected)
