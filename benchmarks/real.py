@@ -109,6 +109,8 @@ CONFIGS: dict[str, dict[str, object]] = {
                       "clf.finetune.loss.drw_epoch": 10},
     "none_label_smoothing": {"augment.mode": "none", "clf.finetune.loss.label_smoothing": 0.1},
     "none_resnet34": {"augment.mode": "none", "clf.model": "resnet34"},
+    "none_val_loss": {"augment.mode": "none", "clf.finetune.monitor": "val_loss"},
+    "none_epochs30": {"augment.mode": "none", "clf.finetune.epochs": 30},
 }
 # The configuration each is compared with, seed by seed (Table 4: the original images; Table 5: no stage 1).
 COMPARED_WITH: dict[str, str] = {

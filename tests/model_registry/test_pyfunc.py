@@ -96,6 +96,26 @@ def test_a_model_recording_no_preprocessing_takes_images_but_refuses_files(tmp_p
     assert got.loc[0, "reason"] == "" and got.loc[1, "reason"].startswith("no_preprocessing")
 
 
+def test_a_model_saved_with_test_time_flips_serves_the_probabilities_predict_gives(tmp_path, phantom_study):
+    import mlflow.pyfunc
+
+    from bonescan import classifier_file
+    from bonescan.classifier_file import ClassifierFile
+
+    record = write_classifier(tmp_path / "plain.pt", CLASSES, SIZE, seed=3, preprocessing=TRAINED_ON_DICOM)
+    classifier_file.save(ClassifierFile(**{**record.__dict__, "test_time_flip": True}), tmp_path / "model.pt")
+    served = mlflow.pyfunc.load_model(str(save_pyfunc(tmp_path / "model.pt", tmp_path / "pyfunc")),
+                                      model_config={PATH_ROOT_KEY: str(phantom_study.parent)})  # fmt: skip
+    got = served.predict(pd.DataFrame({"path": [str(phantom_study)]}))[PROBS].to_numpy()[0]
+    for name in ("model.pt", "plain.pt"):
+        predict(phantom_study, str(tmp_path / name), tmp_path / f"out_{name}", anonymize=AnonymizeConfig(),
+                secret=None, project_root=tmp_path)  # fmt: skip
+    flipped, plain = (pd.read_csv(tmp_path / f"out_{name}" / "study_predictions.csv")[[f"p_{c}" for c in CLASSES]]
+                      .to_numpy()[0] for name in ("model.pt", "plain.pt"))  # fmt: skip
+    np.testing.assert_allclose(got, flipped, atol=1e-6)
+    assert np.abs(got - plain).max() > 1e-6
+
+
 def test_the_model_directory_pins_its_requirements_and_holds_an_identity_free_example(dicom_pyfunc):
     from mlflow.models import Model
 
