@@ -346,6 +346,10 @@ def summarise(runs: list[dict]) -> dict:
             "per_seed": [round(v, 4) for v in values],
         }
     timed = [r["seconds"] for r in runs if r.get("seconds") is not None]
+    val = [r["finetune"]["val_macro_f1"] for r in runs if r["finetune"].get("val_macro_f1") is not None]
+    if val:
+        out["val_macro_f1"] = {"mean": round(statistics.fmean(val), 4),
+                               "sd": round(statistics.stdev(val), 4) if len(val) > 1 else 0.0}  # fmt: skip
     out["seconds_per_seed"] = round(statistics.fmean(timed), 1) if timed else None
     out["train_seconds_per_seed"] = round(statistics.fmean(r["finetune"]["seconds"] for r in runs), 1)
     return out
@@ -451,16 +455,35 @@ def paper_tables(report: dict) -> str:
 
 
 def markdown_table(report: dict) -> str:
-    """The results as a benchmarks/README.md table: one row per configuration, then the published ones."""
+    """The results as a benchmarks/README.md table: one row per configuration, then the published ones.
+
+    Next to the test metrics: the best epoch's validation macro F1 (the only score a choice among the
+    rows may use), the paired test-AUC difference to the configuration's reference, and the seed
+    ensembles when the report has them.
+    """
+    from bonescan.experiments import PairedDifference
+
     keys = ["accuracy", "balanced_accuracy", "auc", *(f"recall_{c}" for c in CLASSES)]
-    head = "| configuration | " + " | ".join(keys) + " | training s / seed |"
-    lines = [head, "|" + "---|" * (len(keys) + 2)]
+    head = "| configuration | " + " | ".join(keys) + " | val macro F1 | paired AUC difference | training s / seed |"
+    lines = [head, "|" + "---|" * (len(keys) + 4)]
     for name, result in report["results"].items():
         cells = [f"{result[k]['mean']:.3f} ± {result[k]['sd']:.3f}" for k in keys]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {result['train_seconds_per_seed']:.0f} |")
+        val = result.get("val_macro_f1")
+        paired = report.get("paired", {}).get(name, {})
+        diff = ""
+        if "auc" in paired:
+            d = PairedDifference(**{f.name: paired["auc"][f.name] for f in dataclasses.fields(PairedDifference)})
+            diff = f"{d.text()} vs {paired['reference']}"
+        val_cell = f"{val['mean']:.3f} ± {val['sd']:.3f}" if val else ""
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {val_cell} | {diff} | {result['train_seconds_per_seed']:.0f} |")
+        ensembles = result.get("seed_ensembles")
+        if ensembles:
+            cells = [f"{ensembles[k]['mean']:.3f} ± {ensembles[k]['sd']:.3f}" if k in ensembles else "" for k in keys]
+            lines.append(f"| {name}, ensembles of {ensembles['members']} seeds ({len(ensembles['ensembles'])}) | "
+                         + " | ".join(cells) + " | | | |")
     for name, published in report["published"].items():
         cells = [f"{published[k]:.3f}" if k in published else "" for k in keys]
-        lines.append(f"| MedMNIST v2: {name} | " + " | ".join(cells) + " | |")
+        lines.append(f"| MedMNIST v2: {name} | " + " | ".join(cells) + " | | | |")
     return "\n".join(lines)
 
 

@@ -102,6 +102,24 @@ def test_a_1024_by_256_whole_body_cohort_keeps_the_demos_sizes(tmp_path):
     assert (data.native_size, data.views_sampled, data.files_sampled) == ((1024, 256), 6, 3)  # two views a study
     assert plan["base.image_size"] == [256, 96]
     assert plan["gan.model.image_size"] == [128, 48]
+    assert not {"augment.poisson_p", "augment.mode"} & set(plan.overrides())  # bone scans keep both
+
+
+def test_small_images_that_are_not_scintigrams_get_no_count_noise_and_no_traditional_augmentation(tmp_path):
+    params = parse_params(image_folder_cohort(tmp_path, (28, 28)))
+    plan = make_plan(params, dataset_fingerprint("target", params, root=tmp_path), TWO_CPUS)
+    assert plan["augment.poisson_p"] == 0.0 and plan["augment.mode"] == "none"
+    reasons = {entry.key: entry.reason for entry in plan.entries}
+    assert "not count images" in reasons["augment.poisson_p"] and "28 x 28" in reasons["augment.mode"]
+
+
+def test_larger_images_keep_the_augmentation_and_non_nm_dicom_loses_only_the_count_noise(tmp_path):
+    params = parse_params(image_folder_cohort(tmp_path, (128, 128)))
+    plan = make_plan(params, dataset_fingerprint("target", params, root=tmp_path), TWO_CPUS)
+    assert plan["augment.poisson_p"] == 0.0 and "augment.mode" not in plan.overrides()
+    chest = parse_params(raw_params(modalities=["CR", "DX"]))
+    entries = {e.key: e.reason for e in make_plan(chest, fingerprint(DEMO_SPLIT), TWO_CPUS).entries}
+    assert "DICOM CR/DX are not count images" in entries["augment.poisson_p"] and "augment.mode" not in entries
 
 
 def test_a_square_image_is_reshaped_instead_of_padded_into_the_tall_demo_size():
