@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scipy.stats import t as student_t
+
 from bonescan.config import apply_overrides, override_text, parse_params
 
 __all__ = [
@@ -412,8 +414,6 @@ AXIS_KEYS: frozenset[str] = frozenset(
 )
 # Params that change how a run executes, not what it computes: never a reason to unpair two runs.
 EXECUTION_KEYS: tuple[str, ...] = ("base.threads", "tracking.", "clf.device", "gan.train.device", "ingest.workers")
-# Student's t quantile at 0.975 for n - 1 = 1..10 degrees of freedom (the interval of a mean of few pairs).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
 @dataclass(frozen=True)
@@ -445,15 +445,14 @@ class PairedDifference:
 
 
 def paired_difference(differences: Sequence[float]) -> PairedDifference:
-    """Summary of paired differences; the interval is Student's t (normal beyond 11 pairs)."""
+    """Summary of paired differences; the interval is Student's t with n - 1 degrees of freedom."""
     values = [float(d) for d in differences if d is not None and not math.isnan(d)]
     n = len(values)
     if n == 0:
         raise ValueError("no paired differences to summarise")
     mean = statistics.fmean(values)
     sd = statistics.stdev(values) if n > 1 else float("nan")
-    quantile = _T975[n - 2] if 2 <= n <= len(_T975) + 1 else 1.96
-    half = quantile * sd / math.sqrt(n) if n > 1 else float("nan")
+    half = float(student_t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else float("nan")
     return PairedDifference(n, mean, sd, mean - half, mean + half, sum(v > 0 for v in values))
 
 
