@@ -129,3 +129,21 @@ def test_test_time_flips_average_the_probabilities_of_an_image_and_its_mirror(tm
     np.testing.assert_allclose(both, (plain + mirrored) / 2, rtol=1e-6)
     assert not np.allclose(both, plain)  # the net is not mirror-symmetric, so the flag changes something
     np.testing.assert_allclose(both.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_an_ensemble_record_predicts_the_mean_of_its_members_probabilities_and_survives_the_file(tmp_path):
+    first = write_classifier(tmp_path / "a.pt", CLASSES, SIZE, seed=1)
+    second = write_classifier(tmp_path / "b.pt", CLASSES, SIZE, seed=2)
+    ensemble = first.with_members([second.state_dict])
+    classifier_file.save(ensemble, tmp_path / "ensemble.pt")
+    model, loaded = classifier_file.load(tmp_path / "ensemble.pt")
+
+    assert isinstance(model, classifier_file.MeanOfMembers) and len(loaded.members) == 1
+    assert (model.in_chans, model.num_classes) == (1, len(CLASSES)) and model.gradcam_layers()
+    torch.manual_seed(0)
+    dataset = [(x, 0) for x in torch.rand(4, 1, *SIZE)]
+    mean = (classifier_file.predict_probabilities(first.build(), dataset)
+            + classifier_file.predict_probabilities(second.build(), dataset)) / 2  # fmt: skip
+    np.testing.assert_allclose(classifier_file.predict_probabilities(model, dataset), mean, rtol=1e-5, atol=1e-7)
+    digests = {classifier_file.model_digest(r) for r in (first, second, ensemble, loaded)}
+    assert len(digests) == 3  # the ensemble is its own model; the file keeps its digest

@@ -695,6 +695,21 @@ def test_test_time_flips_are_saved_with_the_model_and_the_operating_point_is_fit
     assert not plain.test_time_flip
 
 
+def test_an_ensemble_saves_the_models_of_consecutive_seeds_and_scores_their_mean(project):
+    cfg = _cfg({"epochs": 1}, ensemble=2, operating_point="balanced_accuracy")
+    _pretrain(cfg, project)
+    _, ensemble = classifier_file.load(project / _finetune(cfg, project).model_path)
+    singles = []
+    for seed in (cfg.seed, cfg.seed + 1):
+        single = _cfg({"epochs": 1}, seed=seed)
+        singles.append(classifier_file.read(project / _finetune(single, project, resume=False).model_path))
+
+    assert len(ensemble.members) == 1 and ensemble.config["ensemble"] == 2
+    _assert_same_weights(dict(ensemble.state_dict), dict(singles[0].state_dict))
+    _assert_same_weights(dict(ensemble.members[0]), dict(singles[1].state_dict))
+    assert ensemble.decision.chosen_on.startswith("val balanced accuracy")  # fitted on the ensemble's mean
+
+
 def test_criterion_applies_label_smoothing_and_the_logit_adjustment_from_the_config():
     smoothed = build_criterion(LossConfig(name="ce", label_smoothing=0.1), [4, 2, 2])
     assert smoothed.label_smoothing == 0.1

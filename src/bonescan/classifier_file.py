@@ -10,7 +10,8 @@ with a format version as the GAN files have).
 Format history:
     1: the untyped dict written before this module existed (no "format_version" key); still loads.
     2: this record: "format" and "format_version" keys, image size stored once, a decision rule
-       (and, optionally, "test_time_flip"; a file without it applies no flips).
+       (and, optionally, "test_time_flip"; a file without it applies no flips, and "members": the
+       weights of further seed-ensemble members; a file without it is one network).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "ClassifierFile",
+    "MeanOfMembers",
     "ClassifierFormatError",
     "DecisionRule",
     "load",
@@ -122,6 +124,8 @@ class ClassifierFile:
         preprocessing: how raw files became inputs (None for a source-domain or initial model).
         decision: how probabilities become a class.
         test_time_flip: probabilities are averaged over the image and its left-right mirror.
+        members: weights of further ensemble members (same architecture, other seeds); the model's
+            probabilities are the mean of all members' (`state_dict` is member 0).
         stage: "pretrain" or "finetune".
         config: the training config (`clf` section) that produced it; not part of the model's identity.
         history: per-epoch training statistics; not part of the model's identity.
@@ -137,6 +141,7 @@ class ClassifierFile:
     preprocessing: Preprocessing | None = None
     decision: DecisionRule = DecisionRule()
     test_time_flip: bool = False
+    members: tuple[Mapping[str, Tensor], ...] = field(default=(), repr=False)
     stage: str = ""
     config: Mapping[str, Any] = field(default_factory=dict)
     history: tuple[Mapping[str, Any], ...] = ()
@@ -190,13 +195,24 @@ class ClassifierFile:
     def with_decision(self, decision: DecisionRule) -> ClassifierFile:
         return replace(self, decision=decision)
 
-    def build(self, device: str | torch.device = "cpu") -> nn.Module:
-        """The network with its weights, in eval mode on `device`."""
+    def with_members(self, members: Sequence[Mapping[str, Tensor]]) -> ClassifierFile:
+        """This record with further ensemble members' weights (CPU copies)."""
+        copies = tuple({k: v.detach().cpu().clone() for k, v in m.items()} for m in members)
+        return replace(self, members=copies)
+
+    def _network(self, weights: Mapping[str, Tensor]) -> nn.Module:
         model = build(self.model_name, self.num_classes, in_chans=self.in_chans)
         if self.normed_head:
             model.reset_classifier(self.num_classes, normed=True)
-        model.load_state_dict(dict(self.state_dict))
-        return model.to(device).eval()
+        model.load_state_dict(dict(weights))
+        return model
+
+    def build(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The network with its weights (a `MeanOfMembers` for an ensemble), in eval mode on `device`."""
+        if not self.members:
+            return self._network(self.state_dict).to(device).eval()
+        nets = [self._network(w) for w in (self.state_dict, *self.members)]
+        return MeanOfMembers(nets).to(device).eval()
 
     def identity(self) -> dict[str, Any]:
         """What the model computes and on what input (the digest's contract part; no history, no config)."""
@@ -213,6 +229,8 @@ class ClassifierFile:
             identity["decision"] = self.decision.to_dict()
         if self.test_time_flip:  # likewise: models without test-time flips keep their digests
             identity["test_time_flip"] = True
+        if self.members:
+            identity["members"] = 1 + len(self.members)
         return identity
 
     def summary(self) -> dict[str, Any]:
@@ -243,6 +261,7 @@ class ClassifierFile:
             "preprocessing": preprocessing,
             "decision": self.decision.to_dict(),
             "test_time_flip": self.test_time_flip,
+            "members": [dict(m) for m in self.members],
             "stage": self.stage,
             "config": dict(self.config),
             "history": [dict(h) for h in self.history],
@@ -288,6 +307,7 @@ class ClassifierFile:
                 preprocessing=preprocessing,
                 decision=DecisionRule.from_dict(state.get("decision")),
                 test_time_flip=bool(state.get("test_time_flip", False)),
+                members=tuple(state.get("members") or ()),
                 stage=str(state.get("stage", "")),
                 config=dict(state.get("config") or {}),
                 history=tuple(state.get("history") or ()),
@@ -299,6 +319,31 @@ class ClassifierFile:
             raise ClassifierFormatError(
                 f"{source}: classifier file of format version {version} is incomplete or damaged ({exc})"
             ) from None
+
+
+class MeanOfMembers(nn.Module):
+    """A seed ensemble as one network: its "logits" are the log of the members' mean probabilities.
+
+    So softmax of its output is the mean of the members' softmax, and every consumer of a classifier
+    (the one inference loop, the operating point, Grad-CAM) takes it unchanged. Grad-CAM reads member
+    0's layers, through the ensemble's score.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.in_chans = int(getattr(members[0], "in_chans", 1))
+        self.num_classes = int(getattr(members[0], "num_classes", 0))
+        self.min_input_size = getattr(members[0], "min_input_size", (1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        prob = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
+        return prob.clamp_min(torch.finfo(prob.dtype).tiny).log()
+
+    def gradcam_layers(self) -> dict[str, nn.Module]:
+        return self.members[0].gradcam_layers()
 
 
 def save(record: ClassifierFile, path: str | Path) -> Path:
@@ -342,7 +387,8 @@ def model_digest(record: ClassifierFile) -> str:
     training history with its wall-clock timings), so the registry keeps one version per model.
     """
     h = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(record.state_dict.items()):
+    weights = [record.state_dict, *record.members]
+    for name, tensor in ((f"{i}.{k}" if i else k, v) for i, w in enumerate(weights) for k, v in sorted(w.items())):
         value = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d buffers (num_batches_tracked) too
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         h.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")

@@ -340,6 +340,9 @@ class ClassifierConfig(_Section):
     # Test-time augmentation, saved in model.pt: probabilities are the mean over the image and its
     # left-right mirror wherever the model is applied (operating point, evaluate, predict, pyfunc).
     test_time_flip: bool = False
+    # Seed ensemble: fine-tune this many members (seeds seed, seed + 1, ...) from the same stage-1 weights;
+    # model.pt holds them all and its probabilities are their mean. Costs this many fine-tunings.
+    ensemble: int = Field(1, ge=1)
     seed: int = 42
 
     @model_validator(mode="after")

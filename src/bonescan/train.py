@@ -17,6 +17,7 @@ runs under bf16 autocast with channels_last tensors.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -45,7 +46,7 @@ from bonescan.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from bonescan.classifier_file import ClassifierFile, DecisionRule, predict_probabilities
+from bonescan.classifier_file import ClassifierFile, DecisionRule, MeanOfMembers, predict_probabilities
 from bonescan.config import (
     SAMPLING_POWER,
     AugmentConfig,
@@ -486,6 +487,13 @@ def _score(stats: EpochStats, monitor: str) -> float:
 
 def _state_dict_copy(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+
+
+def _rebuilt(like: nn.Module, weights: Mapping[str, Tensor]) -> nn.Module:
+    """A copy of `like` holding `weights` (an ensemble member beside the network trained last)."""
+    member = copy.deepcopy(like)
+    member.load_state_dict(dict(weights))
+    return member.eval()
 
 
 def fit(
@@ -971,10 +979,6 @@ def finetune_classifier(
             f"{init_path} holds a {init.model_name!r} but clf.model is {cfg.model!r}; re-run clf_pretrain"
         )
     with distributed_session(opts):
-        torch.manual_seed(cfg.seed)
-        model = init.build()
-        model.reset_classifier(len(classes), normed=cfg.normed_head)
-        log.info("%s: head reset to %d classes, %s parameters", cfg.model, len(classes), f"{count_parameters(model):,}")
         transform = build_transform(augment) if augment.mode == "online" else None
         manifest = read_manifest(root / cfg.manifest)
         train, val, frames = _datasets(manifest, classes, cfg, root, transform)
@@ -982,21 +986,27 @@ def finetune_classifier(
             "init": file_digest(init_path),
             "augment": augment.model_dump(mode="json") if transform else None,
         }
-        checkpoint = root / cfg.checkpoints_dir / "clf_finetune" / "last.pt"
-        result = _train_stage(
-            "clf_finetune",
-            model,
-            train,
-            val,
-            frames,
-            cfg.finetune,
-            cfg,
-            opts,
-            checkpoint,
-            extra,
-            resume,
-            callback,
-        )
+        members: list[dict[str, Tensor]] = []
+        for index in range(cfg.ensemble):  # member 0 is exactly the single model of the same seed
+            member_cfg = cfg.model_copy(update={"seed": cfg.seed + index, "ensemble": 1})
+            torch.manual_seed(member_cfg.seed)
+            model = init.build()
+            model.reset_classifier(len(classes), normed=cfg.normed_head)
+            log.info("%s: head reset to %d classes, %s parameters%s", cfg.model, len(classes),
+                     f"{count_parameters(model):,}",
+                     f"; ensemble member {index + 1}/{cfg.ensemble}, seed {member_cfg.seed}" if cfg.ensemble > 1 else "")
+            folder = "clf_finetune" if index == 0 else f"clf_finetune/member{index}"
+            member_result = _train_stage(
+                "clf_finetune", model, train, val, frames, cfg.finetune, member_cfg, opts,
+                root / cfg.checkpoints_dir / folder / "last.pt", extra, resume, callback,
+            )  # fmt: skip
+            if index == 0:
+                first, result = model, member_result
+            else:
+                members.append(_state_dict_copy(model))
+        model = first
+        if members:
+            model = MeanOfMembers([unwrap(first), *(_rebuilt(unwrap(first), m) for m in members)])
         out_dir = root / cfg.out_dir
         path = out_dir / "model.pt"
         if opts.is_main:
@@ -1010,10 +1020,10 @@ def finetune_classifier(
                 decision = choose_operating_point(unwrap(model), val, frames[1], classes, image_size, opts.device,
                                                   cfg.test_time_flip)  # fmt: skip
             record = ClassifierFile.from_model(
-                model, cfg.model, classes, image_size, normed_head=cfg.normed_head, preprocessing=preprocessing,
+                first, cfg.model, classes, image_size, normed_head=cfg.normed_head, preprocessing=preprocessing,
                 decision=decision, test_time_flip=cfg.test_time_flip, stage="finetune", config=cfg.model_dump(mode="json"), history=result.history,
                 best=result.best,
-            )
+            ).with_members(members)
             classifier_file.save(record, path)
             write_history(
                 result.history,
