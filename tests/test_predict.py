@@ -164,6 +164,21 @@ def test_a_model_saved_with_test_time_flips_predicts_the_mean_over_each_image_an
     assert summary.model["test_time_flip"] is True
 
 
+def test_a_seed_ensemble_predicts_the_mean_of_its_members_and_draws_grad_cam(world, tmp_path):
+    manifest = read_manifest(world["tmp"] / "ingest/interim/manifest.csv")
+    _, record = classifier_file.load(world["checkpoint"])
+    other = classifier_file.read(save_classifier(tmp_path / "other.pt", seed=9))
+    classifier_file.save(record.with_members([other.state_dict]), tmp_path / "ensemble.pt")
+    run_predict(world["raw"], tmp_path / "ensemble.pt", tmp_path / "out", gradcam=True)
+
+    dataset = ManifestDataset(manifest, CLASSES, root=world["tmp"])
+    expected = (predict_probabilities(record.build(), dataset) + predict_probabilities(other.build(), dataset)) / 2
+    images = pd.read_csv(tmp_path / "out" / "predictions.csv").set_index("image_id")
+    got = images.loc[manifest["image_id"], [f"p_{c}" for c in CLASSES]].to_numpy()
+    assert np.abs(got - expected).max() < 2e-6
+    assert len(list((tmp_path / "out" / "gradcam").glob("*.png"))) == len(manifest) * len(record.build().gradcam_layers())
+
+
 def test_training_input_quantization_equals_a_png_round_trip(tmp_path):
     image = np.random.default_rng(0).random((16, 8)).astype(np.float32)
     assert np.array_equal(as_training_input(image), read_png16(write_png16(image, tmp_path / "x.png")))
