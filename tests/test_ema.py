@@ -11,14 +11,20 @@ def _net():
     return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
 
 
-def test_update_moves_parameters_by_one_minus_decay_and_copies_buffers():
+def _moved(decay: float) -> tuple[nn.Module, EMA, dict[str, torch.Tensor]]:
+    """A network, its EMA, and the averaged weights before the network's parameters moved by +1."""
     torch.manual_seed(0)
     model = _net()
-    ema = EMA(model, decay=0.9)
+    ema = EMA(model, decay=decay)
     start = {k: v.clone() for k, v in ema.ema_model.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
+    return model, ema, start
+
+
+def test_update_moves_parameters_by_one_minus_decay_and_copies_buffers():
+    model, ema, start = _moved(decay=0.9)
     model.train()
     model(torch.randn(8, 3))  # changes BN running statistics (buffers)
     ema.update()
@@ -64,13 +70,7 @@ def test_warm_up_decay_grows_towards_the_configured_decay():
 
 
 def test_a_warm_up_step_moves_parameters_by_one_minus_its_decay():
-    torch.manual_seed(0)
-    model = _net()
-    ema = EMA(model, decay=0.999)
-    start = {k: v.clone() for k, v in ema.ema_model.state_dict().items()}
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
+    model, ema, start = _moved(decay=0.999)
     ema.update(step=1)
     for name, p in model.named_parameters():
         expected = (2 / 11) * start[name] + (9 / 11) * p.detach()
