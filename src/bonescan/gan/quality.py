@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from bonescan.classifier_file import MeanOfMembers  # one seed ensemble, shared with the saved classifier
 from bonescan.config import GanQualityConfig
 from bonescan.models import build as build_classifier
 
@@ -54,7 +55,6 @@ __all__ = [
     "ARCH_RULE",
     "SSIM_VARIANT",
     "ClassQuality",
-    "Ensemble",
     "RealReference",
     "balanced_subsample",
     "choose_arch",
@@ -213,18 +213,6 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - 0.5) / 0.5  # [0, 1] -> [-1, 1], the same for real and generated images
 
 
-class Ensemble(torch.nn.Module):
-    """Mean class probabilities of several classifiers; `forward` returns their log (ranks like logits)."""
-
-    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
-        super().__init__()
-        self.members = torch.nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([m(x).softmax(dim=1) for m in self.members]).mean(dim=0)
-        return probs.clamp_min(1e-12).log()
-
-
 def train_classifier(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -241,7 +229,7 @@ def train_classifier(
 
     Classes are balanced by a weighted cross-entropy (weight 1 / count), so a small minority class is
     not simply ignored by a briefly trained model. With `members` > 1, that many models (seeds seed,
-    seed + 1, ...) are averaged (`Ensemble`): one brief run on a few hundred images is a noisy judge,
+    seed + 1, ...) are averaged (`MeanOfMembers`, the classifier's seed ensemble): one brief run on a few hundred images is a noisy judge,
     whose per-class recall moves by tens of points with its seed alone.
     """
     counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).double()
@@ -264,7 +252,7 @@ def train_classifier(
                 loss.backward()
                 optimiser.step()
         models.append(model.eval())
-    return models[0] if members == 1 else Ensemble(models).eval()
+    return models[0] if members == 1 else MeanOfMembers(models).eval()
 
 
 @torch.inference_mode()
@@ -286,8 +274,8 @@ def classifier_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: to
 
 @torch.inference_mode()
 def member_predictions(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Predicted class indices (M, N) of each member of an `Ensemble` (M = 1 for a single model)."""
-    members = list(model.members) if isinstance(model, Ensemble) else [model]
+    """Predicted class indices (M, N) of each member of a `MeanOfMembers` (M = 1 for a single model)."""
+    members = list(model.members) if isinstance(model, MeanOfMembers) else [model]
     return torch.stack([predict(m, images, batch_size) for m in members])
 
 
