@@ -17,7 +17,6 @@ runs under bf16 autocast with channels_last tensors.
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import logging
@@ -487,13 +486,6 @@ def _score(stats: EpochStats, monitor: str) -> float:
 
 def _state_dict_copy(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
-
-
-def _rebuilt(like: nn.Module, weights: Mapping[str, Tensor]) -> nn.Module:
-    """A copy of `like` holding `weights` (an ensemble member beside the network trained last)."""
-    member = copy.deepcopy(like)
-    member.load_state_dict(dict(weights))
-    return member.eval()
 
 
 def fit(
@@ -986,7 +978,8 @@ def finetune_classifier(
             "init": file_digest(init_path),
             "augment": augment.model_dump(mode="json") if transform else None,
         }
-        members: list[dict[str, Tensor]] = []
+        trained: list[nn.Module] = []
+        fits: list[FitResult] = []
         for index in range(cfg.ensemble):  # member 0 is exactly the single model of the same seed
             member_cfg = cfg.model_copy(update={"seed": cfg.seed + index, "ensemble": 1})
             torch.manual_seed(member_cfg.seed)
@@ -996,17 +989,13 @@ def finetune_classifier(
                      f"{count_parameters(model):,}",
                      f"; ensemble member {index + 1}/{cfg.ensemble}, seed {member_cfg.seed}" if cfg.ensemble > 1 else "")
             folder = "clf_finetune" if index == 0 else f"clf_finetune/member{index}"
-            member_result = _train_stage(
+            fits.append(_train_stage(
                 "clf_finetune", model, train, val, frames, cfg.finetune, member_cfg, opts,
                 root / cfg.checkpoints_dir / folder / "last.pt", extra, resume, callback,
-            )  # fmt: skip
-            if index == 0:
-                first, result = model, member_result
-            else:
-                members.append(_state_dict_copy(model))
-        model = first
-        if members:
-            model = MeanOfMembers([unwrap(first), *(_rebuilt(unwrap(first), m) for m in members)])
+            ))  # fmt: skip
+            trained.append(unwrap(model).eval())
+        first, result = trained[0], fits[0]  # the history and best epoch reported are member 0's
+        model = MeanOfMembers(trained) if len(trained) > 1 else first
         out_dir = root / cfg.out_dir
         path = out_dir / "model.pt"
         if opts.is_main:
@@ -1021,9 +1010,9 @@ def finetune_classifier(
                                                   cfg.test_time_flip)  # fmt: skip
             record = ClassifierFile.from_model(
                 first, cfg.model, classes, image_size, normed_head=cfg.normed_head, preprocessing=preprocessing,
-                decision=decision, test_time_flip=cfg.test_time_flip, stage="finetune", config=cfg.model_dump(mode="json"), history=result.history,
-                best=result.best,
-            ).with_members(members)
+                decision=decision, test_time_flip=cfg.test_time_flip, stage="finetune",
+                config=cfg.model_dump(mode="json"), history=result.history, best=result.best,
+            ).with_members([member.state_dict() for member in trained[1:]])
             classifier_file.save(record, path)
             write_history(
                 result.history,
