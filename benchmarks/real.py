@@ -420,9 +420,7 @@ def paper_tables(report: dict) -> str:
     """Tables 3-5 on BreastMNIST as markdown: per configuration mean ± sd, and the paired differences."""
     from bonescan.experiments import PairedDifference, gan_comparison
 
-    def difference(entry: dict) -> PairedDifference:
-        return PairedDifference(**{f.name: entry[f.name] for f in dataclasses.fields(PairedDifference)})
-
+    difference = PairedDifference.from_dict
     seeds = report["seeds"]
     lines = [f"Seeds {', '.join(map(str, seeds))} (seed S: split fixed, classifier seed S, GAN seed S). "
              "Per configuration mean ± sd over the seeds; paired difference: mean ± sd [95 % t-interval], "
@@ -473,7 +471,7 @@ def markdown_table(report: dict) -> str:
         paired = report.get("paired", {}).get(name, {})
         diff = ""
         if "auc" in paired:
-            d = PairedDifference(**{f.name: paired["auc"][f.name] for f in dataclasses.fields(PairedDifference)})
+            d = PairedDifference.from_dict(paired["auc"])
             diff = f"{d.text()} vs {paired['reference']}"
         val_cell = f"{val['mean']:.3f} ± {val['sd']:.3f}" if val else ""
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {val_cell} | {diff} | {result['train_seconds_per_seed']:.0f} |")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from bonescan.config import ConfigError
 from bonescan.experiments import (
     VARIANTS,
     ExperimentResult,
+    PairedDifference,
     collect_results,
     dataset_label,
     dvc_exp_show,
@@ -221,6 +224,11 @@ def test_paired_differences_say_whether_their_t_interval_excludes_zero():
     with pytest.raises(ValueError, match="no paired differences"):
         paired_difference([])
 
+
+def test_a_paired_difference_reads_back_from_the_json_a_report_writes():
+    original = paired_difference([0.10, 0.11, 0.12])
+    written = json.loads(json.dumps({**dataclasses.asdict(original), "verdict": original.verdict}))
+    assert PairedDifference.from_dict(written) == original
 
 def test_runs_pair_by_the_params_outside_the_grid_axes_but_not_by_how_they_execute():
     runs = [_run("a", 1, 1, 0.5), _run("b", 5, 1, 0.6, **{"base.threads": 1}), _run("c", 1, 2, 0.4)]

@@ -28,7 +28,7 @@ import shlex
 import statistics
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -426,6 +426,11 @@ class PairedDifference:
     low: float
     high: float
     higher: int
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> PairedDifference:
+        """Read back from a report's JSON, which also carries derived keys such as "verdict"."""
+        return cls(**{f.name: raw[f.name] for f in fields(cls)})
 
     @property
     def verdict(self) -> str:
