@@ -109,6 +109,7 @@ CONFIGS: dict[str, dict[str, object]] = {
                       "clf.finetune.loss.drw_epoch": 10},
     "none_label_smoothing": {"augment.mode": "none", "clf.finetune.loss.label_smoothing": 0.1},
     "none_resnet34": {"augment.mode": "none", "clf.model": "resnet34"},
+    "none_resnet18_small": {"augment.mode": "none", "clf.model": "resnet18_small"},  # MedMNIST's ResNet-18 (28)
     "none_val_loss": {"augment.mode": "none", "clf.finetune.monitor": "val_loss"},
     "none_epochs30": {"augment.mode": "none", "clf.finetune.epochs": 30},
     "none_ensemble3": {"augment.mode": "none", "clf.ensemble": 3},  # members: seeds S, S+1, S+2

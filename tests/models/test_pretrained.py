@@ -112,6 +112,20 @@ def test_caco_model_loads_imagenet_except_its_new_attention(torch_home):
     )
 
 
+def test_small_image_resnet_loads_imagenet_into_every_layer_but_its_stem(torch_home):
+    torch.manual_seed(1)
+    state = tvm.resnet18(weights=None).state_dict()
+    path = hub_checkpoint_path(tvm.ResNet18_Weights.IMAGENET1K_V1)
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    torch.manual_seed(5)
+    fresh = build("resnet18_small", 2)
+    torch.manual_seed(5)
+    model = build("resnet18_small", 2, pretrained="imagenet")
+    torch.testing.assert_close(model.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
+    assert model.conv1.weight.shape == (64, 1, 3, 3)  # the file's 7 x 7 RGB stem does not fit
+    torch.testing.assert_close(model.conv1.weight, fresh.conv1.weight)
+
 def test_di_mobilenet_loads_a_torchvision_mobilenet_v2_file(tmp_path):
     torch.manual_seed(2)
     state = tvm.mobilenet_v2(weights=None).state_dict()

@@ -11,7 +11,7 @@ from bonescan.models.base import Classifier as BaseClassifier
 
 NUM_CLASSES = 3
 # Architectures too heavy for 64 px on a 2-core CI box get the smallest input they accept.
-HEAVY = {"multiscale", "vgg16", "densenet121", "resnext50", "inception_v3", "resnet34"}
+HEAVY = {"multiscale", "vgg16", "densenet121", "resnext50", "inception_v3", "resnet34", "resnet18_small"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,6 +57,8 @@ def private_registry(monkeypatch):
 def test_available_lists_every_required_architecture():
     required = {
         "multiscale",
+        "resnet18",
+        "resnet18_small",
         "resnet34",
         "vgg16",
         "densenet121",

@@ -10,6 +10,7 @@ from torch import nn
 from bonescan.models import build, count_parameters
 
 TORCHVISION = {
+    "resnet18": tvm.resnet18,
     "resnet34": tvm.resnet34,
     "resnext50": tvm.resnext50_32x4d,
     "densenet121": tvm.densenet121,
@@ -74,6 +75,17 @@ def test_nets_with_padded_strides_take_medmnist_sized_inputs(name):
         assert model(torch.randn(2, 1, 28, 28)).shape == (2, 2)
     assert model.min_input_size == (1, 1)
 
+
+def test_the_small_image_resnet_keeps_four_pixels_of_a_28_pixel_image_at_its_last_block():
+    small, imagenet_stem = build("resnet18_small", 2).eval(), build("resnet18", 2).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert small.forward_features(x).shape == (2, 512, 4, 4)
+        assert imagenet_stem.forward_features(x).shape == (2, 512, 1, 1)
+        assert small(x).shape == (2, 2)
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    theirs = tvm.resnet18(weights=None, num_classes=2).state_dict()
+    assert set(small.state_dict()) == set(theirs)  # torchvision's keys: its files still load (but the stem)
 
 @pytest.mark.parametrize("name", ["vgg16", "densenet121"])
 def test_nets_that_pool_below_one_pixel_refuse_28_pixels_naming_their_minimum(name):

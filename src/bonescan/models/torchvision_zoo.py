@@ -2,7 +2,7 @@
 behind the bonescan `Classifier` interface.
 
 Each model is torchvision's own, with its own head; only the stem convolution is swapped for
-`in_chans` inputs. The wrapper re-registers torchvision's children under their torchvision names,
+`in_chans` inputs (and, in `resnet18_small`, for the 3 x 3 stride-1 stem of small images). The wrapper re-registers torchvision's children under their torchvision names,
 so state_dicts are interchangeable with torchvision's (ImageNet files load unchanged, and a
 fine-tuned bonescan model saves torchvision-style keys).
 """
@@ -21,7 +21,7 @@ from bonescan.models.base import Classifier
 from bonescan.models.pretrained import apply_pretrained
 from bonescan.models.registry import register_model
 
-__all__ = ["Layout", "TorchvisionClassifier", "mobile_layout", "replace_input_conv"]
+__all__ = ["Layout", "TorchvisionClassifier", "mobile_layout", "replace_input_conv", "small_image_stem"]
 
 
 def replace_input_conv(model: nn.Module, in_chans: int) -> None:
@@ -49,6 +49,18 @@ def replace_input_conv(model: nn.Module, in_chans: int) -> None:
         nn.init.zeros_(new.bias)
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def small_image_stem(model: tvm.ResNet) -> None:
+    """The stem of ResNets for 28-64 px images (CIFAR; MedMNIST's "ResNet-18 (28)"), in place.
+
+    ImageNet's 7 x 7 stride-2 convolution and max-pool shrink a 28-px image to 7 px before the first
+    block and to 1 px at layer4; a 3 x 3 stride-1 convolution and no max-pool keep 4 x 4 there.
+    """
+    old = model.conv1
+    model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, 1, 1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,31 @@ def _build(
     return apply_pretrained(
         TorchvisionClassifier(model, layout, in_chans, num_classes), pretrained, {"": weights}
     )
+
+
+@register_model
+def resnet18(num_classes: int, in_chans: int = 1, pretrained: str | None = None) -> TorchvisionClassifier:
+    """ResNet-18 (He et al. 2016)."""
+    return _build(
+        tvm.resnet18, _RESNET, tvm.ResNet18_Weights.IMAGENET1K_V1, num_classes, in_chans, pretrained
+    )
+
+
+@register_model
+def resnet18_small(
+    num_classes: int, in_chans: int = 1, pretrained: str | None = None
+) -> TorchvisionClassifier:
+    """ResNet-18 with the small-image stem (`small_image_stem`): MedMNIST v2's baseline at 28 px.
+
+    Keys stay torchvision's; ImageNet weights load into every layer but the stem (other shape),
+    which keeps its initialisation. Costs about 16x resnet18's compute at the same input size.
+    """
+    model = tvm.resnet18(weights=None, num_classes=num_classes)
+    small_image_stem(model)
+    replace_input_conv(model, in_chans)
+    classifier = TorchvisionClassifier(model, _RESNET, in_chans, num_classes)
+    classifier.pretrained_optional = ("conv1.",)
+    return apply_pretrained(classifier, pretrained, {"": tvm.ResNet18_Weights.IMAGENET1K_V1})
 
 
 @register_model
