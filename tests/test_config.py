@@ -49,6 +49,15 @@ def test_split_ratios_must_sum_to_one():
         parse_params(raw)
 
 
+def test_a_cross_validation_ensemble_leaves_no_held_out_images_to_calibrate_on():
+    raw = project_params()
+    raw["clf"]["folds"] = 5
+    raw["evaluate"]["temperature_scaling"] = True
+    with pytest.raises(ConfigError, match="temperature_scaling fits on the val split, which clf.folds 5 trains on"):
+        parse_params(raw)
+    raw["evaluate"]["temperature_scaling"] = False
+    assert parse_params(raw).clf.folds == 5
+
 def test_class_proportions_must_sum_to_one():
     raw = project_params()
     raw["phantoms"]["class_proportions"]["benign"] = 0.5

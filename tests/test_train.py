@@ -710,6 +710,40 @@ def test_an_ensemble_saves_the_models_of_consecutive_seeds_and_scores_their_mean
     assert ensemble.decision.chosen_on.startswith("val balanced accuracy")  # fitted on the ensemble's mean
 
 
+
+def test_a_cross_validation_ensemble_holds_each_fold_of_patients_out_of_one_member(project, monkeypatch):
+    manifest = read_manifest(project / "target/manifest.csv")
+    patients = set(manifest.loc[manifest["split"].isin(["train", "val"]), "patient_id"])
+    parent = manifest[manifest["split"] == "train"].iloc[0]
+    copy = parent.copy()  # an offline augmented copy goes with its patient
+    copy["image_id"], copy["source"] = f"{parent['image_id']}-aug1", f"augment:{parent['image_id']}"
+    gan = parent.copy()  # a GAN image belongs to no patient's fold
+    gan["image_id"], gan["patient_id"], gan["synthetic"] = "gan-0", "synthetic", True
+    write_manifest(pd.concat([manifest, pd.DataFrame([copy, gan])], ignore_index=True),
+                   project / "target/manifest.csv")  # fmt: skip
+    seen = []
+    real = train_mod._train_stage
+    monkeypatch.setattr(train_mod, "_train_stage", lambda stage, model, train, val, frames, *a, **kw: (
+        seen.append([set(f["image_id"]) for f in frames]) or real(stage, model, train, val, frames, *a, **kw)))
+    cfg = _cfg({"epochs": 1}, folds=3, operating_point="balanced_accuracy")
+    _pretrain(cfg, project)
+    _, record = classifier_file.load(project / _finetune(cfg, project).model_path)
+
+    assert len(seen) == 3 and len(record.members) == 2 and record.config["folds"] == 3
+    by_image = manifest.set_index("image_id")["patient_id"].to_dict() | {copy["image_id"]: parent["patient_id"]}
+    held_out = [{by_image[i] for i in val} for _, val in seen]
+    assert sorted(p for fold in held_out for p in fold) == sorted(patients)  # every patient validated once
+    for (train, val), fold in zip(seen, held_out, strict=True):
+        assert not {by_image[i] for i in train if i != "gan-0"} & fold  # never trained on while held out
+        assert "gan-0" in train and copy["image_id"] not in val  # validation: the original images only
+        assert (copy["image_id"] in train) == (parent["patient_id"] not in fold)
+    assert record.decision.chosen_on.startswith("out-of-fold val balanced accuracy")
+
+
+def test_cross_validation_and_seed_ensembles_are_one_or_the_other():
+    with pytest.raises(ValidationError, match="choose one kind of ensemble"):
+        _cfg(folds=3, ensemble=2)
+
 def test_criterion_applies_label_smoothing_and_the_logit_adjustment_from_the_config():
     smoothed = build_criterion(LossConfig(name="ce", label_smoothing=0.1), [4, 2, 2])
     assert smoothed.label_smoothing == 0.1

@@ -343,7 +343,18 @@ class ClassifierConfig(_Section):
     # Seed ensemble: fine-tune this many members (seeds seed, seed + 1, ...) from the same stage-1 weights;
     # model.pt holds them all and its probabilities are their mean. Costs this many fine-tunings.
     ensemble: int = Field(1, ge=1)
+    # Cross-validation ensemble: K >= 2 members, member i fine-tuned on the train and val patients outside
+    # fold i of K (StratifiedGroupKFold) with its best epoch chosen on fold i; the operating point is fitted
+    # on the out-of-fold scores. Uses the val patients for training too; costs K fine-tunings.
+    folds: int = Field(1, ge=1)
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _one_kind_of_ensemble(self) -> ClassifierConfig:
+        if self.folds > 1 and self.ensemble > 1:
+            raise ValueError(f"clf.folds {self.folds} and clf.ensemble {self.ensemble}: choose one kind of "
+                             "ensemble (cross-validation members or seed members), set the other to 1")
+        return self
 
     @model_validator(mode="after")
     def _deployment_prior_is_a_distribution(self) -> ClassifierConfig:
@@ -598,6 +609,13 @@ class Params(_Section):
     tracking: TrackingConfig = TrackingConfig()
     promote: PromoteConfig = PromoteConfig()
     report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _calibration_images_are_held_out(self) -> Params:
+        if self.clf.folds > 1 and self.evaluate.temperature_scaling:
+            raise ValueError(f"evaluate.temperature_scaling fits on the val split, which clf.folds {self.clf.folds} "
+                             "trains on: set one of them off (clf.folds: 1 or evaluate.temperature_scaling: false)")
+        return self
 
     @model_validator(mode="after")
     def _target_dataset_exists(self) -> Params:

@@ -56,6 +56,7 @@ from bonescan.config import (
     TrainConfig,
 )
 from bonescan.data.dataset import ManifestDataset, label_indices, load_split
+from bonescan.data.folds import patient_folds
 from bonescan.data.manifest import read_manifest
 from bonescan.ema import EMA
 from bonescan.losses import build_loss, drw_schedule
@@ -674,9 +675,7 @@ class StageResult:
 
 
 def choose_operating_point(
-    model: nn.Module,
-    val: ManifestDataset,
-    val_rows: pd.DataFrame,
+    scored: Sequence[tuple[nn.Module, ManifestDataset, pd.DataFrame]],
     classes: Sequence[str],
     image_size: Size,
     device: torch.device,
@@ -684,19 +683,25 @@ def choose_operating_point(
 ) -> DecisionRule:
     """The decision rule that maximises balanced accuracy on the validation studies (never the test split).
 
+    `scored` pairs each model with the validation images it may score: the model and the val split,
+    or, for a cross-validation ensemble, each member with its own held-out fold (out-of-fold scores).
     Studies are scored as evaluate scores them (the mean of their views' probabilities, mirrored
     views included with `test_time_flip`), and the offsets are fitted to those means
     (`metrics.fit_logit_offsets`).
     """
-    prob = predict_probabilities(model, val, batch_size=64, device=device, image_size=image_size,
-                                 test_time_flip=test_time_flip)  # fmt: skip
     prob_cols = [f"p_{c}" for c in classes]
-    per_image = val_rows[["study_id", "patient_id", "label"]].reset_index(drop=True).copy()
-    per_image[prob_cols] = prob
-    studies = aggregate_by_study(per_image, classes)
+    frames = []
+    for model, val, val_rows in scored:
+        prob = predict_probabilities(model, val, batch_size=64, device=device, image_size=image_size,
+                                     test_time_flip=test_time_flip)  # fmt: skip
+        per_image = val_rows[["study_id", "patient_id", "label"]].reset_index(drop=True).copy()
+        per_image[prob_cols] = prob
+        frames.append(per_image)
+    studies = aggregate_by_study(pd.concat(frames, ignore_index=True), classes)
     offsets, at_rule, at_argmax = fit_logit_offsets(studies[prob_cols].to_numpy(),
                                                     np.asarray(label_indices(list(studies["label"]), classes)))
-    chosen = f"val balanced accuracy {at_argmax:.3f} (argmax) -> {at_rule:.3f} on {len(studies)} studies"
+    scores = "out-of-fold val" if len(scored) > 1 else "val"
+    chosen = f"{scores} balanced accuracy {at_argmax:.3f} (argmax) -> {at_rule:.3f} on {len(studies)} studies"
     log.info("operating point: offsets %s, %s", [round(o, 2) for o in offsets], chosen)
     return DecisionRule("offsets", offsets, chosen_on=chosen)
 
@@ -785,6 +790,37 @@ def _datasets(
     if val is None:
         log.warning("no validation rows: the last epoch is kept and early stopping is off")
     return train, val, [train_rows, val_rows]
+
+
+MemberData = tuple[ManifestDataset, ManifestDataset | None, list[pd.DataFrame]]  # train, val, [their rows]
+
+
+def _fold_datasets(
+    manifest: pd.DataFrame, classes: Sequence[str], cfg: ClassifierConfig, root: Path, transform=None
+) -> list[MemberData]:
+    """Per fold of the train and val patients: the rows outside it to train on, its original images to validate.
+
+    A patient's augmented copies go with the patient (never trained on while the patient is held
+    out); GAN images have no patient and are always trained on.
+    """
+    from bonescan.data.augment import parent_of
+
+    rows = load_split(manifest, ("train", "val"))
+    synthetic = rows["synthetic"].astype(bool)
+    originals = rows[~synthetic & rows["source"].map(parent_of).isna()]
+    members: list[MemberData] = []
+    folds = patient_folds(originals, cfg.folds, cfg.seed)
+    for index, held in enumerate(folds):
+        train_rows = rows[~(rows["patient_id"].isin(held) & ~synthetic)].reset_index(drop=True)
+        val_rows = originals[originals["patient_id"].isin(held)].reset_index(drop=True)
+        log.info("fold %d/%d: %d training images, %d validation images of %d patients", index + 1, len(folds),
+                 len(train_rows), len(val_rows), len(held))  # fmt: skip
+        members.append((
+            ManifestDataset(train_rows, classes, transform=transform, cache=cfg.cache_images, root=root),
+            ManifestDataset(val_rows, classes, cache=cfg.cache_images, root=root),
+            [train_rows, val_rows],
+        ))  # fmt: skip
+    return members
 
 
 def _train_stage(
@@ -973,24 +1009,30 @@ def finetune_classifier(
     with distributed_session(opts):
         transform = build_transform(augment) if augment.mode == "online" else None
         manifest = read_manifest(root / cfg.manifest)
-        train, val, frames = _datasets(manifest, classes, cfg, root, transform)
+        if cfg.folds > 1:
+            member_data = _fold_datasets(manifest, classes, cfg, root, transform)
+        else:
+            member_data = [_datasets(manifest, classes, cfg, root, transform)] * cfg.ensemble
+        train, val, frames = member_data[0]  # what the stage reports: member 0's
         extra = {
             "init": file_digest(init_path),
             "augment": augment.model_dump(mode="json") if transform else None,
         }
         trained: list[nn.Module] = []
         fits: list[FitResult] = []
-        for index in range(cfg.ensemble):  # member 0 is exactly the single model of the same seed
+        for index, (member_train, member_val, member_frames) in enumerate(member_data):
+            # A seed ensemble's member 0 is exactly the single model of the same seed.
             member_cfg = cfg.model_copy(update={"seed": cfg.seed + index, "ensemble": 1})
             torch.manual_seed(member_cfg.seed)
             model = init.build()
             model.reset_classifier(len(classes), normed=cfg.normed_head)
+            kind = f"fold {index + 1}/{cfg.folds}" if cfg.folds > 1 else f"ensemble member {index + 1}/{cfg.ensemble}"
             log.info("%s: head reset to %d classes, %s parameters%s", cfg.model, len(classes),
                      f"{count_parameters(model):,}",
-                     f"; ensemble member {index + 1}/{cfg.ensemble}, seed {member_cfg.seed}" if cfg.ensemble > 1 else "")
+                     f"; {kind}, seed {member_cfg.seed}" if len(member_data) > 1 else "")  # fmt: skip
             folder = "clf_finetune" if index == 0 else f"clf_finetune/member{index}"
             fits.append(_train_stage(
-                "clf_finetune", model, train, val, frames, cfg.finetune, member_cfg, opts,
+                "clf_finetune", model, member_train, member_val, member_frames, cfg.finetune, member_cfg, opts,
                 root / cfg.checkpoints_dir / folder / "last.pt", extra, resume, callback,
             ))  # fmt: skip
             trained.append(unwrap(model).eval())
@@ -1006,8 +1048,9 @@ def finetune_classifier(
                     cfg.finetune.sampling,
                 )
             elif cfg.operating_point == "balanced_accuracy" and val is not None:
-                decision = choose_operating_point(unwrap(model), val, frames[1], classes, image_size, opts.device,
-                                                  cfg.test_time_flip)  # fmt: skip
+                scored = ([(member, v, f[1]) for member, (_, v, f) in zip(trained, member_data, strict=True)]
+                          if cfg.folds > 1 else [(unwrap(model), val, frames[1])])  # fmt: skip
+                decision = choose_operating_point(scored, classes, image_size, opts.device, cfg.test_time_flip)
             record = ClassifierFile.from_model(
                 first, cfg.model, classes, image_size, normed_head=cfg.normed_head, preprocessing=preprocessing,
                 decision=decision, test_time_flip=cfg.test_time_flip, stage="finetune",
