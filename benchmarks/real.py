@@ -113,6 +113,7 @@ CONFIGS: dict[str, dict[str, object]] = {
     "none_val_loss": {"augment.mode": "none", "clf.finetune.monitor": "val_loss"},
     "none_epochs30": {"augment.mode": "none", "clf.finetune.epochs": 30},
     "none_ensemble3": {"augment.mode": "none", "clf.ensemble": 3},  # members: seeds S, S+1, S+2
+    "none_folds5": {"augment.mode": "none", "clf.folds": 5},  # cross-validation ensemble over train + val
 }
 # The configuration each is compared with, seed by seed (Table 4: the original images; Table 5: no stage 1).
 COMPARED_WITH: dict[str, str] = {

@@ -97,15 +97,19 @@ def test_missing_imagenet_file_names_the_expected_path_and_the_alternatives(torc
     assert "clf.imagenet_weights: path/to/file.pth" in message and "`source`" in message and "`none`" in message
 
 
-def test_caco_model_loads_imagenet_except_its_new_attention(torch_home):
-    state = _rgb_mobilenet_v3_small_state()
-    path = hub_checkpoint_path(SMALL_WEIGHTS)
+def _fresh_and_from_the_hub_cache(name, num_classes, weights, state):
+    """The same-seeded model without and with `state` as the cached ImageNet file of `weights`."""
+    path = hub_checkpoint_path(weights)
     path.parent.mkdir(parents=True)
     torch.save(state, path)
     torch.manual_seed(5)
-    fresh = build("mobilenet_v3_caco", 3)
+    fresh = build(name, num_classes)
     torch.manual_seed(5)
-    model = build("mobilenet_v3_caco", 3, pretrained="imagenet")
+    return fresh, build(name, num_classes, pretrained="imagenet")
+
+def test_caco_model_loads_imagenet_except_its_new_attention(torch_home):
+    state = _rgb_mobilenet_v3_small_state()
+    fresh, model = _fresh_and_from_the_hub_cache("mobilenet_v3_caco", 3, SMALL_WEIGHTS, state)
     torch.testing.assert_close(model.features[4].block[0][0].weight, state["features.4.block.0.0.weight"])
     torch.testing.assert_close(
         model.features[4].block[2].coord.conv_h.weight, fresh.features[4].block[2].coord.conv_h.weight
@@ -115,13 +119,7 @@ def test_caco_model_loads_imagenet_except_its_new_attention(torch_home):
 def test_small_image_resnet_loads_imagenet_into_every_layer_but_its_stem(torch_home):
     torch.manual_seed(1)
     state = tvm.resnet18(weights=None).state_dict()
-    path = hub_checkpoint_path(tvm.ResNet18_Weights.IMAGENET1K_V1)
-    path.parent.mkdir(parents=True)
-    torch.save(state, path)
-    torch.manual_seed(5)
-    fresh = build("resnet18_small", 2)
-    torch.manual_seed(5)
-    model = build("resnet18_small", 2, pretrained="imagenet")
+    fresh, model = _fresh_and_from_the_hub_cache("resnet18_small", 2, tvm.ResNet18_Weights.IMAGENET1K_V1, state)
     torch.testing.assert_close(model.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
     assert model.conv1.weight.shape == (64, 1, 3, 3)  # the file's 7 x 7 RGB stem does not fit
     torch.testing.assert_close(model.conv1.weight, fresh.conv1.weight)
