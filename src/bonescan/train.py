@@ -778,21 +778,29 @@ def _imagenet(cfg: ClassifierConfig) -> str:
     return cfg.imagenet_weights or "imagenet"
 
 
+MemberData = tuple[ManifestDataset, ManifestDataset | None, list[pd.DataFrame]]  # train, val, [their rows]
+
+
+def _member_data(
+    train_rows: pd.DataFrame, val_rows: pd.DataFrame, classes: Sequence[str], cfg: ClassifierConfig, root: Path,
+    transform=None,
+) -> MemberData:
+    """The datasets one model trains and validates on (the transform augments training images only)."""
+    train = ManifestDataset(train_rows, classes, transform=transform, cache=cfg.cache_images, root=root)
+    val = ManifestDataset(val_rows, classes, cache=cfg.cache_images, root=root) if len(val_rows) else None
+    return train, val, [train_rows, val_rows]
+
+
 def _datasets(
     manifest: pd.DataFrame, classes: Sequence[str], cfg: ClassifierConfig, root: Path, transform=None
-) -> tuple[ManifestDataset, ManifestDataset | None, list[pd.DataFrame]]:
+) -> MemberData:
     train_rows = load_split(manifest, "train")
     val_rows = load_split(manifest, "val")
     if train_rows.empty:
         raise ValueError("the manifest has no training rows (run the split stage)")
-    train = ManifestDataset(train_rows, classes, transform=transform, cache=cfg.cache_images, root=root)
-    val = ManifestDataset(val_rows, classes, cache=cfg.cache_images, root=root) if len(val_rows) else None
-    if val is None:
+    if val_rows.empty:
         log.warning("no validation rows: the last epoch is kept and early stopping is off")
-    return train, val, [train_rows, val_rows]
-
-
-MemberData = tuple[ManifestDataset, ManifestDataset | None, list[pd.DataFrame]]  # train, val, [their rows]
+    return _member_data(train_rows, val_rows, classes, cfg, root, transform)
 
 
 def _fold_datasets(
@@ -815,11 +823,7 @@ def _fold_datasets(
         val_rows = originals[originals["patient_id"].isin(held)].reset_index(drop=True)
         log.info("fold %d/%d: %d training images, %d validation images of %d patients", index + 1, len(folds),
                  len(train_rows), len(val_rows), len(held))  # fmt: skip
-        members.append((
-            ManifestDataset(train_rows, classes, transform=transform, cache=cfg.cache_images, root=root),
-            ManifestDataset(val_rows, classes, cache=cfg.cache_images, root=root),
-            [train_rows, val_rows],
-        ))  # fmt: skip
+        members.append(_member_data(train_rows, val_rows, classes, cfg, root, transform))
     return members
 
 
